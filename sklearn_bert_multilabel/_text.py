@@ -1,0 +1,154 @@
+"""Text encoding and batching: tokenise once, pad each batch to its own longest text."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler, Subset
+
+#: How many texts are tokenised at a time when predicting, so that memory
+#: stays flat however many texts are given.
+PREDICT_CHUNK = 8192
+#: Training batches are drawn from windows of this many batches, sorted by
+#: length inside the window: similar lengths share a batch, and the order of
+#: the batches stays random.
+BUCKET_WINDOW = 50
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> list[np.ndarray]:
+    """Token ids of each text, truncated to ``max_length``, without padding."""
+    if len(texts) == 0:
+        return []
+    enc = tokenizer(
+        list(texts),
+        truncation=True,
+        max_length=max_length,
+        padding=False,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )
+    return [np.asarray(ids, dtype=np.int64) for ids in enc["input_ids"]]
+
+
+class TokenDataset(Dataset):
+    """Pre-tokenised texts and, for training, their label rows."""
+
+    def __init__(self, ids: list[np.ndarray], Y: np.ndarray | None = None):
+        self.ids = ids
+        self.Y = Y
+        self.lengths = np.fromiter((len(t) for t in ids), dtype=np.int64, count=len(ids))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int):
+        y = self.Y[i] if self.Y is not None else np.zeros(0, dtype=np.float32)
+        return self.ids[i], y
+
+
+def lengths_of(dataset: Dataset) -> np.ndarray:
+    """Token lengths of a :class:`TokenDataset` or a (nested) ``Subset`` of one."""
+    if isinstance(dataset, Subset):
+        return lengths_of(dataset.dataset)[np.asarray(dataset.indices)]
+    return dataset.lengths
+
+
+class PadCollator:
+    """Stack a list of ``(ids, y)`` into padded tensors, padded to the longest."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = int(pad_id)
+
+    def __call__(self, batch):
+        ids, ys = zip(*batch, strict=True)
+        width = max(len(t) for t in ids)
+        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, t in enumerate(ids):
+            input_ids[row, : len(t)] = torch.from_numpy(t)
+            attention_mask[row, : len(t)] = 1
+        y = torch.from_numpy(np.stack(ys).astype(np.float32, copy=False))
+        return {"input_ids": input_ids, "attention_mask": attention_mask}, y
+
+
+class LengthBucketBatchSampler(Sampler):
+    """Batches of indices with similar token lengths.
+
+    With ``shuffle=True`` (training), the indices are shuffled, cut into
+    windows of ``BUCKET_WINDOW`` batches, sorted by length inside each window,
+    cut into batches, and the batches are shuffled: each epoch sees a new
+    random order while padding stays small. With ``shuffle=False``, the
+    indices are sorted by length once.
+    """
+
+    def __init__(
+        self,
+        lengths: np.ndarray,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int | None = None,
+        drop_last: bool = False,
+    ):
+        self.lengths = np.asarray(lengths)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self._rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        n = len(self.lengths)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        n, bs = len(self.lengths), self.batch_size
+        if not self.shuffle:
+            order = np.argsort(self.lengths, kind="stable")
+            batches = [order[i : i + bs] for i in range(0, n, bs)]
+        else:
+            perm = self._rng.permutation(n)
+            window = bs * BUCKET_WINDOW
+            batches = []
+            for start in range(0, n, window):
+                chunk = perm[start : start + window]
+                chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+                batches += [chunk[i : i + bs] for i in range(0, len(chunk), bs)]
+            batches = [batches[i] for i in self._rng.permutation(len(batches))]
+        for batch in batches:
+            if self.drop_last and len(batch) < bs:
+                continue
+            yield batch.tolist()
+
+
+def iter_id_batches(
+    ids: Sequence[np.ndarray], batch_size: int, pad_id: int
+) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """Yield ``(row_indices, padded_inputs)`` over ``ids`` sorted by length.
+
+    Every row appears exactly once; the caller writes each batch's outputs at
+    ``row_indices``, which restores the original order.
+    """
+    collate = PadCollator(pad_id)
+    empty = np.zeros(0, dtype=np.float32)
+    lengths = np.fromiter((len(t) for t in ids), dtype=np.int64, count=len(ids))
+    order = np.argsort(lengths, kind="stable")
+    for i in range(0, len(order), batch_size):
+        rows = order[i : i + batch_size]
+        inputs, _ = collate([(ids[r], empty) for r in rows])
+        yield rows, inputs
+
+
+def iter_text_batches(
+    tokenizer, texts: Sequence[str], max_length: int, batch_size: int, pad_id: int
+) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """Like :func:`iter_id_batches`, tokenising ``PREDICT_CHUNK`` texts at a time.
+
+    Only one chunk of token ids is held at once, so memory stays flat
+    however many texts are given.
+    """
+    for start in range(0, len(texts), PREDICT_CHUNK):
+        ids = tokenize(tokenizer, texts[start : start + PREDICT_CHUNK], max_length)
+        for rows, inputs in iter_id_batches(ids, batch_size, pad_id):
+            yield rows + start, inputs

@@ -1,0 +1,204 @@
+"""Checks of texts, label matrices and parameters, with errors reported together."""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+
+class InvalidInputError(ValueError, TypeError):
+    """Raised for bad input or parameters; lists every problem found in one call.
+
+    It is both a :class:`ValueError` and a :class:`TypeError`, so code that
+    catches either (as scikit-learn's conventions suggest) catches it.
+    """
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        if len(self.problems) == 1:
+            message = self.problems[0]
+        else:
+            message = f"{len(self.problems)} problems:\n" + "\n".join(
+                f"  - {p}" for p in self.problems
+            )
+        super().__init__(message)
+
+
+class UnusedLabelWarning(UserWarning):
+    """A label column has no positive example, so nothing can be learned for it."""
+
+
+class Problems(list):
+    """A list of problem descriptions; :meth:`raise_if_any` raises them together."""
+
+    def raise_if_any(self) -> None:
+        if self:
+            raise InvalidInputError(self)
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_texts(X: object, problems: Problems, name: str = "X") -> list[str] | None:
+    """Return ``X`` as a list of str, or record why it cannot be.
+
+    Accepts a list, tuple, 1-D ndarray or pandas Series of str. Empty strings
+    are accepted (they predict the model's prior).
+    """
+    if isinstance(X, str):
+        problems.append(
+            f"{name} must be a sequence of texts, got a single str; wrap it in a list: [text]."
+        )
+        return None
+    if hasattr(X, "iloc") and hasattr(X, "to_numpy") and getattr(X, "ndim", 1) == 1:
+        X = X.to_numpy()  # pandas Series: drop the index
+    if isinstance(X, np.ndarray):
+        if X.ndim != 1:
+            problems.append(
+                f"{name} must be 1-D (one text per row), got an array of shape {X.shape}; "
+                "for a single column of texts use X[:, 0] or X.ravel()."
+            )
+            return None
+        X = X.tolist()
+    elif sp.issparse(X) or hasattr(X, "columns"):
+        problems.append(
+            f"{name} must be a sequence of texts, got {type(X).__name__}; "
+            "select the text column (e.g. df['text'])."
+        )
+        return None
+    elif not isinstance(X, (list, tuple)):
+        problems.append(
+            f"{name} must be a list, tuple, 1-D array or pandas Series of str, "
+            f"got {type(X).__name__}."
+        )
+        return None
+    texts = list(X)
+    if len(texts) == 0:
+        problems.append(f"{name} is empty: give at least one text.")
+        return None
+    bad = [(i, t) for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        shown = ", ".join(f"{name}[{i}]={_describe(t)}" for i, t in bad[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        problems.append(
+            f"{name} must contain only str; {len(bad)} element(s) are not text: "
+            f"{shown}{more}. Convert or drop them (missing texts: use '' or remove the rows)."
+        )
+        return None
+    return texts
+
+
+def check_label_matrix(
+    Y: object, problems: Problems, name: str = "Y"
+) -> tuple[np.ndarray | None, list[str] | None]:
+    """Return ``(Y as a 2-D float32 0/1 array, column names or None)``.
+
+    Accepts an ndarray, a list of lists, a pandas DataFrame (its column names
+    are returned) or a scipy sparse matrix, of bool, int or float 0/1 values.
+    """
+    names = None
+    if hasattr(Y, "columns") and hasattr(Y, "to_numpy"):
+        names = [str(c) for c in Y.columns]
+        Y = Y.to_numpy()
+    elif hasattr(Y, "iloc") and hasattr(Y, "to_numpy"):
+        Y = Y.to_numpy()
+    if sp.issparse(Y):
+        Y = Y.toarray()
+    try:
+        arr = np.asarray(Y)
+    except ValueError:
+        arr = np.asarray(Y, dtype=object)
+    if arr.dtype == object and arr.ndim == 1 and len(arr) and isinstance(arr[0], (list, tuple)):
+        problems.append(
+            f"{name} looks like lists of label ids of different lengths; {name} must be a "
+            "binary indicator matrix (n_samples, n_labels). Convert it with "
+            "sklearn.preprocessing.MultiLabelBinarizer().fit_transform(Y)."
+        )
+        return None, names
+    if arr.ndim != 2:
+        hint = (
+            " For a single label use Y.reshape(-1, 1); for class ids use "
+            "sklearn.preprocessing.MultiLabelBinarizer or LabelBinarizer."
+            if arr.ndim == 1
+            else ""
+        )
+        problems.append(
+            f"{name} must be 2-D (n_samples, n_labels), got shape {arr.shape}.{hint}"
+        )
+        return None, names
+    if arr.shape[1] == 0:
+        problems.append(f"{name} has no label columns: give at least one.")
+        return None, names
+    if arr.dtype.kind not in "biuf":
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            problems.append(
+                f"{name} must hold numbers 0/1 or booleans, got dtype {arr.dtype}."
+            )
+            return None, names
+    if arr.dtype.kind == "f" and np.isnan(arr).any():
+        rows, cols = np.nonzero(np.isnan(arr))
+        problems.append(
+            f"{name} contains {len(rows)} NaN value(s) (first at row {rows[0]}, "
+            f"column {cols[0]}); fill or drop them: labels must be 0 or 1."
+        )
+        return None, names
+    bad = (arr != 0) & (arr != 1)
+    if bad.any():
+        values = np.unique(arr[bad])[:5].tolist()
+        problems.append(
+            f"{name} must be binary (0/1); found other values {values}. "
+            "For class ids per row use sklearn.preprocessing.MultiLabelBinarizer."
+        )
+        return None, names
+    return arr.astype(np.float32), names
+
+
+def warn_unused_labels(Y: np.ndarray, label_names: Sequence[str]) -> None:
+    """Warn about label columns with no positive example."""
+    never = np.flatnonzero(Y.sum(axis=0) == 0)
+    if len(never):
+        shown = ", ".join(str(label_names[j]) for j in never[:10])
+        warnings.warn(
+            f"{len(never)} label column(s) are never positive in the training data "
+            f"({shown}); the model can only learn to predict 0 for them.",
+            UnusedLabelWarning,
+            stacklevel=3,
+        )
+
+
+def is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_per_label(
+    value: object, name: str, problems: Problems, *, low: float, high: float | None
+) -> np.ndarray | None:
+    """Validate a scalar or per-label array parameter; return it as a 1-D float array."""
+    high_text = "" if high is None else f" and <= {high}"
+    if is_number(value):
+        arr = np.asarray([value], dtype=np.float64)
+    else:
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            problems.append(f"{name} must be a number or an array of numbers, got {_describe(value)}.")
+            return None
+        if arr.ndim != 1:
+            problems.append(f"{name} must be a number or a 1-D array (one per label), got shape {arr.shape}.")
+            return None
+    if not np.isfinite(arr).all() or (arr < low).any() or (high is not None and (arr > high).any()):
+        problems.append(f"{name} must be >= {low}{high_text} (finite), got {_describe(value)}.")
+        return None
+    return arr
