@@ -1,4 +1,4 @@
-"""Multi-label text classification with pretrained transformer encoders, as a scikit-learn estimator."""
+"""Multi-label text classification with pretrained transformer encoders, as scikit-learn estimators."""
 
 from ._estimator import BertMultiLabelClassifier
 from ._model import MultiLabelTextModule

@@ -271,7 +271,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
 
     def _prefixed(self, prefix: str) -> dict[str, Any]:
         start = prefix + "__"
-        return {k[len(start):]: v for k, v in self._extra_params().items() if k.startswith(start)}
+        return {k[len(start) :]: v for k, v in self._extra_params().items() if k.startswith(start)}
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -310,8 +310,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 check_per_label(self.threshold, "threshold", problems, low=0.0, high=1.0)
         if self.threshold_metric not in THRESHOLD_METRICS:
             problems.append(
-                f"threshold_metric must be one of {list(THRESHOLD_METRICS)}, "
-                f"got {self.threshold_metric!r}."
+                f"threshold_metric must be one of {list(THRESHOLD_METRICS)}, got {self.threshold_metric!r}."
             )
         if self.pos_weight is not None and not (
             isinstance(self.pos_weight, str) and self.pos_weight == "balanced"
@@ -367,7 +366,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             if key.split("__", 1)[0] not in EXTRA_PREFIXES:
                 problems.append(
                     f"unknown parameter {key!r}: extra parameters must start with one of "
-                    + ", ".join(p + "__" for p in EXTRA_PREFIXES) + "."
+                    + ", ".join(p + "__" for p in EXTRA_PREFIXES)
+                    + "."
                 )
         self._resolve_device(problems)
 
@@ -378,9 +378,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         try:
             kind = torch.device(device).type
         except (RuntimeError, TypeError):
-            problems.append(
-                f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}."
-            )
+            problems.append(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}.")
             return None
         if kind == "cuda" and not torch.cuda.is_available():
             problems.append(
@@ -417,8 +415,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         Y_arr, _ = check_label_matrix(Y, problems)
         if Y_arr is not None and Y_arr.shape[1] != self.n_labels_:
             problems.append(
-                f"Y has {Y_arr.shape[1]} label columns but the model was fitted with "
-                f"{self.n_labels_}."
+                f"Y has {Y_arr.shape[1]} label columns but the model was fitted with {self.n_labels_}."
             )
         if texts is not None and Y_arr is not None and len(texts) != len(Y_arr):
             problems.append(f"X has {len(texts)} texts but Y has {len(Y_arr)} rows.")
@@ -455,9 +452,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         texts = check_texts(X, problems)
         Y, names = check_label_matrix(y, problems)
         if texts is not None and Y is not None and len(texts) != len(Y):
-            problems.append(
-                f"X has {len(texts)} texts but Y has {len(Y)} rows; they must match."
-            )
+            problems.append(f"X has {len(texts)} texts but Y has {len(Y)} rows; they must match.")
         val_texts = Y_val = None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
@@ -484,9 +479,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 except TypeError:
                     continue
                 if length != n_labels:
-                    problems.append(
-                        f"{name} has {length} values but Y has {n_labels} label columns."
-                    )
+                    problems.append(f"{name} has {length} values but Y has {n_labels} label columns.")
         problems.raise_if_any()
 
         label_names = names if names is not None else [str(j) for j in range(n_labels)]
@@ -549,7 +542,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         net = self._build_net(module, pos_weight, valid_set, tokenizer, device, seed)
         logger.info(
             "fitting %d labels on %d texts (%d for validation) on %s",
-            n_labels, len(train_set), 0 if valid_set is None else len(valid_set), device,
+            n_labels,
+            len(train_set),
+            0 if valid_set is None else len(valid_set),
+            device,
         )
         net.fit(train_set, None)
 
@@ -661,9 +657,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         texts = self._check_predict_texts(X)
         pad_id = self.tokenizer_.pad_token_id or 0
         return self._run(
-            iter_text_batches(
-                self.tokenizer_, texts, self.max_length, self.predict_batch_size, pad_id
-            )
+            iter_text_batches(self.tokenizer_, texts, self.max_length, self.predict_batch_size, pad_id)
         )
 
     def predict_proba(self, X: Sequence[str]) -> np.ndarray:
@@ -709,8 +703,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         if isinstance(self.threshold, str) and self.threshold == "auto":
             if self.tuned_thresholds_ is None:
                 raise InvalidInputError(
-                    ["threshold='auto' but no thresholds were tuned for this model; "
-                     "call fit_thresholds(X_val, Y_val) or refit with threshold='auto'."]
+                    [
+                        "threshold='auto' but no thresholds were tuned for this model; "
+                        "call fit_thresholds(X_val, Y_val) or refit with threshold='auto'."
+                    ]
                 )
             return self.tuned_thresholds_.copy()
         return self._thresholds_for(self.threshold, self.n_labels_)
@@ -741,9 +737,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         texts, Y = self._check_eval_labels(X, y)
         metric = self.threshold_metric if metric is None else metric
         if metric not in THRESHOLD_METRICS:
-            raise InvalidInputError(
-                [f"metric must be one of {list(THRESHOLD_METRICS)}, got {metric!r}."]
-            )
+            raise InvalidInputError([f"metric must be one of {list(THRESHOLD_METRICS)}, got {metric!r}."])
         self.tuned_thresholds_ = tune_thresholds(self.predict_proba(texts), Y, metric)
         self.threshold = "auto"
         return self

@@ -128,7 +128,5 @@ class MultiLabelTextModule(nn.Module):
             return mean_pool(hidden, attention_mask)
         return self.attention(hidden, attention_mask)
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: object
-    ) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: object) -> torch.Tensor:
         return self.head(self.pool(input_ids, attention_mask))

@@ -135,7 +135,10 @@ class MultiLabelNet(NeuralNet):
             self._epoch_seed = (self._epoch_seed or 0) + 1
             seed = self._epoch_seed
         sampler = LengthBucketBatchSampler(
-            lengths_of(dataset), batch_size, shuffle=shuffle, seed=seed,
+            lengths_of(dataset),
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
             drop_last=kwargs.pop("drop_last", False),
         )
         kwargs.setdefault("collate_fn", PadCollator(self.pad_id))

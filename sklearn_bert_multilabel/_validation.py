@@ -22,9 +22,7 @@ class InvalidInputError(ValueError, TypeError):
         if len(self.problems) == 1:
             message = self.problems[0]
         else:
-            message = f"{len(self.problems)} problems:\n" + "\n".join(
-                f"  - {p}" for p in self.problems
-            )
+            message = f"{len(self.problems)} problems:\n" + "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(message)
 
 
@@ -52,9 +50,7 @@ def check_texts(X: object, problems: Problems, name: str = "X") -> list[str] | N
     are accepted (they predict the model's prior).
     """
     if isinstance(X, str):
-        problems.append(
-            f"{name} must be a sequence of texts, got a single str; wrap it in a list: [text]."
-        )
+        problems.append(f"{name} must be a sequence of texts, got a single str; wrap it in a list: [text].")
         return None
     if hasattr(X, "iloc") and hasattr(X, "to_numpy") and getattr(X, "ndim", 1) == 1:
         X = X.to_numpy()  # pandas Series: drop the index
@@ -74,8 +70,7 @@ def check_texts(X: object, problems: Problems, name: str = "X") -> list[str] | N
         return None
     elif not isinstance(X, (list, tuple)):
         problems.append(
-            f"{name} must be a list, tuple, 1-D array or pandas Series of str, "
-            f"got {type(X).__name__}."
+            f"{name} must be a list, tuple, 1-D array or pandas Series of str, got {type(X).__name__}."
         )
         return None
     texts = list(X)
@@ -128,9 +123,7 @@ def check_label_matrix(
             if arr.ndim == 1
             else ""
         )
-        problems.append(
-            f"{name} must be 2-D (n_samples, n_labels), got shape {arr.shape}.{hint}"
-        )
+        problems.append(f"{name} must be 2-D (n_samples, n_labels), got shape {arr.shape}.{hint}")
         return None, names
     if arr.shape[1] == 0:
         problems.append(f"{name} has no label columns: give at least one.")
@@ -139,9 +132,7 @@ def check_label_matrix(
         try:
             arr = arr.astype(np.float64)
         except (TypeError, ValueError):
-            problems.append(
-                f"{name} must hold numbers 0/1 or booleans, got dtype {arr.dtype}."
-            )
+            problems.append(f"{name} must hold numbers 0/1 or booleans, got dtype {arr.dtype}.")
             return None, names
     if arr.dtype.kind == "f" and np.isnan(arr).any():
         rows, cols = np.nonzero(np.isnan(arr))
