@@ -244,16 +244,13 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self._extra_keys = tuple(kwargs)
         for key, value in kwargs.items():
-            if "__" not in key:
-                raise TypeError(
-                    f"{type(self).__name__}.__init__() got an unexpected keyword argument {key!r}"
-                )
             setattr(self, key, value)
 
     # ------------------------------------------------------------------ params
     def _extra_params(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if "__" in k and not k.startswith("_")}
+        return {k: getattr(self, k) for k in getattr(self, "_extra_keys", ())}
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         params = super().get_params(deep=deep)
@@ -261,9 +258,11 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         return params
 
     def set_params(self, **params: Any) -> BertMultiLabelClassifier:
-        extra = {k: v for k, v in params.items() if k.split("__", 1)[0] in EXTRA_PREFIXES and "__" in k}
+        extra = {k: v for k, v in params.items() if "__" in k and k.split("__", 1)[0] in EXTRA_PREFIXES}
+        keys = tuple(getattr(self, "_extra_keys", ()))
         for key, value in extra.items():
             setattr(self, key, value)
+        self._extra_keys = keys + tuple(k for k in extra if k not in keys)
         rest = {k: v for k, v in params.items() if k not in extra}
         if rest:
             super().set_params(**rest)
@@ -363,9 +362,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         if not is_int(self.verbose) or self.verbose < 0:
             problems.append(f"verbose must be an int >= 0, got {self.verbose!r}.")
         for key in self._extra_params():
-            if key.split("__", 1)[0] not in EXTRA_PREFIXES:
+            if "__" not in key or key.split("__", 1)[0] not in EXTRA_PREFIXES:
                 problems.append(
-                    f"unknown parameter {key!r}: extra parameters must start with one of "
+                    f"unknown parameter {key!r}: check its spelling; extra parameters must start with one of "
                     + ", ".join(p + "__" for p in EXTRA_PREFIXES)
                     + "."
                 )
@@ -498,7 +497,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
 
     def _fit(self, texts, Y, val_texts, Y_val, label_names, device, seed) -> None:
         tokenizer = load_tokenizer(self.model_name, **self._prefixed("tokenizer"))
-        encoder = load_encoder(self.model_name, **self._prefixed("encoder"))
+        encoder = load_encoder(self.model_name, progress=self.verbose > 0, **self._prefixed("encoder"))
         problems = Problems()
         if self.pooling == "pooler" and not has_pooler(encoder):
             problems.append(
@@ -768,7 +767,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------- persistence
     def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # a copy: never touch the live module
         module = state.get("module_")
         if isinstance(module, torch.nn.Module):
             buffer = io.BytesIO()

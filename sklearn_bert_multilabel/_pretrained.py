@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from importlib import resources
@@ -34,6 +35,20 @@ def resolve_model_path(model_name: str) -> str:
     return model_name
 
 
+def _looks_like_path(model_name: str) -> bool:
+    return model_name.startswith(("/", "./", "../", "~", ".\\")) or os.path.isabs(model_name)
+
+
+def _check_local(model_name: str) -> None:
+    if _looks_like_path(model_name) and not os.path.isdir(os.path.expanduser(model_name)):
+        raise ValueError(
+            f"model_name={model_name!r} looks like a local folder, but no such folder exists. "
+            "Pass a folder holding config.json, the weights and the tokenizer files (as written "
+            "by model.save_pretrained(folder) and tokenizer.save_pretrained(folder)), or a "
+            "Hugging Face hub id such as 'bert-base-uncased'."
+        )
+
+
 def _load_error(model_name: str, exc: Exception) -> ValueError:
     return ValueError(
         f"Could not load model_name={model_name!r} ({type(exc).__name__}: {exc}). "
@@ -49,20 +64,41 @@ def load_tokenizer(model_name: str, **kwargs):
     """Load the fast tokenizer of ``model_name``."""
     from transformers import AutoTokenizer
 
-    path = resolve_model_path(model_name)
+    _check_local(model_name)
+    path = resolve_model_path(os.path.expanduser(model_name))
     try:
         return AutoTokenizer.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_error(model_name, exc) from exc
 
 
-def load_encoder(model_name: str, **kwargs):
-    """Load the encoder (``AutoModel``) of ``model_name``."""
+@contextlib.contextmanager
+def _progress_bars(enabled: bool):
+    """Turn transformers' progress bars off for the duration, then restore them."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if was_enabled and not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled and not enabled:
+            hf_logging.enable_progress_bar()
+
+
+def load_encoder(model_name: str, *, progress: bool = False, **kwargs):
+    """Load the encoder (``AutoModel``) of ``model_name``.
+
+    transformers' "Loading weights" progress bar is shown only with ``progress=True``.
+    """
     from transformers import AutoModel
 
-    path = resolve_model_path(model_name)
+    _check_local(model_name)
+    path = resolve_model_path(os.path.expanduser(model_name))
     try:
-        return AutoModel.from_pretrained(path, **kwargs)
+        with _progress_bars(progress):
+            return AutoModel.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_error(model_name, exc) from exc
 

@@ -1,0 +1,398 @@
+"""Behaviour of BertMultiLabelClassifier on the tiny random encoder."""
+
+from __future__ import annotations
+
+import pickle
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+from conftest import make_texts
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import f1_score
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
+
+from sklearn_bert_multilabel import BertMultiLabelClassifier
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_model_dir, toy_data):
+    X, Y = toy_data
+    clf = BertMultiLabelClassifier(
+        model_name=tiny_model_dir, max_epochs=8, batch_size=16, lr=3e-3, random_state=0, train_split=None
+    )
+    return clf.fit(X, Y)
+
+
+def test_output_shapes_dtypes_and_ranges(fitted):
+    X, _ = make_texts(10, seed=5)
+    logits = fitted.decision_function(X)
+    proba = fitted.predict_proba(X)
+    pred = fitted.predict(X)
+    assert logits.shape == proba.shape == pred.shape == (10, 3)
+    assert logits.dtype == np.float32 and proba.dtype == np.float32
+    assert ((proba >= 0) & (proba <= 1)).all()
+    np.testing.assert_allclose(proba, 1 / (1 + np.exp(-logits)), rtol=1e-5)
+    assert set(np.unique(pred)) <= {0, 1} and pred.dtype == np.int64
+    np.testing.assert_array_equal(pred, (proba >= 0.5).astype(int))
+
+
+def test_fitted_attributes(fitted):
+    np.testing.assert_array_equal(fitted.classes_, [0, 1, 2])
+    assert fitted.n_labels_ == 3
+    assert fitted.label_names_ == ["0", "1", "2"]
+    np.testing.assert_array_equal(fitted.thresholds_, [0.5, 0.5, 0.5])
+    assert isinstance(fitted.module_, torch.nn.Module)
+    assert len(fitted.history_) == 8
+    assert fitted.device_ == "cpu"
+
+
+def test_learns_the_toy_task(fitted):
+    X, Y = make_texts(200, seed=7)
+    assert f1_score(Y, fitted.predict(X), average="macro") > 0.8
+
+
+def test_probabilities_are_independent_not_softmax(fitted):
+    X, Y = make_texts(50, seed=8)
+    sums = fitted.predict_proba(X).sum(axis=1)
+    assert not np.allclose(sums, 1.0)
+
+
+def test_threshold_set_params_changes_predict_without_refit(fitted):
+    clf = pickle.loads(pickle.dumps(fitted))
+    X, _ = make_texts(20, seed=9)
+    proba = clf.predict_proba(X)
+    module = clf.module_
+    clf.set_params(threshold=0.0)
+    assert clf.predict(X).all()
+    clf.set_params(threshold=[1.0, 0.0, 0.5])
+    pred = clf.predict(X)
+    assert not pred[:, 0].any() and pred[:, 1].all()
+    np.testing.assert_array_equal(pred[:, 2], proba[:, 2] >= 0.5)
+    assert clf.module_ is module  # no refit
+
+
+def test_threshold_of_wrong_length_at_predict_is_clear(fitted):
+    clf = pickle.loads(pickle.dumps(fitted))
+    clf.threshold = [0.5, 0.5]
+    with pytest.raises(ValueError, match="threshold has 2 values but the model has 3 labels"):
+        clf.predict(["a game"])
+
+
+def test_score_is_subset_accuracy(fitted):
+    X, Y = make_texts(40, seed=10)
+    expected = np.mean((fitted.predict(X) == Y).all(axis=1))
+    assert fitted.score(X, Y) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "pooler", "mean", "attention"])
+def test_each_pooling_fits_and_predicts(pooling, fast_params, toy_data):
+    X, Y = toy_data
+    clf = BertMultiLabelClassifier(pooling=pooling, **fast_params).fit(X, Y)
+    proba = clf.predict_proba(X[:5])
+    assert proba.shape == (5, 3) and np.isfinite(proba).all()
+
+
+def test_attention_pooling_gives_padding_zero_weight(fast_params, toy_data):
+    X, Y = toy_data
+    clf = BertMultiLabelClassifier(pooling="attention", **fast_params).fit(X, Y)
+    # One short text alone vs. batched with a much longer one: same output.
+    short, long = "a great game", " ".join(["market"] * 60)
+    alone = clf.predict_proba([short])
+    clf.set_params(predict_batch_size=2)
+    together = clf.predict_proba([short, long])[:1]
+    np.testing.assert_allclose(alone, together, atol=1e-5)
+
+
+@pytest.mark.parametrize("sizes", [(), (16,), (16, 8)])
+def test_head_sizes(sizes, fast_params, toy_data):
+    X, Y = toy_data
+    clf = BertMultiLabelClassifier(hidden_layer_sizes=sizes, **fast_params).fit(X, Y)
+    linears = [m for m in clf.module_.head if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in linears] == [*sizes, 3]
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [
+        lambda Y: Y,
+        lambda Y: Y.tolist(),
+        lambda Y: Y.astype(bool),
+        lambda Y: Y.astype(np.float64),
+        lambda Y: sp.csr_matrix(Y),
+        lambda Y: pd.DataFrame(Y, columns=["sports", "business", "positive"]),
+    ],
+    ids=["ndarray", "list", "bool", "float", "sparse", "dataframe"],
+)
+def test_each_label_format_gives_the_same_model(convert, fast_params, toy_data):
+    X, Y = toy_data
+    reference = BertMultiLabelClassifier(**fast_params).fit(X, Y).predict_proba(X[:8])
+    clf = BertMultiLabelClassifier(**fast_params).fit(X, convert(Y))
+    np.testing.assert_allclose(clf.predict_proba(X[:8]), reference, atol=1e-6)
+    if isinstance(convert(Y), pd.DataFrame):
+        assert clf.label_names_ == ["sports", "business", "positive"]
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [tuple, np.array, lambda X: pd.Series(X, index=np.arange(len(X)) * 3 + 7)],
+    ids=["tuple", "ndarray", "series"],
+)
+def test_each_text_format(convert, fitted, toy_data):
+    X, _ = toy_data
+    np.testing.assert_allclose(fitted.predict_proba(convert(X[:6])), fitted.predict_proba(X[:6]), atol=1e-6)
+
+
+def test_same_random_state_gives_identical_predictions(fast_params, toy_data):
+    X, Y = toy_data
+    params = dict(fast_params, train_split=0.2, dropout=0.3)
+    a = BertMultiLabelClassifier(**params).fit(X, Y).predict_proba(X)
+    b = BertMultiLabelClassifier(**params).fit(X, Y).predict_proba(X)
+    np.testing.assert_array_equal(a, b)
+    c = BertMultiLabelClassifier(**dict(params, random_state=1)).fit(X, Y).predict_proba(X)
+    assert not np.allclose(a, c)
+
+
+def test_fit_does_not_change_global_torch_rng(fast_params, toy_data):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    BertMultiLabelClassifier(**fast_params).fit(*toy_data)
+    np.testing.assert_array_equal(torch.rand(3), expected)
+
+
+def test_length_aware_batching_does_not_change_results(fitted):
+    X, _ = make_texts(40, seed=11)
+    batched = fitted.predict_proba(X)
+    one_by_one = np.vstack([fitted.predict_proba([x]) for x in X])
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+
+
+def test_batches_are_padded_to_their_own_longest_text(fast_params, toy_data, monkeypatch):
+    X, Y = toy_data
+    widths = []
+    clf = BertMultiLabelClassifier(**dict(fast_params, max_length=128))
+    original = torch.nn.Module.__call__
+
+    def spy(module, *args, **kwargs):
+        if "input_ids" in kwargs and type(module).__name__ == "MultiLabelTextModule":
+            widths.append(kwargs["input_ids"].shape[1])
+        return original(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", spy)
+    clf.fit(X, Y)
+    clf.predict_proba(X)
+    longest = max(len(clf.tokenizer_(x)["input_ids"]) for x in X)
+    assert widths and max(widths) == longest < 128
+    assert len(set(widths)) > 1
+
+
+def test_tokenizes_once_per_fit(fast_params, toy_data, monkeypatch):
+    import sklearn_bert_multilabel._estimator as est
+
+    calls = []
+    original = est.tokenize
+
+    def counting(tokenizer, texts, max_length):
+        calls.append(len(texts))
+        return original(tokenizer, texts, max_length)
+
+    monkeypatch.setattr(est, "tokenize", counting)
+    X, Y = toy_data
+    BertMultiLabelClassifier(**dict(fast_params, max_epochs=3, train_split=0.2)).fit(X, Y)
+    assert calls == [len(X)]
+
+
+def test_clone_pickle_joblib_round_trip(fitted, tmp_path):
+    X, _ = make_texts(12, seed=12)
+    expected = fitted.predict_proba(X)
+    restored = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(restored.predict_proba(X), expected)
+    assert isinstance(fitted.module_, torch.nn.Module)  # pickling leaves the original intact
+    joblib.dump(fitted, tmp_path / "clf.joblib")
+    np.testing.assert_array_equal(joblib.load(tmp_path / "clf.joblib").predict_proba(X), expected)
+    fresh = clone(fitted)
+    assert not hasattr(fresh, "module_")
+    assert fresh.get_params() == {**fitted.get_params(), "optimizer": fitted.optimizer}
+
+
+def test_unfitted_predict_raises_not_fitted(tiny_model_dir):
+    clf = BertMultiLabelClassifier(model_name=tiny_model_dir)
+    for method in (clf.predict, clf.predict_proba, clf.decision_function):
+        with pytest.raises(NotFittedError):
+            method(["text"])
+    with pytest.raises(NotFittedError):
+        clf.fit_thresholds(["text"], [[1]])
+    assert not hasattr(clf, "thresholds_")
+
+
+def test_pipeline(fast_params, toy_data):
+    X, Y = toy_data
+    pipe = make_pipeline(
+        FunctionTransformer(lambda texts: [t.upper() for t in texts]),
+        BertMultiLabelClassifier(**fast_params),
+    )
+    pipe.fit(X, Y)
+    assert pipe.predict(X[:4]).shape == (4, 3)
+    assert pipe.predict_proba(X[:4]).shape == (4, 3)
+
+
+def test_grid_search_over_head_sizes_and_thresholds(fast_params, toy_data):
+    X, Y = toy_data
+    search = GridSearchCV(
+        BertMultiLabelClassifier(**dict(fast_params, max_epochs=1)),
+        {"hidden_layer_sizes": [(), (8,)], "threshold": [0.3, 0.5]},
+        scoring="f1_macro",
+        cv=2,
+    )
+    search.fit(X, Y)
+    assert len(search.cv_results_["params"]) == 4
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+    assert search.best_estimator_.predict(X[:3]).shape == (3, 3)
+
+
+def test_freeze_encoder_trains_only_the_head(fast_params, toy_data):
+    from transformers import AutoModel
+
+    X, Y = toy_data
+    clf = BertMultiLabelClassifier(freeze_encoder=True, **fast_params).fit(X, Y)
+    pristine = AutoModel.from_pretrained(fast_params["model_name"])
+    for (name, p), (_, q) in zip(
+        clf.module_.encoder.named_parameters(), pristine.named_parameters(), strict=True
+    ):
+        assert torch.equal(p, q), name
+    untrained = BertMultiLabelClassifier(freeze_encoder=True, **dict(fast_params, max_epochs=1, lr=1e-9))
+    assert not torch.equal(untrained.fit(X, Y).module_.head[-1].weight, clf.module_.head[-1].weight)
+
+
+def test_balanced_pos_weight_is_computed_per_fit_and_capped(fast_params):
+    X, _ = make_texts(40, seed=13)
+    Y = np.zeros((40, 3), dtype=int)
+    Y[:20, 0] = 1  # 20 / 20 -> 1.0
+    Y[:4, 1] = 1  # 36 / 4 -> 9.0
+    Y[:1, 2] = 1  # 39 / 1 -> capped at 10
+    clf = BertMultiLabelClassifier(pos_weight="balanced", max_pos_weight=10.0, **fast_params).fit(X, Y)
+    np.testing.assert_allclose(clf.pos_weight_, [1.0, 9.0, 10.0])
+    explicit = BertMultiLabelClassifier(pos_weight=[1.0, 2.0, 3.0], **fast_params).fit(X, Y)
+    np.testing.assert_allclose(explicit.pos_weight_, [1.0, 2.0, 3.0])
+
+
+def test_positive_weight_raises_recall(fast_params):
+    X, Y = make_texts(96, seed=14)
+    plain = BertMultiLabelClassifier(**dict(fast_params, max_epochs=1)).fit(X, Y)
+    weighted = BertMultiLabelClassifier(pos_weight=[20.0] * 3, **dict(fast_params, max_epochs=1)).fit(X, Y)
+    assert weighted.predict_proba(X).mean() > plain.predict_proba(X).mean()
+
+
+def test_validation_split_is_recorded_in_history(fast_params, toy_data):
+    X, Y = toy_data
+    clf = BertMultiLabelClassifier(**dict(fast_params, train_split=0.25)).fit(X, Y)
+    assert np.isfinite(clf.history_[:, "valid_loss"]).all()
+    assert clf.history_[-1, "valid_batch_count"] == 2  # 24 texts, batches of 16
+
+
+def test_validation_data_replaces_the_split(fast_params, toy_data):
+    X, Y = toy_data
+    Xv, Yv = make_texts(10, seed=15)
+    clf = BertMultiLabelClassifier(**dict(fast_params, train_split=0.5))
+    clf.fit(X, Y, validation_data=(Xv, Yv))
+    assert clf.history_[-1, "valid_batch_count"] == 1
+    assert sum(clf.history_[-1, "batches", :, "train_batch_size"]) == len(X)
+
+
+def test_verbose_prints_epoch_table(fast_params, toy_data, capsys):
+    BertMultiLabelClassifier(**dict(fast_params, verbose=1, train_split=0.2)).fit(*toy_data)
+    out = capsys.readouterr().out
+    assert "train_loss" in out and "valid_loss" in out
+
+
+def test_silent_by_default(fast_params, toy_data, capsys):
+    BertMultiLabelClassifier(**fast_params).fit(*toy_data)
+    assert "train_loss" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("precision", ["bf16"])
+def test_bf16_precision_on_cpu(precision, fast_params, toy_data):
+    X, Y = toy_data
+    fp32 = BertMultiLabelClassifier(**fast_params).fit(X, Y)
+    low = BertMultiLabelClassifier(precision=precision, **fast_params).fit(X, Y)
+    assert next(low.module_.parameters()).dtype == torch.float32  # fp32 master weights
+    np.testing.assert_allclose(low.predict_proba(X[:10]), fp32.predict_proba(X[:10]), atol=0.1)
+
+
+def test_lr_schedule_warms_up_and_decays(fast_params, toy_data):
+    X, Y = toy_data
+    from skorch.callbacks import Callback
+
+    class Record(Callback):
+        def initialize(self):
+            self.lrs = []
+            return self
+
+        def on_batch_begin(self, net, batch=None, training=False, **kwargs):
+            if training:
+                self.lrs.append(net.optimizer_.param_groups[0]["lr"])
+
+    record = Record()
+    params = dict(fast_params, max_epochs=4, lr=1e-3, warmup_ratio=0.25, callbacks=[record])
+    BertMultiLabelClassifier(**params).fit(X, Y)
+    lrs = np.array(record.lrs)  # 4 epochs x 6 batches
+    peak = int(np.argmax(lrs))
+    assert 0 < peak <= 7 and lrs[peak] <= 1e-3
+    assert (np.diff(lrs[: peak + 1]) > 0).all() and (np.diff(lrs[peak:]) < 0).all()
+    constant = Record()
+    params = dict(params, lr_schedule="constant", warmup_ratio=0.0, callbacks=[constant])
+    BertMultiLabelClassifier(**params).fit(X, Y)
+    assert np.allclose(constant.lrs, 1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_cuda_fit_and_cpu_reload(precision, fast_params, toy_data):
+    X, Y = toy_data
+    clf = BertMultiLabelClassifier(device="cuda", precision=precision, **fast_params).fit(X, Y)
+    assert next(clf.module_.parameters()).is_cuda
+    expected = clf.predict_proba(X[:5])
+    restored = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_allclose(restored.predict_proba(X[:5]), expected, atol=1e-5)
+
+
+def test_gpu_pickle_loads_on_cpu_only_machine(fitted, monkeypatch):
+    """A pickle whose device_ says CUDA loads on CPU when no GPU is present."""
+    state = fitted.__getstate__()
+    state["device_"] = "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    restored = BertMultiLabelClassifier.__new__(BertMultiLabelClassifier)
+    restored.__setstate__(state)
+    assert restored.device_ == "cpu"
+    assert next(restored.module_.parameters()).device.type == "cpu"
+
+
+@pytest.mark.parametrize(
+    "X, match",
+    [(["ok", 5], r"X\[1\]=5"), ("text", "wrap it in a list"), ([], "X is empty")],
+    ids=["number", "single-str", "empty"],
+)
+def test_bad_texts_at_predict_time(fitted, X, match):
+    for method in (fitted.predict, fitted.predict_proba, fitted.decision_function):
+        with pytest.raises(ValueError, match=match):
+            method(X)
+
+
+def test_label_count_mismatch_after_fit(fitted):
+    with pytest.raises(ValueError, match="Y has 2 label columns but the model was fitted with 3"):
+        fitted.score(["a", "b"], [[0, 1], [1, 0]])
+    with pytest.raises(ValueError, match="Y has 4 label columns but the model was fitted with 3"):
+        fitted.fit_thresholds(["a"], [[0, 1, 0, 1]])
+
+
+def test_empty_and_whitespace_texts_predict(fitted):
+    proba = fitted.predict_proba(["", "   ", "\n\t", "a game"])
+    assert proba.shape == (4, 3) and np.isfinite(proba).all()
+    np.testing.assert_allclose(proba[0], proba[1], atol=1e-6)  # both tokenise to [CLS] [SEP]

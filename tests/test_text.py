@@ -1,0 +1,70 @@
+"""Tokenising once, length-aware batching and order restoration."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sklearn_bert_multilabel._text import (
+    LengthBucketBatchSampler,
+    PadCollator,
+    iter_id_batches,
+    iter_text_batches,
+)
+
+
+def test_training_sampler_covers_every_index_once_and_reshuffles():
+    lengths = np.random.default_rng(0).integers(1, 60, size=1000)
+    sampler = LengthBucketBatchSampler(lengths, 32, shuffle=True, seed=0)
+    first = [b for b in sampler]
+    second = [b for b in sampler]
+    assert len(first) == len(sampler) == 32
+    for epoch in (first, second):
+        flat = np.concatenate(epoch)
+        assert sorted(flat.tolist()) == list(range(1000))
+    assert [b[0] for b in first] != [b[0] for b in second]  # a new order each epoch
+
+
+def test_training_batches_group_similar_lengths():
+    lengths = np.random.default_rng(1).integers(1, 100, size=3200)
+    sampler = LengthBucketBatchSampler(lengths, 32, shuffle=True, seed=0)
+    padded = sum(len(b) * lengths[b].max() for b in sampler)
+    random_batches = np.random.default_rng(2).permutation(3200).reshape(-1, 32)
+    padded_random = sum(len(b) * lengths[b].max() for b in random_batches)
+    assert padded < 0.7 * padded_random
+
+
+def test_same_seed_same_batches():
+    lengths = np.arange(100) % 17
+    a = list(LengthBucketBatchSampler(lengths, 8, shuffle=True, seed=3))
+    b = list(LengthBucketBatchSampler(lengths, 8, shuffle=True, seed=3))
+    assert a == b
+
+
+def test_collator_pads_to_longest_in_batch():
+    inputs, y = PadCollator(pad_id=7)([(np.array([1, 2, 3]), np.ones(2)), (np.array([4]), np.zeros(2))])
+    assert inputs["input_ids"].tolist() == [[1, 2, 3], [4, 7, 7]]
+    assert inputs["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert y.shape == (2, 2)
+
+
+def test_prediction_batches_cover_all_rows_in_length_order():
+    ids = [np.arange(n) for n in (5, 1, 9, 3, 7)]
+    batches = list(iter_id_batches(ids, 2, 0))
+    rows = np.concatenate([r for r, _ in batches])
+    assert sorted(rows.tolist()) == [0, 1, 2, 3, 4]
+    assert [inp["input_ids"].shape[1] for _, inp in batches] == [3, 7, 9]
+
+
+def test_text_batches_stream_in_chunks(monkeypatch, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    import sklearn_bert_multilabel._text as text
+
+    monkeypatch.setattr(text, "PREDICT_CHUNK", 4)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    texts = ["a game"] * 5 + ["the bank is up today"] * 5
+    seen = []
+    for rows, inputs in iter_text_batches(tok, texts, 32, 3, tok.pad_token_id):
+        seen += rows.tolist()
+        assert inputs["input_ids"].shape[0] <= 3
+    assert sorted(seen) == list(range(10))

@@ -1,0 +1,121 @@
+"""Per-label threshold tuning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import make_texts
+from sklearn.metrics import fbeta_score
+
+from sklearn_bert_multilabel import BertMultiLabelClassifier, tune_thresholds
+from sklearn_bert_multilabel._thresholds import DEFAULT_THRESHOLD, best_threshold
+
+
+def brute_force(scores, y, beta):
+    candidates = np.unique(np.concatenate([scores, [0.0, 1.0]]))
+    return max(fbeta_score(y, scores >= t, beta=beta, zero_division=0) for t in candidates)
+
+
+@pytest.mark.parametrize("beta", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("seed", range(5))
+def test_best_threshold_matches_brute_force(beta, seed):
+    rng = np.random.default_rng(seed)
+    y = rng.random(200) < 0.2
+    scores = np.clip(rng.normal(0.3 + 0.3 * y, 0.2), 0, 1).round(2)  # with ties
+    t = best_threshold(scores, y, beta)
+    achieved = fbeta_score(y, scores >= t, beta=beta, zero_division=0)
+    assert achieved == pytest.approx(brute_force(scores, y, beta))
+
+
+def test_no_positive_keeps_default():
+    assert best_threshold(np.array([0.1, 0.9]), np.array([0, 0]), 1.0) == DEFAULT_THRESHOLD
+
+
+def test_tune_thresholds_per_column_far_from_half():
+    rng = np.random.default_rng(0)
+    Y = rng.random((500, 3)) < 0.3
+    proba = np.column_stack(
+        [
+            np.where(Y[:, 0], 0.15, 0.05) + rng.normal(0, 0.01, 500),  # optimum near 0.1
+            np.where(Y[:, 1], 0.95, 0.85) + rng.normal(0, 0.01, 500),  # optimum near 0.9
+            np.where(Y[:, 2], 0.7, 0.3) + rng.normal(0, 0.01, 500),
+        ]
+    )
+    t = tune_thresholds(proba, Y)
+    assert 0.07 < t[0] < 0.13 and 0.87 < t[1] < 0.93 and 0.35 < t[2] < 0.65
+    f1 = [fbeta_score(Y[:, j], proba[:, j] >= t[j], beta=1) for j in range(3)]
+    assert min(f1) > 0.99
+
+
+@pytest.fixture(scope="module")
+def skewed(tiny_model_dir):
+    """A fitted model whose probabilities sit far below 0.5 for a rare label."""
+    X, Y = make_texts(120, seed=20)
+    clf = BertMultiLabelClassifier(
+        model_name=tiny_model_dir,
+        max_epochs=4,
+        lr=3e-3,
+        batch_size=16,
+        random_state=0,
+        train_split=None,
+        pos_weight=[0.05, 0.05, 0.05],
+    )
+    return clf.fit(X, Y)
+
+
+def test_fit_thresholds_beats_fixed_half(skewed):
+    Xv, Yv = make_texts(150, seed=21)
+    Xt, Yt = make_texts(150, seed=22)
+    before = fbeta_score(Yt, skewed.predict(Xt), beta=1, average="macro", zero_division=0)
+    module = skewed.module_
+    skewed.fit_thresholds(Xv, Yv)
+    after = fbeta_score(Yt, skewed.predict(Xt), beta=1, average="macro", zero_division=0)
+    assert skewed.threshold == "auto" and skewed.module_ is module
+    assert (skewed.thresholds_ < 0.5).all()
+    assert after > before + 0.2, (before, after)
+    np.testing.assert_array_equal(skewed.thresholds_, skewed.tuned_thresholds_)
+    skewed.set_params(threshold=0.5)  # back to the fixed threshold, no refit
+    assert fbeta_score(Yt, skewed.predict(Xt), beta=1, average="macro", zero_division=0) == before
+
+
+def test_fit_thresholds_metric_choice(skewed):
+    Xv, Yv = make_texts(150, seed=23)
+    high_precision = skewed.fit_thresholds(Xv, Yv, metric="f0.5").thresholds_
+    high_recall = skewed.fit_thresholds(Xv, Yv, metric="f2").thresholds_
+    assert (high_precision >= high_recall).all() and (high_precision > high_recall).any()
+    with pytest.raises(ValueError, match="metric must be one of"):
+        skewed.fit_thresholds(Xv, Yv, metric="auc")
+
+
+def test_auto_threshold_tunes_on_validation_split(tiny_model_dir):
+    X, Y = make_texts(160, seed=24)
+    clf = BertMultiLabelClassifier(
+        model_name=tiny_model_dir,
+        max_epochs=4,
+        lr=3e-3,
+        batch_size=16,
+        random_state=0,
+        train_split=0.25,
+        threshold="auto",
+        pos_weight=[0.05, 0.05, 0.05],
+    ).fit(X, Y)
+    assert clf.tuned_thresholds_ is not None
+    np.testing.assert_array_equal(clf.thresholds_, clf.tuned_thresholds_)
+    assert not np.allclose(clf.thresholds_, 0.5)
+
+
+def test_auto_threshold_without_validation_warns_and_uses_half(tiny_model_dir):
+    X, Y = make_texts(40, seed=25)
+    clf = BertMultiLabelClassifier(
+        model_name=tiny_model_dir, max_epochs=1, random_state=0, train_split=None, threshold="auto"
+    )
+    with pytest.warns(UserWarning, match="threshold='auto' needs validation data"):
+        clf.fit(X, Y)
+    np.testing.assert_array_equal(clf.thresholds_, [0.5, 0.5, 0.5])
+
+
+def test_label_without_positives_keeps_default_threshold(skewed):
+    Xv, Yv = make_texts(60, seed=26)
+    Yv[:, 1] = 0
+    skewed.fit_thresholds(Xv, Yv)
+    assert skewed.thresholds_[1] == DEFAULT_THRESHOLD

@@ -1,0 +1,155 @@
+"""Bad input and bad parameters give one clear error before any training."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sklearn_bert_multilabel import BertMultiLabelClassifier, InvalidInputError, UnusedLabelWarning
+
+X4 = ["a good game", "stocks fell", "a win", "bank profits"]
+Y4 = np.array([[1, 0], [0, 1], [1, 0], [0, 1]])
+
+
+@pytest.fixture
+def clf(tiny_model_dir):
+    return BertMultiLabelClassifier(model_name=tiny_model_dir, max_epochs=1, train_split=None, random_state=0)
+
+
+@pytest.fixture(autouse=True)
+def no_training(monkeypatch):
+    """Bad input must be refused before the encoder is even loaded."""
+    import sklearn_bert_multilabel._estimator as est
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("validation should have failed before loading the model")
+
+    monkeypatch.setattr(est, "load_encoder", refuse)
+    monkeypatch.setattr(est, "load_tokenizer", refuse)
+
+
+@pytest.mark.parametrize(
+    "X, match",
+    [
+        (["ok", 3, "fine", "yes"], r"X must contain only str.*X\[1\]=3"),
+        (["ok", None, "fine", "yes"], r"X\[1\]=None"),
+        (["ok", float("nan"), "fine", "yes"], r"X\[1\]=nan"),
+        (np.array([1.0, 2.0, 3.0, 4.0]), "X must contain only str"),
+        ("one text", "got a single str; wrap it in a list"),
+        (np.array([["a"], ["b"], ["c"], ["d"]]), r"X must be 1-D.*X\[:, 0\]"),
+        (pd.DataFrame({"text": X4}), r"select the text column"),
+        (42, "X must be a list, tuple, 1-D array or pandas Series of str"),
+    ],
+    ids=["int", "none", "nan", "numeric-array", "single-str", "2d", "dataframe", "scalar"],
+)
+def test_bad_texts(clf, X, match):
+    with pytest.raises(InvalidInputError, match=match):
+        clf.fit(X, Y4)
+
+
+def test_empty_X(clf):
+    with pytest.raises(ValueError, match="X is empty"):
+        clf.fit([], np.zeros((0, 2)))
+
+
+def test_length_mismatch(clf):
+    with pytest.raises(ValueError, match="X has 4 texts but Y has 3 rows"):
+        clf.fit(X4, Y4[:3])
+
+
+@pytest.mark.parametrize(
+    "Y, match",
+    [
+        (np.array([1, 0, 1, 0]), r"Y must be 2-D.*reshape\(-1, 1\)"),
+        (np.zeros((4, 2, 2)), "Y must be 2-D"),
+        (np.array([[1, 0], [0, 2], [1, 0], [0, 1]]), r"Y must be binary \(0/1\); found other values \[2"),
+        (np.array([[1, 0], [0, np.nan], [1, 0], [0, 1]]), "Y contains 1 NaN value.*row 1, column 1"),
+        ([[0, 3], [1], [2], [1, 2]], "MultiLabelBinarizer"),
+        (np.array([["a", "b"]] * 4), "Y must hold numbers 0/1"),
+        (np.zeros((4, 0)), "no label columns"),
+    ],
+    ids=["1d", "3d", "non-binary", "nan", "ragged", "strings", "no-columns"],
+)
+def test_bad_labels(clf, Y, match):
+    with pytest.raises(ValueError, match=match):
+        clf.fit(X4, Y)
+
+
+def test_never_positive_label_warns(tiny_model_dir, monkeypatch):
+    import sklearn_bert_multilabel._estimator as est
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(est, "load_tokenizer", stop)
+    Y = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 1, 0]])
+    clf = BertMultiLabelClassifier(model_name=tiny_model_dir)
+    with pytest.warns(UnusedLabelWarning, match="1 label column.*never positive.*2"), pytest.raises(Stop):
+        clf.fit(X4, pd.DataFrame(Y, columns=["a", "b", "2"]))
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"pooling": "max"}, r"pooling must be one of \['cls', 'pooler', 'mean', 'attention'\]"),
+        ({"threshold": -0.1}, r"threshold must be >= 0.0 and <= 1.0"),
+        ({"threshold": 1.5}, r"threshold must be >= 0.0 and <= 1.0"),
+        ({"threshold": "best"}, "threshold must be a number in"),
+        ({"threshold": [0.5, 0.5, 0.5]}, "threshold has 3 values but Y has 2 label columns"),
+        ({"dropout": 1.0}, r"dropout must be a number in \[0, 1\)"),
+        ({"dropout": -0.1}, r"dropout must be a number in \[0, 1\)"),
+        ({"hidden_layer_sizes": (0,)}, "hidden_layer_sizes must be a tuple of positive ints"),
+        ({"hidden_layer_sizes": 256}, "hidden_layer_sizes must be a tuple"),
+        ({"pos_weight": "auto"}, "pos_weight must be None, 'balanced'"),
+        ({"pos_weight": [1.0, -2.0]}, "pos_weight must be >= 0.0"),
+        ({"max_length": 1}, "max_length must be an int >= 2"),
+        ({"max_epochs": 0}, "max_epochs must be an int >= 1"),
+        ({"batch_size": 2.5}, "batch_size must be an int >= 1"),
+        ({"lr": 0}, "lr must be a number > 0"),
+        ({"precision": "int8"}, "precision must be one of"),
+        ({"precision": "fp16"}, "precision='fp16' needs a CUDA device"),
+        ({"device": "tpu"}, "device must be 'cpu', 'cuda', 'cuda:N' or 'auto'"),
+        ({"train_split": 1.5}, r"train_split must be a fraction in \(0, 1\)"),
+        ({"lr_schedule": "step"}, "lr_schedule must be one of"),
+        ({"threshold_metric": "accuracy"}, "threshold_metric must be one of"),
+        ({"optimizer": "adam"}, "optimizer must be a torch.optim.Optimizer class"),
+        ({"iterator_train_shuffle": True}, "unknown parameter 'iterator_train_shuffle'"),
+    ],
+)
+def test_bad_parameters(clf, params, match):
+    clf = type(clf)(**{**clf.get_params(), **params})
+    with pytest.raises(ValueError, match=match):
+        clf.fit(X4, Y4)
+
+
+def test_cuda_requested_without_cuda(clf, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available.*device='cpu' or device='auto'"):
+        clf.set_params(device="cuda").fit(X4, Y4)
+
+
+def test_all_problems_reported_together(clf):
+    clf.set_params(pooling="max", dropout=2.0, lr=-1.0)
+    with pytest.raises(InvalidInputError) as info:
+        clf.fit(["ok", 3, "x", "y"], np.array([[1, 0], [0, 2], [1, 0], [0, 1]]))
+    message = str(info.value)
+    assert "5 problems" in message
+    for part in ("pooling", "dropout", "lr", "X must contain only str", "Y must be binary"):
+        assert part in message
+    assert len(info.value.problems) == 5
+    assert isinstance(info.value, TypeError) and isinstance(info.value, ValueError)
+
+
+def test_errors_do_not_warn_first(clf):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError):
+            clf.fit(X4, [[0, 1]] * 3)
