@@ -1,15 +1,16 @@
 """Multi-label text classification with pretrained transformer encoders, as scikit-learn estimators."""
 
 from ._estimator import BertMultiLabelClassifier
+from ._memory import CacheWarning
 from ._model import MultiLabelTextModule
 from ._thresholds import tune_thresholds
 from ._validation import InvalidInputError, UnusedLabelWarning
+from ._version import __version__
 from .datasets import load_goemotions
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BertMultiLabelClassifier",
+    "CacheWarning",
     "InvalidInputError",
     "MultiLabelTextModule",
     "UnusedLabelWarning",

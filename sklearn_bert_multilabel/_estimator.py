@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -17,10 +18,19 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from torch.utils.data import Subset
 
-from ._model import POOLINGS, MultiLabelTextModule, has_pooler
+from ._memory import (
+    CacheWarning,
+    FitCache,
+    model_fingerprint,
+    resolve_location,
+    stable_hash,
+    state_for_cache,
+    text_keys,
+)
+from ._model import POOLINGS, HeadOnly, MultiLabelTextModule, has_pooler
 from ._net import LR_SCHEDULES, PRECISIONS, MultiLabelNet, WarmupDecaySchedule, autocast_context
-from ._pretrained import DEFAULT_MODEL, load_encoder, load_tokenizer, max_positions
-from ._text import TokenDataset, iter_id_batches, iter_text_batches, tokenize
+from ._pretrained import DEFAULT_MODEL, load_encoder, load_tokenizer, max_positions, resolve_model_path
+from ._text import FeatureDataset, TokenDataset, iter_id_batches, iter_text_batches, tokenize
 from ._thresholds import THRESHOLD_METRICS, tune_thresholds
 from ._validation import (
     InvalidInputError,
@@ -32,11 +42,17 @@ from ._validation import (
     is_number,
     warn_unused_labels,
 )
+from ._version import __version__
 
 logger = logging.getLogger(__name__)
 
 #: Prefixes of the extra keyword parameters passed through to skorch and
 #: Hugging Face (``iterator_train__num_workers=2``, ``encoder__attn_implementation="sdpa"``).
+#: Parameters that change only what predict does with the trained weights: they
+#: are left out of the ``memory`` cache key, so a search over them trains once.
+PREDICT_ONLY_PARAMS = frozenset(
+    {"threshold", "threshold_metric", "predict_batch_size", "verbose", "memory", "device"}
+)
 EXTRA_PREFIXES = ("iterator_train", "iterator_valid", "optimizer", "callbacks", "encoder", "tokenizer")
 
 
@@ -134,6 +150,18 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         Seed of the head's initialisation, dropout, batch order and
         validation split. An int gives identical predictions run to run on
         the same machine.
+    memory : str, path, joblib.Memory or None, default=None
+        Folder for caching, as ``Pipeline(memory=...)``. The trained weights
+        of a fit are cached under a key made of the training data and every
+        parameter that affects training; parameters that only affect
+        prediction (``threshold``, ``threshold_metric``,
+        ``predict_batch_size``, ``verbose``, ``device``) are not in the key, so
+        ``GridSearchCV`` over thresholds trains once per fold. Predicted
+        logits are cached too, and with ``freeze_encoder=True`` (and a pooling
+        other than ``"attention"``) the pooled encoder features of each text
+        are computed once across fits. Unreadable entries are ignored with a
+        ``CacheWarning``. With ``random_state=None``, a cached fit is reused
+        as if it were deterministic.
     verbose : int, default=0
         0: silent; 1: an epoch table and a progress bar.
     **kwargs
@@ -164,6 +192,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         Per-epoch training record (losses, durations).
     device_ : str
         Device the model was fitted on.
+    cache_key_ : str or None
+        Key of this fit in the ``memory`` cache (None without ``memory``).
 
     See Also
     --------
@@ -216,6 +246,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         callbacks: list | None = None,
         device: str = "cpu",
         random_state: int | np.random.RandomState | None = None,
+        memory: str | os.PathLike | Any | None = None,
         verbose: int = 0,
         **kwargs: Any,
     ):
@@ -243,6 +274,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         self.callbacks = callbacks
         self.device = device
         self.random_state = random_state
+        self.memory = memory
         self.verbose = verbose
         self._extra_keys = tuple(kwargs)
         for key, value in kwargs.items():
@@ -359,6 +391,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 )
         if self.callbacks is not None and not isinstance(self.callbacks, (list, tuple)):
             problems.append(f"callbacks must be a list of skorch callbacks or None, got {self.callbacks!r}.")
+        if self.memory is not None and not (
+            isinstance(self.memory, (str, os.PathLike)) or hasattr(self.memory, "location")
+        ):
+            problems.append(f"memory must be None, a folder path or a joblib.Memory, got {self.memory!r}.")
         if not is_int(self.verbose) or self.verbose < 0:
             problems.append(f"verbose must be an int >= 0, got {self.verbose!r}.")
         for key in self._extra_params():
@@ -489,13 +525,34 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
 
         devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
-        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
-            self._fit(texts, Y, val_texts, Y_val, label_names, device, seed)
+        before = dict(self.__dict__)
+        try:
+            with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                self._fit(texts, Y, val_texts, Y_val, label_names, device, seed)
+        except BaseException:
+            # Never leave a half-fitted estimator behind.
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
         return self
 
     def _fit(self, texts, Y, val_texts, Y_val, label_names, device, seed) -> None:
+        n_labels = Y.shape[1]
+        if val_texts is not None:  # validation_data replaces train_split
+            train_idx = valid_idx = None
+        else:
+            train_idx, valid_idx = self._split_indices(len(texts), seed)
+        if valid_idx is not None:
+            val_texts, Y_val = [texts[i] for i in valid_idx], Y[valid_idx]
+        train_texts = texts if train_idx is None else [texts[i] for i in train_idx]
+        Y_train = Y if train_idx is None else Y[train_idx]
+
+        cache = self._cache()
+        fit_key = self._fit_key(texts, Y, val_texts, Y_val, device) if cache is not None else None
+        entry = cache.load_fit(fit_key) if fit_key is not None else None
+
         tokenizer = load_tokenizer(self.model_name, **self._prefixed("tokenizer"))
         encoder = load_encoder(self.model_name, progress=self.verbose > 0, **self._prefixed("encoder"))
         problems = Problems()
@@ -513,23 +570,6 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             )
         problems.raise_if_any()
 
-        n_labels = Y.shape[1]
-        dataset = TokenDataset(tokenize(tokenizer, texts, self.max_length), Y)
-        if val_texts is not None:
-            train_set = dataset
-            valid_set = TokenDataset(tokenize(tokenizer, val_texts, self.max_length), Y_val)
-        elif self.train_split is None:
-            train_set, valid_set = dataset, None
-        elif callable(self.train_split):
-            train_set, valid_set = self.train_split(dataset, None)
-        else:
-            train_set, valid_set = _random_split(dataset, self.train_split, seed)
-        if valid_set is not None and len(valid_set) == 0:
-            valid_set = None
-
-        Y_train = Y[np.asarray(train_set.indices)] if isinstance(train_set, Subset) else Y
-        pos_weight = self._pos_weight(Y_train, n_labels)
-
         module = MultiLabelTextModule(
             encoder,
             n_labels,
@@ -538,27 +578,43 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             dropout=self.dropout,
             freeze_encoder=bool(self.freeze_encoder),
         )
-        net = self._build_net(module, pos_weight, valid_set, tokenizer, device, seed)
-        logger.info(
-            "fitting %d labels on %d texts (%d for validation) on %s",
-            n_labels,
-            len(train_set),
-            0 if valid_set is None else len(valid_set),
-            device,
-        )
-        net.fit(train_set, None)
-
-        self.module_ = net.module_.eval()
-        self.history_ = net.history_
+        module.to(device)
+        self.module_ = module
         self.tokenizer_ = tokenizer
         self.device_ = device
         self.n_labels_ = n_labels
         self.classes_ = np.arange(n_labels)
         self.label_names_ = list(label_names)
-        self.pos_weight_ = None if pos_weight is None else pos_weight.numpy().astype(np.float64)
+        self.cache_key_ = fit_key
+
+        if entry is not None:
+            missing, unexpected = module.load_state_dict(
+                {k: v.to(device) for k, v in entry["weights"].items()}, strict=False
+            )
+            if unexpected or any(not (self.freeze_encoder and k.startswith("encoder.")) for k in missing):
+                raise RuntimeError(f"cache entry {fit_key} does not match the model")  # pragma: no cover
+            from skorch.history import History
+
+            self.history_ = History(entry["meta"]["history"])
+            weights = entry["meta"]["pos_weight"]
+            self.pos_weight_ = None if weights is None else np.asarray(weights)
+            valid = entry["valid"]
+        else:
+            pos_weight = self._pos_weight(Y_train, n_labels)
+            self.pos_weight_ = None if pos_weight is None else pos_weight.numpy().astype(np.float64)
+            valid = self._train(module, tokenizer, train_texts, Y_train, val_texts, Y_val, pos_weight, seed)
+            if cache is not None:
+                meta = {
+                    "history": _jsonable(self.history_),
+                    "pos_weight": None if pos_weight is None else self.pos_weight_.tolist(),
+                    "n_labels": n_labels,
+                }
+                cache.save_fit(fit_key, state_for_cache(module, bool(self.freeze_encoder)), meta, valid)
+        module.eval()
+
         self.tuned_thresholds_ = None
         if isinstance(self.threshold, str):  # "auto"
-            if valid_set is None:
+            if valid is None:
                 warnings.warn(
                     "threshold='auto' needs validation data to tune on, but train_split is None "
                     "and no validation_data was given; using 0.5 for every label. Call "
@@ -568,10 +624,138 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 )
                 self.tuned_thresholds_ = np.full(n_labels, 0.5)
             else:
-                ids = [valid_set[i][0] for i in range(len(valid_set))]
-                Y_valid = np.stack([valid_set[i][1] for i in range(len(valid_set))])
-                proba = expit(self._logits_from_ids(ids))
-                self.tuned_thresholds_ = tune_thresholds(proba, Y_valid, self.threshold_metric)
+                logits, Y_valid = valid
+                self.tuned_thresholds_ = tune_thresholds(expit(logits), Y_valid, self.threshold_metric)
+
+    def _uses_feature_cache(self) -> bool:
+        """Frozen encoder with a fixed pooling: text features can be computed once."""
+        return bool(self.freeze_encoder) and self.pooling != "attention"
+
+    def _train(self, module, tokenizer, train_texts, Y_train, val_texts, Y_val, pos_weight, seed):
+        """Train ``module`` with skorch; return (validation logits, labels) or None."""
+        has_valid = val_texts is not None and len(val_texts) > 0
+        if self._uses_feature_cache():
+            # The encoder is fixed: pool every text once, then train only the head.
+            train_set = FeatureDataset(self._pooled_features(train_texts), Y_train)
+            valid_set = FeatureDataset(self._pooled_features(val_texts), Y_val) if has_valid else None
+            net_module = HeadOnly(module.head)
+        else:
+            ids = tokenize(tokenizer, train_texts + (val_texts if has_valid else []), self.max_length)
+            train_set = TokenDataset(ids[: len(train_texts)], Y_train)
+            valid_set = TokenDataset(ids[len(train_texts) :], Y_val) if has_valid else None
+            net_module = module
+        net = self._build_net(net_module, pos_weight, valid_set, tokenizer, self.device_, seed)
+        logger.info(
+            "fitting %d labels on %d texts (%d for validation) on %s",
+            Y_train.shape[1],
+            len(train_set),
+            0 if valid_set is None else len(valid_set),
+            self.device_,
+        )
+        net.fit(train_set, None)
+        self.history_ = net.history_
+        if valid_set is None:
+            return None
+        module.eval()
+        if isinstance(valid_set, FeatureDataset):
+            logits = self._head_logits(valid_set.features)
+        else:
+            logits = self._logits_from_ids(valid_set.ids)
+        return logits, Y_val
+
+    def _split_indices(self, n: int, seed: int | None):
+        """(train rows, validation rows) of the fit data; None means all / none."""
+        split = self.train_split
+        if split is None or n < 2:
+            return None, None
+        if callable(split):
+            train, valid = split(_RowDataset(n), None)
+            if not (isinstance(train, Subset) and (valid is None or isinstance(valid, Subset))):
+                raise InvalidInputError(
+                    [
+                        "train_split must return torch.utils.data.Subset objects of the dataset it is "
+                        f"given (as skorch.dataset.ValidSplit does); got {type(train).__name__}."
+                    ]
+                )
+            return np.asarray(train.indices), None if valid is None else np.asarray(valid.indices)
+        n_valid = max(1, int(round(n * split)))
+        perm = np.random.default_rng(seed).permutation(n)
+        return np.sort(perm[n_valid:]), np.sort(perm[:n_valid])
+
+    # ------------------------------------------------------------------ memory
+    def _cache(self) -> FitCache | None:
+        root = resolve_location(self.memory)
+        return None if root is None else FitCache(root)
+
+    def _fit_key(self, texts, Y, val_texts, Y_val, device) -> str | None:
+        params = {k: v for k, v in self.get_params(deep=False).items() if k not in PREDICT_ONLY_PARAMS}
+        try:
+            return stable_hash(
+                __version__,
+                params,
+                self._encoder_fingerprint(),
+                torch.device(device).type,
+                texts,
+                Y,
+                val_texts,
+                Y_val,
+            )
+        except Exception as exc:  # noqa: BLE001 - e.g. a callback that cannot be pickled
+            warnings.warn(
+                f"memory is set but the parameters cannot be hashed ({type(exc).__name__}: {exc}); "
+                "this fit is not cached.",
+                CacheWarning,
+                stacklevel=4,
+            )
+            return None
+
+    def _encoder_fingerprint(self) -> str:
+        return model_fingerprint(resolve_model_path(os.path.expanduser(self.model_name)))
+
+    def _feature_key(self) -> str:
+        return stable_hash(
+            __version__,
+            self._encoder_fingerprint(),
+            self.pooling,
+            self.max_length,
+            self.precision,
+            self._prefixed("encoder"),
+            self._prefixed("tokenizer"),
+        )
+
+    def _pooled_features(self, texts: Sequence[str]) -> np.ndarray:
+        """Pooled frozen-encoder vectors of ``texts``, through the feature cache if any."""
+        cache = self._cache()
+        hidden = self.module_.encoder.config.hidden_size
+        out = np.empty((len(texts), hidden), dtype=np.float32)
+        keys = text_keys(list(texts))
+        found = cache.load_features(self._feature_key()) if cache is not None else {}
+        todo = [i for i, k in enumerate(keys.tolist()) if k not in found]
+        for i, k in enumerate(keys.tolist()):
+            if k in found:
+                out[i] = found[k]
+        if todo:
+            pad_id = self.tokenizer_.pad_token_id or 0
+            batches = iter_text_batches(
+                self.tokenizer_, [texts[i] for i in todo], self.max_length, self.predict_batch_size, pad_id
+            )
+            computed = self._run(batches, self.module_.pool, hidden)
+            out[todo] = computed
+            if cache is not None:
+                cache.save_features(self._feature_key(), keys[todo], computed)
+        logger.debug("features: %d cached, %d computed", len(texts) - len(todo), len(todo))
+        return out
+
+    def _head_logits(self, features: np.ndarray) -> np.ndarray:
+        head = self.module_.head
+        device = next(head.parameters()).device
+        out = np.empty((len(features), self.n_labels_), dtype=np.float32)
+        step = 4096
+        with torch.inference_mode():
+            for start in range(0, len(features), step):
+                x = torch.from_numpy(features[start : start + step]).to(device)
+                out[start : start + step] = head(x).float().cpu().numpy()
+        return out
 
     def _pos_weight(self, Y_train: np.ndarray, n_labels: int) -> torch.Tensor | None:
         if self.pos_weight is None:
@@ -620,20 +804,21 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         )
 
     # ----------------------------------------------------------------- predict
-    def _run(self, batches) -> np.ndarray:
+    def _run(self, batches, forward=None, width: int | None = None) -> np.ndarray:
+        """Apply ``forward`` (the whole module by default) to padded batches, in input order."""
         module = self.module_
+        forward = module if forward is None else forward
         device = next(module.parameters()).device
         module.eval()
         chunks: list[tuple[np.ndarray, np.ndarray]] = []
         with torch.inference_mode(), autocast_context(str(device), self.precision):
             for rows, inputs in batches:
                 inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
-                logits = module(**inputs).float().cpu().numpy()
-                chunks.append((rows, logits))
+                chunks.append((rows, forward(**inputs).float().cpu().numpy()))
         n = sum(len(rows) for rows, _ in chunks)
-        out = np.empty((n, self.n_labels_), dtype=np.float32)
-        for rows, logits in chunks:
-            out[rows] = logits
+        out = np.empty((n, self.n_labels_ if width is None else width), dtype=np.float32)
+        for rows, values in chunks:
+            out[rows] = values
         return out
 
     def _logits_from_ids(self, ids: Sequence[np.ndarray]) -> np.ndarray:
@@ -654,10 +839,22 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             Unbounded scores; ``sigmoid(logits)`` is :meth:`predict_proba`.
         """
         texts = self._check_predict_texts(X)
+        cache = self._cache()
+        if cache is not None and self._uses_feature_cache():
+            return self._head_logits(self._pooled_features(texts))
+        key = None
+        if cache is not None and getattr(self, "cache_key_", None) is not None:
+            key = stable_hash(self.cache_key_, texts)
+            logits = cache.load_logits(key, (len(texts), self.n_labels_))
+            if logits is not None:
+                return logits
         pad_id = self.tokenizer_.pad_token_id or 0
-        return self._run(
+        logits = self._run(
             iter_text_batches(self.tokenizer_, texts, self.max_length, self.predict_batch_size, pad_id)
         )
+        if key is not None:
+            cache.save_logits(key, logits)
+        return logits
 
     def predict_proba(self, X: Sequence[str]) -> np.ndarray:
         """Independent probability of each label for each text.
@@ -785,10 +982,29 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         super().__setstate__(state)
 
 
-def _random_split(dataset: TokenDataset, fraction: float, seed: int | None):
-    """Hold out ``fraction`` of ``dataset`` (at least one row) for validation."""
-    n = len(dataset)
-    n_valid = max(1, int(round(n * fraction))) if n > 1 else 0
-    perm = np.random.default_rng(seed).permutation(n)
-    valid, train = np.sort(perm[:n_valid]), np.sort(perm[n_valid:])
-    return Subset(dataset, train.tolist()), Subset(dataset, valid.tolist())
+class _RowDataset(torch.utils.data.Dataset):
+    """Row numbers 0..n-1, handed to a ``train_split`` callable to learn its split."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def _jsonable(history) -> list:
+    """A skorch History as plain JSON values (tensors and numpy numbers converted)."""
+
+    def convert(value):
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [convert(v) for v in value]
+        if isinstance(value, (np.generic, torch.Tensor)):
+            return value.item()
+        return value
+
+    return convert(list(history))

@@ -130,3 +130,17 @@ class MultiLabelTextModule(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: object) -> torch.Tensor:
         return self.head(self.pool(input_ids, attention_mask))
+
+
+class HeadOnly(nn.Module):
+    """The head alone, fed pooled features: trains a frozen-encoder model cheaply.
+
+    It shares its parameters with the full module's ``head``.
+    """
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, features: torch.Tensor, **_: object) -> torch.Tensor:
+        return self.head(features)

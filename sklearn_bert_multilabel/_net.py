@@ -10,7 +10,7 @@ from skorch import NeuralNet
 from skorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
-from ._text import LengthBucketBatchSampler, PadCollator, lengths_of
+from ._text import FeatureDataset, LengthBucketBatchSampler, PadCollator, lengths_of
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("linear", "cosine", "constant")
@@ -112,7 +112,7 @@ class MultiLabelNet(NeuralNet):
         super().initialize()
         enabled = self.precision == "fp16"
         self.grad_scaler_ = torch.amp.GradScaler(torch.device(self.device).type, enabled=enabled)
-        self._epoch_seed = self.seed
+        self._iterator_seed = self.seed
         return self
 
     def initialize_optimizer(self, triggered_directly=None):
@@ -132,8 +132,18 @@ class MultiLabelNet(NeuralNet):
         seed = None
         if self.seed is not None:
             # A fresh but reproducible stream per iterator.
-            self._epoch_seed = (self._epoch_seed or 0) + 1
-            seed = self._epoch_seed
+            self._iterator_seed = (self._iterator_seed or 0) + 1
+            seed = self._iterator_seed
+        if isinstance(dataset, FeatureDataset):  # fixed-size vectors: no padding involved
+            generator = None if seed is None else torch.Generator().manual_seed(seed)
+            return DataLoader(
+                dataset,
+                batch_size=batch_size,
+                shuffle=shuffle,
+                generator=generator,
+                drop_last=kwargs.pop("drop_last", False),
+                **kwargs,
+            )
         sampler = LengthBucketBatchSampler(
             lengths_of(dataset),
             batch_size,

@@ -48,6 +48,20 @@ class TokenDataset(Dataset):
         return self.ids[i], y
 
 
+class FeatureDataset(Dataset):
+    """Pooled feature vectors (a frozen encoder's output) and their label rows."""
+
+    def __init__(self, features: np.ndarray, Y: np.ndarray):
+        self.features = features
+        self.Y = Y
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int):
+        return {"features": self.features[i]}, self.Y[i]
+
+
 def lengths_of(dataset: Dataset) -> np.ndarray:
     """Token lengths of a :class:`TokenDataset` or a (nested) ``Subset`` of one."""
     if isinstance(dataset, Subset):

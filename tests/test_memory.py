@@ -1,0 +1,234 @@
+"""The ``memory`` cache: what hits, what misses, and what survives corruption."""
+
+from __future__ import annotations
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.model_selection import GridSearchCV
+
+import sklearn_bert_multilabel._net as net_module
+from sklearn_bert_multilabel import BertMultiLabelClassifier, CacheWarning
+from sklearn_bert_multilabel._model import MultiLabelTextModule
+
+
+@pytest.fixture
+def count_trainings(monkeypatch):
+    calls = []
+    original = net_module.MultiLabelNet.fit
+
+    def counting(self, X, y=None, **kwargs):
+        calls.append(len(X))
+        return original(self, X, y, **kwargs)
+
+    monkeypatch.setattr(net_module.MultiLabelNet, "fit", counting)
+    return calls
+
+
+@pytest.fixture
+def count_encoder_texts(monkeypatch):
+    """Number of texts the encoder has run on (training and prediction)."""
+    seen = []
+    original = MultiLabelTextModule.pool
+
+    def counting(self, input_ids, attention_mask):
+        seen.append(len(input_ids))
+        return original(self, input_ids, attention_mask)
+
+    monkeypatch.setattr(MultiLabelTextModule, "pool", counting)
+    return seen
+
+
+@pytest.fixture
+def params(fast_params, tmp_path):
+    return dict(fast_params, memory=str(tmp_path / "cache"))
+
+
+def test_prediction_only_parameters_hit_the_cache(params, toy_data, count_trainings):
+    X, Y = toy_data
+    first = BertMultiLabelClassifier(**params).fit(X, Y)
+    assert count_trainings == [len(X)]
+    for change in ({"threshold": 0.3}, {"threshold_metric": "f2"}, {"predict_batch_size": 7}, {"verbose": 0}):
+        again = BertMultiLabelClassifier(**{**params, **change}).fit(X, Y)
+        np.testing.assert_array_equal(again.predict_proba(X), first.predict_proba(X))
+        assert again.cache_key_ == first.cache_key_
+        assert len(again.history_) == len(first.history_)
+    assert count_trainings == [len(X)]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"lr": 5e-4},
+        {"hidden_layer_sizes": (8,)},
+        {"dropout": 0.2},
+        {"max_epochs": 3},
+        {"random_state": 1},
+        {"optimizer__eps": 1e-6},
+        {"pos_weight": "balanced"},
+    ],
+    ids=lambda c: next(iter(c)),
+)
+def test_training_parameters_miss_the_cache(change, params, toy_data, count_trainings):
+    X, Y = toy_data
+    BertMultiLabelClassifier(**params).fit(X, Y)
+    BertMultiLabelClassifier(**{**params, **change}).fit(X, Y)
+    assert len(count_trainings) == 2
+
+
+def test_different_data_misses_the_cache(params, toy_data, count_trainings):
+    X, Y = toy_data
+    BertMultiLabelClassifier(**params).fit(X, Y)
+    Y2 = Y.copy()
+    Y2[0] = 1 - Y2[0]
+    BertMultiLabelClassifier(**params).fit(X, Y2)
+    BertMultiLabelClassifier(**params).fit(X[:-1], Y[:-1])
+    assert len(count_trainings) == 3
+
+
+def test_auto_thresholds_from_cached_validation_logits(params, toy_data, count_trainings):
+    X, Y = toy_data
+    p = dict(params, train_split=0.25, threshold="auto")
+    a = BertMultiLabelClassifier(**p).fit(X, Y)
+    b = BertMultiLabelClassifier(**dict(p, threshold_metric="f2")).fit(X, Y)
+    c = BertMultiLabelClassifier(**dict(p, threshold_metric="f1")).fit(X, Y)
+    assert len(count_trainings) == 1
+    np.testing.assert_array_equal(a.thresholds_, c.thresholds_)
+    assert (b.thresholds_ <= a.thresholds_).all()
+
+
+def test_logits_are_cached_for_repeated_prediction(params, toy_data, count_encoder_texts):
+    X, Y = toy_data
+    clf = BertMultiLabelClassifier(**params).fit(X, Y)
+    count_encoder_texts.clear()
+    first = clf.predict_proba(X[:20])
+    assert sum(count_encoder_texts) == 20
+    clf.set_params(threshold=0.2)
+    np.testing.assert_array_equal(clf.predict_proba(X[:20]), first)
+    assert clf.predict(X[:20]).sum() >= (first >= 0.5).sum()
+    assert sum(count_encoder_texts) == 20  # the second call read the cache
+
+
+def test_grid_search_over_thresholds_trains_once_per_fold(params, toy_data, count_trainings):
+    X, Y = toy_data
+    search = GridSearchCV(
+        BertMultiLabelClassifier(**dict(params, max_epochs=1)),
+        {"threshold": [0.1, 0.3, 0.5, 0.7, 0.9]},
+        scoring="f1_macro",
+        cv=3,
+        refit=False,
+    ).fit(X, Y)
+    assert len(count_trainings) == 3
+    scores = search.cv_results_["mean_test_score"]
+    assert len(set(np.round(scores, 6))) > 1  # the thresholds do change the predictions
+
+
+def test_frozen_encoder_features_are_computed_once(params, toy_data, count_encoder_texts, count_trainings):
+    X, Y = toy_data
+    p = dict(params, freeze_encoder=True, max_epochs=3, lr=1e-2)
+    GridSearchCV(
+        BertMultiLabelClassifier(**p),
+        {"hidden_layer_sizes": [(), (8,), (16,), (8, 8)]},
+        scoring="f1_macro",
+        cv=3,
+        refit=False,
+    ).fit(X, Y)
+    assert len(count_trainings) == 12  # heads are trained per candidate and fold...
+    assert sum(count_encoder_texts) == len(set(X))  # ...but each text is encoded once
+
+
+def test_frozen_features_without_memory_are_computed_once_per_fit(fast_params, toy_data, count_encoder_texts):
+    X, Y = toy_data
+    clf = BertMultiLabelClassifier(**dict(fast_params, freeze_encoder=True, max_epochs=5)).fit(X, Y)
+    assert sum(count_encoder_texts) == len(X)  # not once per epoch
+    assert len(clf.history_) == 5
+
+
+def test_frozen_cached_predictions_match_the_full_model(params, toy_data):
+    X, Y = toy_data
+    clf = BertMultiLabelClassifier(**dict(params, freeze_encoder=True, lr=1e-2)).fit(X, Y)
+    cached = clf.predict_proba(X)
+    clf.set_params(memory=None)
+    np.testing.assert_allclose(clf.predict_proba(X), cached, atol=1e-5)
+
+
+def test_joblib_memory_object(fast_params, toy_data, tmp_path, count_trainings):
+    X, Y = toy_data
+    memory = joblib.Memory(str(tmp_path / "jm"), verbose=0)
+    BertMultiLabelClassifier(**dict(fast_params, memory=memory)).fit(X, Y)
+    BertMultiLabelClassifier(**dict(fast_params, memory=memory, threshold=0.4)).fit(X, Y)
+    assert len(count_trainings) == 1
+    assert (tmp_path / "jm" / "sklearn_bert_multilabel" / "fits").is_dir()
+    BertMultiLabelClassifier(**dict(fast_params, memory=joblib.Memory(None))).fit(X, Y)
+    assert len(count_trainings) == 2
+
+
+@pytest.mark.parametrize("damage", ["truncate-weights", "garbage-meta", "garbage-valid", "empty-folder"])
+def test_corrupt_fit_entry_is_ignored_with_a_warning(damage, params, toy_data, tmp_path, count_trainings):
+    X, Y = toy_data
+    p = dict(params, train_split=0.25)
+    reference = BertMultiLabelClassifier(**p).fit(X, Y).predict_proba(X)
+    (entry,) = (tmp_path / "cache" / "sklearn_bert_multilabel" / "fits").iterdir()
+    if damage == "truncate-weights":
+        data = (entry / "weights.safetensors").read_bytes()
+        (entry / "weights.safetensors").write_bytes(data[: len(data) // 2])
+    elif damage == "garbage-meta":
+        (entry / "meta.json").write_text("{not json")
+    elif damage == "garbage-valid":
+        (entry / "valid.npz").write_bytes(b"nonsense")
+    else:
+        for f in entry.iterdir():
+            f.unlink()
+    with pytest.warns(CacheWarning, match="ignoring the unreadable cache entry"):
+        again = BertMultiLabelClassifier(**p).fit(X, Y)
+    assert len(count_trainings) == 2
+    np.testing.assert_allclose(again.predict_proba(X), reference, atol=1e-6)
+    BertMultiLabelClassifier(**p).fit(X, Y)  # the entry was rewritten, whole
+    assert len(count_trainings) == 2
+
+
+def test_corrupt_logits_and_features_are_ignored(params, toy_data, tmp_path):
+    X, Y = toy_data
+    clf = BertMultiLabelClassifier(**params).fit(X, Y)
+    expected = clf.predict_proba(X[:10])
+    for f in (tmp_path / "cache" / "sklearn_bert_multilabel" / "logits").iterdir():
+        f.write_bytes(b"\x93NUMPY garbage")
+    with pytest.warns(CacheWarning):
+        np.testing.assert_array_equal(clf.predict_proba(X[:10]), expected)
+
+    frozen = BertMultiLabelClassifier(**dict(params, freeze_encoder=True)).fit(X, Y)
+    expected = frozen.predict_proba(X[:10])
+    for f in (tmp_path / "cache" / "sklearn_bert_multilabel" / "features").rglob("chunk-*.npz"):
+        f.write_bytes(b"PK garbage")
+    with pytest.warns(CacheWarning):
+        np.testing.assert_allclose(frozen.predict_proba(X[:10]), expected, atol=1e-5)
+
+
+def test_unwritable_cache_does_not_break_fit(fast_params, toy_data, tmp_path):
+    X, Y = toy_data
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    clf = BertMultiLabelClassifier(**dict(fast_params, memory=str(blocker)))
+    with pytest.warns(CacheWarning, match="could not write"):
+        clf.fit(X, Y)
+    with pytest.warns(CacheWarning, match="could not write logits"):
+        assert clf.predict(X[:3]).shape == (3, 3)
+
+
+def test_parallel_grid_search_shares_the_cache(params, toy_data):
+    X, Y = toy_data
+    grid = {"threshold": [0.3, 0.5]}
+    est = BertMultiLabelClassifier(**dict(params, max_epochs=1))
+    serial = GridSearchCV(est, grid, scoring="f1_macro", cv=2, refit=False).fit(X, Y)
+    parallel = GridSearchCV(est, grid, scoring="f1_macro", cv=2, refit=False, n_jobs=2).fit(X, Y)
+    np.testing.assert_allclose(
+        parallel.cv_results_["mean_test_score"], serial.cv_results_["mean_test_score"], atol=1e-6
+    )
+    fresh = params["memory"] + "-parallel-first"
+    est2 = BertMultiLabelClassifier(**dict(params, max_epochs=1, memory=fresh))
+    again = GridSearchCV(est2, grid, scoring="f1_macro", cv=2, refit=False, n_jobs=2).fit(X, Y)
+    np.testing.assert_allclose(
+        again.cv_results_["mean_test_score"], serial.cv_results_["mean_test_score"], atol=1e-6
+    )
+    assert torch.get_num_threads() >= 1
