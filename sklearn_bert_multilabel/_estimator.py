@@ -28,7 +28,7 @@ from ._memory import (
     text_keys,
 )
 from ._model import POOLINGS, HeadOnly, MultiLabelTextModule, has_pooler
-from ._net import LR_SCHEDULES, PRECISIONS, MultiLabelNet, WarmupDecaySchedule, autocast_context
+from ._net import LR_SCHEDULES, PRECISIONS, MultiLabelNet, ValidationScores, autocast_context
 from ._pretrained import DEFAULT_MODEL, load_encoder, load_tokenizer, max_positions, resolve_model_path
 from ._text import FeatureDataset, TokenDataset, iter_id_batches, iter_text_batches, tokenize
 from ._thresholds import THRESHOLD_METRICS, tune_thresholds
@@ -129,8 +129,26 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         Learning-rate decay after warmup, stepped every batch.
     warmup_ratio : float, default=0.1
         Fraction of the training steps with a linear warmup.
+    layer_decay : float or None, default=None
+        Layer-wise learning-rate decay: encoder layer ``i`` of ``L`` learns
+        at ``lr * layer_decay ** (L - i)``, the embeddings at
+        ``lr * layer_decay ** (L + 1)``; pooling and head at ``lr``.
+    accumulate_batches : int, default=1
+        Gradients of this many batches are summed before each optimizer
+        step: an effective batch of ``batch_size * accumulate_batches`` in
+        the memory of one batch.
     max_grad_norm : float or None, default=1.0
         Gradient norm clipping; None disables it.
+    early_stopping : bool, default=False
+        Stop when the validation score has not improved for
+        ``n_iter_no_change`` epochs, and restore the weights of the best
+        epoch. Needs validation data (``train_split`` or ``validation_data``).
+    early_stopping_metric : {"f1_macro", "loss"}, default="f1_macro"
+        Validation score watched by early stopping: ``valid_f1_macro``
+        (macro-F1 with per-label thresholds tuned on the validation data,
+        recorded in ``history_`` every epoch) or ``valid_loss``.
+    n_iter_no_change : int, default=2
+        Patience of early stopping, in epochs.
     precision : {"fp32", "bf16", "fp16"}, default="fp32"
         Autocast precision for training and prediction. Weights stay fp32.
         ``"fp16"`` needs CUDA and uses a gradient scaler.
@@ -239,7 +257,12 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         weight_decay: float = 0.01,
         lr_schedule: str = "linear",
         warmup_ratio: float = 0.1,
+        layer_decay: float | None = None,
+        accumulate_batches: int = 1,
         max_grad_norm: float | None = 1.0,
+        early_stopping: bool = False,
+        early_stopping_metric: str = "f1_macro",
+        n_iter_no_change: int = 2,
         precision: str = "fp32",
         optimizer: type = torch.optim.AdamW,
         train_split: float | Any | None = 0.1,
@@ -267,7 +290,12 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         self.weight_decay = weight_decay
         self.lr_schedule = lr_schedule
         self.warmup_ratio = warmup_ratio
+        self.layer_decay = layer_decay
+        self.accumulate_batches = accumulate_batches
         self.max_grad_norm = max_grad_norm
+        self.early_stopping = early_stopping
+        self.early_stopping_metric = early_stopping_metric
+        self.n_iter_no_change = n_iter_no_change
         self.precision = precision
         self.optimizer = optimizer
         self.train_split = train_split
@@ -369,6 +397,19 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 problems.append(f"{name} must be a number {rule}, got {value!r}.")
         if self.lr_schedule not in LR_SCHEDULES:
             problems.append(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}.")
+        decay = self.layer_decay
+        if decay is not None and (not is_number(decay) or not 0 < decay <= 1):
+            problems.append(f"layer_decay must be None or a number in (0, 1], got {self.layer_decay!r}.")
+        for name in ("accumulate_batches", "n_iter_no_change"):
+            value = getattr(self, name)
+            if not is_int(value) or value < 1:
+                problems.append(f"{name} must be an int >= 1, got {value!r}.")
+        if not isinstance(self.early_stopping, (bool, np.bool_)):
+            problems.append(f"early_stopping must be True or False, got {self.early_stopping!r}.")
+        if self.early_stopping_metric not in ("f1_macro", "loss"):
+            problems.append(
+                f"early_stopping_metric must be 'f1_macro' or 'loss', got {self.early_stopping_metric!r}."
+            )
         if not is_number(self.warmup_ratio) or not 0 <= self.warmup_ratio < 1:
             problems.append(f"warmup_ratio must be a number in [0, 1), got {self.warmup_ratio!r}.")
         if self.max_grad_norm is not None and (
@@ -503,6 +544,11 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                     problems.append(
                         f"validation_data has {len(val_texts)} texts but {len(Y_val)} label rows."
                     )
+        if self.early_stopping is True and self.train_split is None and validation_data is None:
+            problems.append(
+                "early_stopping=True needs validation data: set train_split (e.g. 0.1) or pass "
+                "fit(..., validation_data=(X_val, Y_val))."
+            )
         n_labels = Y.shape[1] if Y is not None else None
         if n_labels is not None:
             for name in ("threshold", "pos_weight"):
@@ -771,10 +817,27 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         return torch.as_tensor(np.array(weights), dtype=torch.float32)
 
     def _build_net(self, module, pos_weight, valid_set, tokenizer, device, seed) -> MultiLabelNet:
-        from skorch.callbacks import ProgressBar
+        from skorch.callbacks import EarlyStopping, ProgressBar
         from skorch.helper import predefined_split
 
-        callbacks = [("lr_schedule", WarmupDecaySchedule(self.lr_schedule, self.warmup_ratio))]
+        callbacks = []
+        if valid_set is not None:
+            callbacks.append(("valid_scores", ValidationScores()))
+            if self.early_stopping:
+                by_f1 = self.early_stopping_metric == "f1_macro"
+                callbacks.append(
+                    (
+                        "early_stopping",
+                        EarlyStopping(
+                            monitor="valid_f1_macro" if by_f1 else "valid_loss",
+                            lower_is_better=not by_f1,
+                            patience=self.n_iter_no_change,
+                            threshold=0.0,
+                            load_best=True,
+                            sink=logger.info,
+                        ),
+                    )
+                )
         if self.verbose:
             callbacks.append(("progress_bar", ProgressBar()))
         callbacks += list(self.callbacks or [])
@@ -798,6 +861,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             precision=self.precision,
             max_grad_norm=self.max_grad_norm,
             weight_decay=self.weight_decay,
+            layer_decay=self.layer_decay,
+            lr_schedule=self.lr_schedule,
+            warmup_ratio=self.warmup_ratio,
+            accumulate_batches=self.accumulate_batches,
             pad_id=tokenizer.pad_token_id or 0,
             seed=seed,
             **kwargs,

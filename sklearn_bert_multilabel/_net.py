@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 
+import numpy as np
 import torch
+from scipy.special import expit
 from skorch import NeuralNet
 from skorch.callbacks import Callback
+from skorch.utils import TeeGenerator
 from torch.utils.data import DataLoader
 
-from ._text import FeatureDataset, LengthBucketBatchSampler, PadCollator, lengths_of
+from ._text import FeatureBatches, FeatureDataset, LengthBucketBatchSampler, PadCollator, lengths_of
+from ._thresholds import tune_thresholds
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("linear", "cosine", "constant")
 _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+_LAYER_INDEX = re.compile(r"\.(?:layer|layers|block|blocks)\.(\d+)\.")
 
 
 def autocast_context(device: str, precision: str):
@@ -25,60 +31,89 @@ def autocast_context(device: str, precision: str):
     return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
-def decay_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups: weight decay on weights, none on biases and norms."""
-    decay, no_decay = [], []
+def _depth(name: str, n_layers: int) -> int:
+    """How far below the head a parameter sits: 0 for the head, n_layers + 1 for embeddings."""
+    if not name.startswith("encoder."):
+        return 0
+    match = _LAYER_INDEX.search(name)
+    if match:
+        return n_layers - int(match.group(1))
+    if "embed" in name:
+        return n_layers + 1
+    return 0  # the encoder's pooler and final norms sit above the last layer
+
+
+def param_groups(
+    module: torch.nn.Module, lr: float, weight_decay: float, layer_decay: float | None = None
+) -> list[dict]:
+    """AdamW groups: no weight decay on biases and norms; optional layer-wise lr decay.
+
+    With ``layer_decay=d``, encoder layer ``i`` of ``L`` gets ``lr * d ** (L - i)``
+    and the embeddings ``lr * d ** (L + 1)``; pooling and head get ``lr``.
+    """
+    n_layers = 0
+    encoder = getattr(module, "encoder", None)
+    if encoder is not None:
+        config = encoder.config
+        n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", 0)
+    groups: dict[tuple[int, bool], list] = {}
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if name.endswith(_NO_DECAY) else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return [g for g in groups if g["params"]]
+        depth = _depth(name, n_layers) if layer_decay else 0
+        groups.setdefault((depth, name.endswith(_NO_DECAY)), []).append(param)
+    return [
+        {
+            "params": params,
+            "weight_decay": 0.0 if no_decay else weight_decay,
+            "lr": lr * (layer_decay**depth if layer_decay else 1.0),
+        }
+        for (depth, no_decay), params in sorted(groups.items())
+    ]
 
 
-class WarmupDecaySchedule(Callback):
-    """Per-batch learning-rate schedule: linear warmup, then linear/cosine decay.
+def lr_factor(schedule: str, warmup: int, total: int):
+    """Multiplier of the peak learning rate at each optimizer step."""
 
-    The number of optimizer steps is known only once the training split is
-    made, so the scheduler is built at the first epoch.
-    """
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / (warmup + 1)
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return max(0.0, 1.0 - progress)
 
-    def __init__(self, schedule: str = "linear", warmup_ratio: float = 0.1):
-        self.schedule = schedule
-        self.warmup_ratio = warmup_ratio
+    return factor
+
+
+class ValidationScores(Callback):
+    """Record ``valid_f1_macro`` each epoch: macro-F1 on the validation data with
+    one threshold per label tuned on it, from the validation pass's own outputs."""
 
     def initialize(self):
-        self.scheduler_ = None
+        self._logits, self._labels = [], []
         return self
 
-    def on_train_begin(self, net, X=None, y=None, **kwargs):
-        self.scheduler_ = None
+    def on_epoch_begin(self, net, **kwargs):
+        self._logits, self._labels = [], []
 
-    def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
-        if self.scheduler_ is not None:
+    def on_batch_end(self, net, batch=None, training=False, y_pred=None, **kwargs):
+        if not training and y_pred is not None:
+            self._logits.append(y_pred.float().cpu().numpy())
+            self._labels.append(batch[1].numpy())
+
+    def on_epoch_end(self, net, dataset_valid=None, **kwargs):
+        if not self._logits:
             return
-        steps_per_epoch = math.ceil(len(dataset_train) / net.batch_size)
-        total = max(1, steps_per_epoch * net.max_epochs)
-        warmup = int(total * self.warmup_ratio)
-        schedule = self.schedule
-
-        def factor(step: int) -> float:
-            if warmup and step < warmup:
-                return (step + 1) / (warmup + 1)
-            if schedule == "constant":
-                return 1.0
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            if schedule == "cosine":
-                return 0.5 * (1.0 + math.cos(math.pi * progress))
-            return max(0.0, 1.0 - progress)
-
-        self.scheduler_ = torch.optim.lr_scheduler.LambdaLR(net.optimizer_, factor)
-
-    def on_batch_end(self, net, batch=None, training=False, **kwargs):
-        if training and self.scheduler_ is not None:
-            self.scheduler_.step()
+        proba = expit(np.concatenate(self._logits))
+        Y = np.concatenate(self._labels) > 0.5
+        predicted = proba >= tune_thresholds(proba, Y, "f1")
+        tp = (predicted & Y).sum(axis=0)
+        denominator = predicted.sum(axis=0) + Y.sum(axis=0)
+        f1 = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
+        net.history.record("valid_f1_macro", float(f1.mean()))
 
 
 class MultiLabelNet(NeuralNet):
@@ -86,9 +121,11 @@ class MultiLabelNet(NeuralNet):
 
     Compared with ``NeuralNet`` it batches texts of similar length (each
     batch padded to its own longest text), builds AdamW groups without weight
-    decay on biases and norms, runs the forward pass under autocast for
-    ``bf16``/``fp16`` (fp32 master weights; a gradient scaler for fp16), and
-    clips the gradient norm.
+    decay on biases and norms (with optional layer-wise lr decay), runs the
+    forward pass under autocast for ``bf16``/``fp16`` (fp32 master weights, a
+    gradient scaler for fp16), accumulates gradients over
+    ``accumulate_batches`` batches, clips the gradient norm and steps a
+    warmup + decay learning-rate schedule after each optimizer step.
     """
 
     def __init__(
@@ -97,6 +134,10 @@ class MultiLabelNet(NeuralNet):
         precision: str = "fp32",
         max_grad_norm: float | None = 1.0,
         weight_decay: float = 0.01,
+        layer_decay: float | None = None,
+        lr_schedule: str = "linear",
+        warmup_ratio: float = 0.1,
+        accumulate_batches: int = 1,
         pad_id: int = 0,
         seed: int | None = None,
         **kwargs,
@@ -105,6 +146,10 @@ class MultiLabelNet(NeuralNet):
         self.precision = precision
         self.max_grad_norm = max_grad_norm
         self.weight_decay = weight_decay
+        self.layer_decay = layer_decay
+        self.lr_schedule = lr_schedule
+        self.warmup_ratio = warmup_ratio
+        self.accumulate_batches = accumulate_batches
         self.pad_id = pad_id
         self.seed = seed
 
@@ -112,15 +157,24 @@ class MultiLabelNet(NeuralNet):
         super().initialize()
         enabled = self.precision == "fp16"
         self.grad_scaler_ = torch.amp.GradScaler(torch.device(self.device).type, enabled=enabled)
+        self.lr_scheduler_ = None
         self._iterator_seed = self.seed
+        self._pending = 0
         return self
 
     def initialize_optimizer(self, triggered_directly=None):
         kwargs = self.get_params_for("optimizer")
-        kwargs.setdefault("lr", self.lr)
+        lr = kwargs.pop("lr", self.lr)
         weight_decay = kwargs.pop("weight_decay", self.weight_decay)
-        self.optimizer_ = self.optimizer(decay_groups(self.module_, weight_decay), **kwargs)
+        groups = param_groups(self.module_, lr, weight_decay, self.layer_decay)
+        self.optimizer_ = self.optimizer(groups, lr=lr, **kwargs)
         return self
+
+    def _make_scheduler(self, n_batches: int) -> None:
+        steps_per_epoch = math.ceil(n_batches / self.accumulate_batches)
+        total = max(1, steps_per_epoch * self.max_epochs)
+        factor = lr_factor(self.lr_schedule, int(total * self.warmup_ratio), total)
+        self.lr_scheduler_ = torch.optim.lr_scheduler.LambdaLR(self.optimizer_, factor)
 
     def get_iterator(self, dataset, training=False):
         prefix = "iterator_train" if training else "iterator_valid"
@@ -129,32 +183,26 @@ class MultiLabelNet(NeuralNet):
         if batch_size == -1:
             batch_size = len(dataset)
         shuffle = kwargs.pop("shuffle", training)
+        drop_last = kwargs.pop("drop_last", False)
         seed = None
         if self.seed is not None:
             # A fresh but reproducible stream per iterator.
             self._iterator_seed = (self._iterator_seed or 0) + 1
             seed = self._iterator_seed
-        if isinstance(dataset, FeatureDataset):  # fixed-size vectors: no padding involved
-            generator = None if seed is None else torch.Generator().manual_seed(seed)
-            return DataLoader(
-                dataset,
-                batch_size=batch_size,
-                shuffle=shuffle,
-                generator=generator,
-                drop_last=kwargs.pop("drop_last", False),
-                **kwargs,
+        if isinstance(dataset, FeatureDataset):
+            # Fixed-size vectors: no padding involved, batches are tensor slices.
+            loader = FeatureBatches(dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        else:
+            sampler = LengthBucketBatchSampler(
+                lengths_of(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last
             )
-        sampler = LengthBucketBatchSampler(
-            lengths_of(dataset),
-            batch_size,
-            shuffle=shuffle,
-            seed=seed,
-            drop_last=kwargs.pop("drop_last", False),
-        )
-        kwargs.setdefault("collate_fn", PadCollator(self.pad_id))
-        if torch.device(self.device).type == "cuda":
-            kwargs.setdefault("pin_memory", True)
-        return DataLoader(dataset, batch_sampler=sampler, **kwargs)
+            kwargs.setdefault("collate_fn", PadCollator(self.pad_id))
+            if torch.device(self.device).type == "cuda":
+                kwargs.setdefault("pin_memory", True)
+            loader = DataLoader(dataset, batch_sampler=sampler, **kwargs)
+        if training and self.lr_scheduler_ is None:
+            self._make_scheduler(len(loader))
+        return loader
 
     def infer(self, x, **fit_params):
         x = {k: v.to(self.device, non_blocking=True) for k, v in x.items()}
@@ -166,21 +214,46 @@ class MultiLabelNet(NeuralNet):
         return self.criterion_(y_pred.float(), y_true)
 
     def train_step(self, batch, **fit_params):
-        self._zero_grad_optimizer(set_to_none=True)
-        self._set_training(True)
+        if not self.module_.training:  # walking the module tree every step is not free
+            self._set_training(True)
         Xi, yi = batch
         y_pred = self.infer(Xi, **fit_params)
         loss = self.get_loss(y_pred, yi, X=Xi, training=True)
-        self.grad_scaler_.scale(loss).backward()
-        self.grad_scaler_.unscale_(self.optimizer_)
+        if self.accumulate_batches > 1:
+            loss_to_backprop = loss / self.accumulate_batches
+        else:
+            loss_to_backprop = loss
+        if self.grad_scaler_.is_enabled():
+            loss_to_backprop = self.grad_scaler_.scale(loss_to_backprop)
+        loss_to_backprop.backward()
+        self._pending += 1
+        if self._pending >= self.accumulate_batches:
+            self._optimizer_step(batch)
+        return {"loss": loss.detach(), "y_pred": y_pred.detach()}
+
+    def _optimizer_step(self, batch=None) -> None:
+        scaler = self.grad_scaler_ if self.grad_scaler_.is_enabled() else None
+        if scaler is not None:
+            scaler.unscale_(self.optimizer_)
         self.notify(
             "on_grad_computed",
-            named_parameters=list(self.get_all_learnable_params()),
+            named_parameters=TeeGenerator(self.get_all_learnable_params()),
             batch=batch,
             training=True,
         )
         if self.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.module_.parameters(), self.max_grad_norm)
-        self.grad_scaler_.step(self.optimizer_)
-        self.grad_scaler_.update()
-        return {"loss": loss.detach(), "y_pred": y_pred.detach()}
+        if scaler is not None:
+            scaler.step(self.optimizer_)
+            scaler.update()
+        else:
+            self.optimizer_.step()
+        self.optimizer_.zero_grad(set_to_none=True)
+        if self.lr_scheduler_ is not None:
+            self.lr_scheduler_.step()
+        self._pending = 0
+
+    def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
+        super().run_single_epoch(iterator, training, prefix, step_fn, **fit_params)
+        if training and self._pending:
+            self._optimizer_step()  # the epoch's last, partial accumulation window

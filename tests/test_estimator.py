@@ -326,32 +326,6 @@ def test_bf16_precision_on_cpu(precision, fast_params, toy_data):
     np.testing.assert_allclose(low.predict_proba(X[:10]), fp32.predict_proba(X[:10]), atol=0.1)
 
 
-def test_lr_schedule_warms_up_and_decays(fast_params, toy_data):
-    X, Y = toy_data
-    from skorch.callbacks import Callback
-
-    class Record(Callback):
-        def initialize(self):
-            self.lrs = []
-            return self
-
-        def on_batch_begin(self, net, batch=None, training=False, **kwargs):
-            if training:
-                self.lrs.append(net.optimizer_.param_groups[0]["lr"])
-
-    record = Record()
-    params = dict(fast_params, max_epochs=4, lr=1e-3, warmup_ratio=0.25, callbacks=[record])
-    BertMultiLabelClassifier(**params).fit(X, Y)
-    lrs = np.array(record.lrs)  # 4 epochs x 6 batches
-    peak = int(np.argmax(lrs))
-    assert 0 < peak <= 7 and lrs[peak] <= 1e-3
-    assert (np.diff(lrs[: peak + 1]) > 0).all() and (np.diff(lrs[peak:]) < 0).all()
-    constant = Record()
-    params = dict(params, lr_schedule="constant", warmup_ratio=0.0, callbacks=[constant])
-    BertMultiLabelClassifier(**params).fit(X, Y)
-    assert np.allclose(constant.lrs, 1e-3)
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_cuda_fit_and_cpu_reload(precision, fast_params, toy_data):

@@ -1,0 +1,86 @@
+"""Cost of model selection: threshold searches and frozen-encoder head searches.
+
+Runs, in one process, on the same GoEmotions texts and the default encoder:
+
+1. GridSearchCV(cv=3) over 1 threshold vs over 5 thresholds, both with
+   ``memory`` (each in a fresh cache) -- target: ratio <= 1.3; and the same
+   5-threshold search without ``memory``, which refits for every candidate as
+   a plain skorch net or a Trainer loop does.
+2. One fit with ``freeze_encoder=True`` vs GridSearchCV(cv=3) over 4 head
+   sizes with ``memory`` -- target: ratio <= 1.5.
+
+    python benchmarks/bench_search.py [--n-texts 1200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+from sklearn.model_selection import GridSearchCV
+
+from sklearn_bert_multilabel import BertMultiLabelClassifier, load_goemotions
+
+
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-texts", type=int, default=1200)
+    parser.add_argument("--skip-naive", action="store_true", help="skip the search without memory")
+    args = parser.parse_args()
+
+    X, Y, names = load_goemotions("train")
+    top = (-Y.sum(axis=0)).argsort()[:6]
+    X, Y = X[: args.n_texts], Y[: args.n_texts][:, top]
+    common = dict(max_length=64, train_split=None, random_state=0)
+    thresholds5 = [0.1, 0.2, 0.3, 0.4, 0.5]
+
+    def search(estimator, grid):
+        return GridSearchCV(estimator, grid, scoring="f1_macro", cv=3, refit=False).fit(X, Y)
+
+    results = {}
+    # Warm-up: load the encoder once so file-system caching does not favour a later run.
+    BertMultiLabelClassifier(max_epochs=1, **common).fit(X[:32], Y[:32])
+
+    with tempfile.TemporaryDirectory() as cache:
+        est = BertMultiLabelClassifier(max_epochs=1, memory=cache + "/a", **common)
+        results["search, 1 threshold (memory)"] = timed(lambda: search(est, {"threshold": [0.5]}))
+        est = BertMultiLabelClassifier(max_epochs=1, memory=cache + "/b", **common)
+        results["search, 5 thresholds (memory)"] = timed(lambda: search(est, {"threshold": thresholds5}))
+    if not args.skip_naive:
+        est = BertMultiLabelClassifier(max_epochs=1, **common)
+        results["search, 5 thresholds (no memory)"] = timed(lambda: search(est, {"threshold": thresholds5}))
+
+    frozen = dict(freeze_encoder=True, max_epochs=10, lr=1e-3, **common)
+    results["one frozen-encoder fit"] = timed(lambda: BertMultiLabelClassifier(**frozen).fit(X, Y))
+    sizes = {"hidden_layer_sizes": [(), (128,), (256,), (256, 128)]}
+    with tempfile.TemporaryDirectory() as cache:
+        est = BertMultiLabelClassifier(memory=cache, **frozen)
+        results["frozen search, 4 head sizes (memory)"] = timed(lambda: search(est, sizes))
+    if not args.skip_naive:
+        est = BertMultiLabelClassifier(**frozen)
+        results["frozen search, 4 head sizes (no memory)"] = timed(lambda: search(est, sizes))
+
+    print(f"{len(X)} GoEmotions texts, 6 labels, cv=3, all-MiniLM-L6-v2\n")
+    for name, seconds in results.items():
+        print(f"{name:42s} {seconds:8.1f} s")
+    one, five = results["search, 1 threshold (memory)"], results["search, 5 thresholds (memory)"]
+    print(f"\n5 vs 1 threshold, with memory:            {five / one:.2f}x  (target <= 1.3)")
+    if "search, 5 thresholds (no memory)" in results:
+        naive = results["search, 5 thresholds (no memory)"]
+        print(f"5 thresholds, no memory vs 1 with memory: {naive / one:.2f}x")
+    fit, head = results["one frozen-encoder fit"], results["frozen search, 4 head sizes (memory)"]
+    print(f"frozen 4-size search vs one fit:          {head / fit:.2f}x  (target <= 1.5)")
+    if "frozen search, 4 head sizes (no memory)" in results:
+        naive = results["frozen search, 4 head sizes (no memory)"]
+        print(f"frozen search, no memory vs one fit:      {naive / fit:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Training recipe: schedule, accumulation, layer-wise decay, early stopping, validation scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_texts
+from skorch.callbacks import Callback
+
+from sklearn_bert_multilabel import BertMultiLabelClassifier
+from sklearn_bert_multilabel._net import param_groups
+
+
+class CountSteps(Callback):
+    """Optimizer steps (on_grad_computed fires once per step) and lr at each training batch."""
+
+    def initialize(self):
+        self.steps, self.lrs = 0, []
+        return self
+
+    def on_grad_computed(self, net, named_parameters, **kwargs):
+        self.steps += 1
+
+    def on_batch_begin(self, net, batch=None, training=False, **kwargs):
+        if training:
+            self.lrs.append(net.optimizer_.param_groups[0]["lr"])
+
+
+def test_lr_schedule_warms_up_and_decays(fast_params, toy_data):
+    record = CountSteps()
+    params = dict(fast_params, max_epochs=4, lr=1e-3, warmup_ratio=0.25, callbacks=[record])
+    BertMultiLabelClassifier(**params).fit(*toy_data)
+    lrs = np.array(record.lrs)  # 4 epochs x 6 batches
+    peak = int(np.argmax(lrs))
+    assert 0 < peak <= 7 and lrs[peak] <= 1e-3
+    assert (np.diff(lrs[: peak + 1]) > 0).all() and (np.diff(lrs[peak:]) < 0).all()
+    constant = CountSteps()
+    params = dict(params, lr_schedule="constant", warmup_ratio=0.0, callbacks=[constant])
+    BertMultiLabelClassifier(**params).fit(*toy_data)
+    assert np.allclose(constant.lrs, 1e-3)
+
+
+def test_cosine_schedule_ends_near_zero(fast_params, toy_data):
+    record = CountSteps()
+    params = dict(fast_params, max_epochs=3, lr_schedule="cosine", warmup_ratio=0.0, callbacks=[record])
+    BertMultiLabelClassifier(**params).fit(*toy_data)
+    assert record.lrs[0] == pytest.approx(fast_params["lr"])
+    assert record.lrs[-1] < 0.05 * fast_params["lr"]
+
+
+@pytest.mark.parametrize("k, expected", [(1, 12), (2, 6), (4, 4)])  # 6 batches per epoch, 2 epochs
+def test_accumulate_batches_steps_once_per_window(k, expected, fast_params, toy_data):
+    record = CountSteps()
+    BertMultiLabelClassifier(**dict(fast_params, accumulate_batches=k, callbacks=[record])).fit(*toy_data)
+    assert record.steps == expected
+
+
+def test_accumulation_matches_one_large_batch_in_expectation(fast_params, toy_data):
+    """With dropout off and one window per epoch, 2 x 48 accumulated == one batch of 96."""
+    X, Y = toy_data
+    common = dict(fast_params, dropout=0.0, max_epochs=1, lr_schedule="constant", warmup_ratio=0.0)
+    big = BertMultiLabelClassifier(**dict(common, batch_size=96)).fit(X, Y)
+    accumulated = BertMultiLabelClassifier(**dict(common, batch_size=48, accumulate_batches=2)).fit(X, Y)
+    np.testing.assert_allclose(accumulated.predict_proba(X), big.predict_proba(X), atol=2e-3)
+
+
+def test_layer_decay_groups(tiny_model_dir):
+    from transformers import AutoModel
+
+    from sklearn_bert_multilabel._model import MultiLabelTextModule
+
+    module = MultiLabelTextModule(AutoModel.from_pretrained(tiny_model_dir), 3)
+    groups = param_groups(module, 1.0, 0.01, layer_decay=0.5)
+    lr_of = {}
+    for group in groups:
+        for p in group["params"]:
+            lr_of[id(p)] = group["lr"]
+    named = dict(module.named_parameters())
+    assert lr_of[id(named["head.1.weight"])] == 1.0
+    assert lr_of[id(named["encoder.encoder.layer.1.attention.self.query.weight"])] == 0.5
+    assert lr_of[id(named["encoder.encoder.layer.0.attention.self.query.weight"])] == 0.25
+    assert lr_of[id(named["encoder.embeddings.word_embeddings.weight"])] == 0.125
+    no_decay = {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert id(named["head.1.bias"]) in no_decay and id(named["head.1.weight"]) not in no_decay
+    assert id(named["encoder.embeddings.LayerNorm.weight"]) in no_decay
+    assert sum(len(g["params"]) for g in groups) == len(named)
+
+
+def test_validation_macro_f1_recorded_each_epoch(fast_params, toy_data):
+    clf = BertMultiLabelClassifier(**dict(fast_params, train_split=0.25, max_epochs=3)).fit(*toy_data)
+    scores = clf.history_[:, "valid_f1_macro"]
+    assert len(scores) == 3 and all(0 <= s <= 1 for s in scores)
+
+
+def test_early_stopping_stops_and_restores_best(fast_params):
+    X, Y = make_texts(96, seed=30)
+    Xv, Yv = make_texts(48, seed=31)
+    # A learning rate far too high: validation scores collapse after the first epochs.
+    clf = BertMultiLabelClassifier(
+        **dict(
+            fast_params,
+            lr=0.5,
+            max_epochs=15,
+            early_stopping=True,
+            n_iter_no_change=2,
+            lr_schedule="constant",
+            warmup_ratio=0.0,
+        )
+    )
+    clf.fit(X, Y, validation_data=(Xv, Yv))
+    history = clf.history_
+    assert len(history) < 15
+    scores = history[:, "valid_f1_macro"]
+    best = int(np.argmax(scores))
+    assert len(history) == best + 1 + 2  # stopped after 2 epochs without improvement
+    # The weights are those of the best epoch: the validation score is reproduced.
+    from sklearn.metrics import f1_score
+
+    from sklearn_bert_multilabel._thresholds import tune_thresholds
+
+    proba = clf.predict_proba(Xv)
+    predicted = proba >= tune_thresholds(proba, Yv)
+    restored = f1_score(Yv, predicted, average="macro", zero_division=0)
+    assert restored == pytest.approx(scores[best], abs=1e-4)
+
+
+def test_early_stopping_on_loss(fast_params, toy_data):
+    X, Y = toy_data
+    clf = BertMultiLabelClassifier(
+        **dict(fast_params, train_split=0.25, early_stopping=True, early_stopping_metric="loss", max_epochs=3)
+    ).fit(X, Y)
+    assert len(clf.history_) <= 3
+
+
+def test_early_stopping_needs_validation(fast_params, toy_data):
+    with pytest.raises(ValueError, match="early_stopping=True needs validation data"):
+        BertMultiLabelClassifier(**dict(fast_params, early_stopping=True)).fit(*toy_data)
+
+
+def test_frozen_head_training_uses_schedule_and_is_deterministic(fast_params, toy_data):
+    X, Y = toy_data
+    params = dict(fast_params, freeze_encoder=True, max_epochs=3, train_split=0.25, dropout=0.3)
+    a = BertMultiLabelClassifier(**params).fit(X, Y)
+    b = BertMultiLabelClassifier(**params).fit(X, Y)
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    assert "valid_f1_macro" in a.history_[-1]
+    assert torch.is_tensor(a.module_.head[-1].weight)
