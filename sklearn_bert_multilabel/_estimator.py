@@ -633,12 +633,17 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         self.label_names_ = list(label_names)
         self.cache_key_ = fit_key
 
-        if entry is not None:
-            missing, unexpected = module.load_state_dict(
-                {k: v.to(device) for k, v in entry["weights"].items()}, strict=False
+        if entry is not None and not _matches(module, entry["weights"], bool(self.freeze_encoder)):
+            warnings.warn(
+                f"ignoring the cache entry {fit_key}: its weights do not match this model; "
+                "it is trained again.",
+                CacheWarning,
+                stacklevel=3,
             )
-            if unexpected or any(not (self.freeze_encoder and k.startswith("encoder.")) for k in missing):
-                raise RuntimeError(f"cache entry {fit_key} does not match the model")  # pragma: no cover
+            cache.discard_fit(fit_key)
+            entry = None
+        if entry is not None:
+            module.load_state_dict({k: v.to(device) for k, v in entry["weights"].items()}, strict=False)
             from skorch.history import History
 
             self.history_ = History(entry["meta"]["history"])
@@ -1047,6 +1052,13 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 logger.info("model fitted on %s loaded on cpu", state["device_"])
                 state["device_"] = "cpu"
         super().__setstate__(state)
+
+
+def _matches(module: torch.nn.Module, weights: dict, frozen: bool) -> bool:
+    """Whether cached ``weights`` fit ``module`` exactly (all but a frozen encoder)."""
+    state = module.state_dict()
+    expected = {k: v.shape for k, v in state.items() if not (frozen and k.startswith("encoder."))}
+    return expected == {k: v.shape for k, v in weights.items()}
 
 
 class _RowDataset(torch.utils.data.Dataset):

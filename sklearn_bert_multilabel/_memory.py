@@ -134,6 +134,9 @@ class FitCache:
         logger.debug("cache hit for fit %s", key)
         return {"meta": meta, "weights": weights, "valid": valid}
 
+    def discard_fit(self, key: str) -> None:
+        shutil.rmtree(self.root / "fits" / key, ignore_errors=True)
+
     def save_fit(self, key: str, weights: dict, meta: dict, valid: tuple | None) -> None:
         from safetensors.torch import save_file
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -15,6 +16,21 @@ PREDICT_CHUNK = 8192
 #: length inside the window: similar lengths share a batch, and the order of
 #: the batches stays random.
 BUCKET_WINDOW = 50
+
+
+def _configure_tokenizers_before_fork() -> None:
+    """Settle ``TOKENIZERS_PARALLELISM`` before a fork, unless the user already has.
+
+    A fast tokenizer that has tokenised in parallel warns in every forked
+    child (``GridSearchCV(n_jobs=...)`` with a fork start method, DataLoader
+    workers) unless the variable is set. Setting it to ``false`` at fork time
+    keeps the parent's earlier parallel tokenisation and silences the warning.
+    """
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_configure_tokenizers_before_fork)
 
 
 def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> list[np.ndarray]:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.model_selection import GridSearchCV
+from skorch.callbacks import Callback
 
 import sklearn_bert_multilabel._net as net_module
 from sklearn_bert_multilabel import BertMultiLabelClassifier, CacheWarning
@@ -188,6 +189,23 @@ def test_corrupt_fit_entry_is_ignored_with_a_warning(damage, params, toy_data, t
     assert len(count_trainings) == 2
 
 
+def test_cache_entry_of_another_shape_is_ignored(params, toy_data, tmp_path, count_trainings):
+    from safetensors.torch import load_file, save_file
+
+    X, Y = toy_data
+    reference = BertMultiLabelClassifier(**params).fit(X, Y).predict_proba(X)
+    (entry,) = (tmp_path / "cache" / "sklearn_bert_multilabel" / "fits").iterdir()
+    weights = load_file(str(entry / "weights.safetensors"))
+    weights["head.1.weight"] = torch.zeros(5, 32)  # readable, but not this model's
+    save_file(weights, str(entry / "weights.safetensors"))
+    with pytest.warns(CacheWarning, match="do not match this model"):
+        again = BertMultiLabelClassifier(**params).fit(X, Y)
+    assert len(count_trainings) == 2
+    np.testing.assert_allclose(again.predict_proba(X), reference, atol=1e-6)
+    BertMultiLabelClassifier(**params).fit(X, Y)  # replaced by the retrained weights
+    assert len(count_trainings) == 2
+
+
 def test_corrupt_logits_and_features_are_ignored(params, toy_data, tmp_path):
     X, Y = toy_data
     clf = BertMultiLabelClassifier(**params).fit(X, Y)
@@ -232,3 +250,21 @@ def test_parallel_grid_search_shares_the_cache(params, toy_data):
         again.cv_results_["mean_test_score"], serial.cv_results_["mean_test_score"], atol=1e-6
     )
     assert torch.get_num_threads() >= 1
+
+
+class _RecordThreads(Callback):
+    def on_epoch_end(self, net, **kwargs):
+        net.history.record("torch_threads", torch.get_num_threads())
+
+
+def test_parallel_workers_do_not_oversubscribe_cores(fast_params, toy_data):
+    """Under joblib's process workers, workers x torch threads stays within the cores."""
+    import os
+
+    from sklearn.model_selection import cross_validate
+
+    X, Y = toy_data
+    est = BertMultiLabelClassifier(**dict(fast_params, max_epochs=1, callbacks=[_RecordThreads()]))
+    out = cross_validate(est, X, Y, cv=2, n_jobs=2, return_estimator=True, scoring="f1_macro")
+    threads = [e.history_[-1, "torch_threads"] for e in out["estimator"]]
+    assert all(2 * t <= max(2, os.cpu_count()) for t in threads), threads

@@ -68,3 +68,26 @@ def test_text_batches_stream_in_chunks(monkeypatch, tiny_model_dir):
         seen += rows.tolist()
         assert inputs["input_ids"].shape[0] <= 3
     assert sorted(seen) == list(range(10))
+
+
+def test_no_tokenizer_parallelism_warning_after_fork(tiny_model_dir):
+    import os
+    import subprocess
+    import sys
+
+    script = f"""
+import multiprocessing as mp
+from sklearn_bert_multilabel._text import tokenize
+from transformers import AutoTokenizer
+tok = AutoTokenizer.from_pretrained({tiny_model_dir!r})
+tokenize(tok, ["a good game today"] * 2000, 32)   # parallel tokenisation in the parent
+def child(_):
+    return len(tokenize(tok, ["the bank"] * 100, 16))
+with mp.get_context("fork").Pool(2) as pool:
+    assert pool.map(child, range(2)) == [100, 100]
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}
+    command = [sys.executable, "-c", script]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "huggingface/tokenizers" not in done.stderr

@@ -146,3 +146,20 @@ def test_frozen_head_training_uses_schedule_and_is_deterministic(fast_params, to
     np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
     assert "valid_f1_macro" in a.history_[-1]
     assert torch.is_tensor(a.module_.head[-1].weight)
+
+
+class RecordOptimizer(Callback):
+    def on_train_begin(self, net, **kwargs):
+        self.defaults = dict(net.optimizer_.defaults)
+        self.kind = type(net.optimizer_)
+
+
+def test_fused_adamw_by_default_unless_chosen(fast_params, toy_data):
+    record = RecordOptimizer()
+    BertMultiLabelClassifier(**dict(fast_params, callbacks=[record])).fit(*toy_data)
+    assert record.kind is torch.optim.AdamW and record.defaults["fused"] is True
+    BertMultiLabelClassifier(**dict(fast_params, callbacks=[record], optimizer__foreach=True)).fit(*toy_data)
+    assert not record.defaults["fused"] and record.defaults["foreach"] is True
+    rmsprop = dict(fast_params, callbacks=[record], optimizer=torch.optim.RMSprop)
+    BertMultiLabelClassifier(**rmsprop).fit(*toy_data)
+    assert record.kind is torch.optim.RMSprop
