@@ -173,7 +173,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         of a fit are cached under a key made of the training data and every
         parameter that affects training; parameters that only affect
         prediction (``threshold``, ``threshold_metric``,
-        ``predict_batch_size``, ``verbose``, ``device``) are not in the key, so
+        ``predict_batch_size``, ``verbose``; ``device`` only as CPU or
+        CUDA) are not in the key, so
         ``GridSearchCV`` over thresholds trains once per fold. Predicted
         logits are cached too, and with ``freeze_encoder=True`` (and a pooling
         other than ``"attention"``) the pooled encoder features of each text
@@ -916,7 +917,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             return self._head_logits(self._pooled_features(texts))
         key = None
         if cache is not None and getattr(self, "cache_key_", None) is not None:
-            key = stable_hash(self.cache_key_, texts)
+            # Everything besides the weights that shapes the logits is in the key.
+            key = stable_hash(self.cache_key_, self.max_length, self.precision, texts)
             logits = cache.load_logits(key, (len(texts), self.n_labels_))
             if logits is not None:
                 return logits

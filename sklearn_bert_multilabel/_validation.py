@@ -89,6 +89,16 @@ def check_texts(X: object, problems: Problems, name: str = "X") -> list[str] | N
     return texts
 
 
+def _is_missing(value: object) -> bool:
+    """None, NaN, pandas.NA or NaT."""
+    if value is None:
+        return True
+    try:
+        return bool(value != value)  # NaN and NaT compare unequal to themselves
+    except (TypeError, ValueError):  # pandas.NA refuses bool()
+        return True
+
+
 def check_label_matrix(
     Y: object, problems: Problems, name: str = "Y"
 ) -> tuple[np.ndarray | None, list[str] | None]:
@@ -129,6 +139,14 @@ def check_label_matrix(
         problems.append(f"{name} has no label columns: give at least one.")
         return None, names
     if arr.dtype.kind not in "biuf":
+        missing = np.vectorize(_is_missing, otypes=[bool])(arr) if arr.dtype == object else None
+        if missing is not None and missing.any():
+            rows, cols = np.nonzero(missing)
+            problems.append(
+                f"{name} contains {len(rows)} missing value(s) (first at row {rows[0]}, "
+                f"column {cols[0]}); fill or drop them: labels must be 0 or 1."
+            )
+            return None, names
         try:
             arr = arr.astype(np.float64)
         except (TypeError, ValueError):

@@ -111,6 +111,17 @@ def test_logits_are_cached_for_repeated_prediction(params, toy_data, count_encod
     assert sum(count_encoder_texts) == 20  # the second call read the cache
 
 
+def test_logit_cache_follows_prediction_settings(params, toy_data):
+    X, Y = toy_data
+    clf = BertMultiLabelClassifier(**params).fit(X, Y)
+    full = clf.predict_proba(X[:10])
+    clf.set_params(max_length=4)  # truncation changes the logits: not served from the cache
+    short = clf.predict_proba(X[:10])
+    assert not np.allclose(short, full)
+    clf.set_params(memory=None)
+    np.testing.assert_allclose(clf.predict_proba(X[:10]), short, atol=1e-6)
+
+
 def test_grid_search_over_thresholds_trains_once_per_fold(params, toy_data, count_trainings):
     X, Y = toy_data
     search = GridSearchCV(

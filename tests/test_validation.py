@@ -78,6 +78,15 @@ def test_bad_labels(clf, Y, match):
         clf.fit(X4, Y)
 
 
+def test_missing_values_in_nullable_dataframe(clf):
+    Y = pd.DataFrame({"a": [1, 0, pd.NA, 0], "b": [0, 1, 0, 1]}, dtype="Int64")
+    with pytest.raises(ValueError, match="Y contains 1 missing value.*row 2, column 0"):
+        clf.fit(X4, Y)
+    Y_none = np.array([[1, 0], [0, None], [1, 0], [0, 1]], dtype=object)
+    with pytest.raises(ValueError, match="Y contains 1 missing value.*row 1, column 1"):
+        clf.fit(X4, Y_none)
+
+
 def test_never_positive_label_warns(tiny_model_dir, monkeypatch):
     import sklearn_bert_multilabel._estimator as est
 
