@@ -1,4 +1,4 @@
-"""Fine-tune the default encoder on a slice of GoEmotions and print a per-label report.
+"""Fine-tune the default encoder on a slice of GoEmotions and print a per-label test report.
 
 Runs offline in a few minutes on 2 CPU cores:
 
@@ -13,20 +13,22 @@ from sklearn_bert_multilabel import BertMultiLabelClassifier, load_goemotions
 
 X_train, Y_train, names = load_goemotions("train")
 X_dev, Y_dev, _ = load_goemotions("dev")
-X_train, Y_train = X_train[:6000], Y_train[:6000]
+X_test, Y_test, _ = load_goemotions("test")
+X_train, Y_train = X_train[:12000], Y_train[:12000]
 
 clf = BertMultiLabelClassifier(
     max_epochs=2,
+    lr=2e-4,  # a short run on a slice: a higher peak rate than the full-data default
     max_length=64,
-    threshold="auto",  # one threshold per label, tuned on the 10% validation split
+    threshold="auto",  # one threshold per label, tuned on the dev split given below
     precision="bf16",
     random_state=0,
     verbose=1,
 )
 start = time.perf_counter()
-clf.fit(X_train, Y_train)
+clf.fit(X_train, Y_train, validation_data=(X_dev, Y_dev))
 print(f"trained on {len(X_train)} texts in {time.perf_counter() - start:.0f} s")
 
-Y_pred = clf.predict(X_dev)
-print(classification_report(Y_dev, Y_pred, target_names=names, zero_division=0))
-print(f"dev macro-F1 {f1_score(Y_dev, Y_pred, average='macro', zero_division=0):.3f}")
+Y_pred = clf.predict(X_test)
+print(classification_report(Y_test, Y_pred, target_names=names, zero_division=0))
+print(f"test macro-F1 {f1_score(Y_test, Y_pred, average='macro', zero_division=0):.3f}")

@@ -12,7 +12,7 @@ X_test, Y_test, _ = load_goemotions("test")
 labels = [names.index(n) for n in ("admiration", "amusement", "gratitude", "love", "neutral")]
 X, Y, Y_test = X[:2000], Y[:2000, labels], Y_test[:, labels]
 
-clf = BertMultiLabelClassifier(max_epochs=2, max_length=64, random_state=0)
+clf = BertMultiLabelClassifier(max_epochs=2, max_length=64, threshold="auto", random_state=0)
 clf.fit(X, Y)
 
 proba = clf.predict_proba(X_test[:3])  # (3, 5) independent probabilities
