@@ -696,7 +696,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             train_set = TokenDataset(ids[: len(train_texts)], Y_train)
             valid_set = TokenDataset(ids[len(train_texts) :], Y_val) if has_valid else None
             net_module = module
-        net = self._build_net(net_module, pos_weight, valid_set, tokenizer, self.device_, seed)
+        net = self._build_net(net_module, pos_weight, valid_set, self.device_, seed)
         logger.info(
             "fitting %d labels on %d texts (%d for validation) on %s",
             Y_train.shape[1],
@@ -787,9 +787,12 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             if k in found:
                 out[i] = found[k]
         if todo:
-            pad_id = self.tokenizer_.pad_token_id or 0
             batches = iter_text_batches(
-                self.tokenizer_, [texts[i] for i in todo], self.max_length, self.predict_batch_size, pad_id
+                self.tokenizer_,
+                [texts[i] for i in todo],
+                self.max_length,
+                self.predict_batch_size,
+                self._pad_id,
             )
             computed = self._run(batches, self.module_.pool, hidden)
             out[todo] = computed
@@ -822,7 +825,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             weights = np.broadcast_to(np.asarray(self.pos_weight, dtype=np.float64), (n_labels,))
         return torch.as_tensor(np.array(weights), dtype=torch.float32)
 
-    def _build_net(self, module, pos_weight, valid_set, tokenizer, device, seed) -> MultiLabelNet:
+    def _build_net(self, module, pos_weight, valid_set, device, seed) -> MultiLabelNet:
         from skorch.callbacks import EarlyStopping, ProgressBar
         from skorch.helper import predefined_split
 
@@ -871,7 +874,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             lr_schedule=self.lr_schedule,
             warmup_ratio=self.warmup_ratio,
             accumulate_batches=self.accumulate_batches,
-            pad_id=tokenizer.pad_token_id or 0,
+            pad_id=self._pad_id,
             seed=seed,
             **kwargs,
         )
@@ -894,9 +897,12 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             out[rows] = values
         return out
 
+    @property
+    def _pad_id(self) -> int:
+        return self.tokenizer_.pad_token_id or 0
+
     def _logits_from_ids(self, ids: Sequence[np.ndarray]) -> np.ndarray:
-        pad_id = self.tokenizer_.pad_token_id or 0
-        return self._run(iter_id_batches(ids, self.predict_batch_size, pad_id))
+        return self._run(iter_id_batches(ids, self.predict_batch_size, self._pad_id))
 
     def decision_function(self, X: Sequence[str]) -> np.ndarray:
         """Raw logits, one per label.
@@ -922,9 +928,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             logits = cache.load_logits(key, (len(texts), self.n_labels_))
             if logits is not None:
                 return logits
-        pad_id = self.tokenizer_.pad_token_id or 0
         logits = self._run(
-            iter_text_batches(self.tokenizer_, texts, self.max_length, self.predict_batch_size, pad_id)
+            iter_text_batches(self.tokenizer_, texts, self.max_length, self.predict_batch_size, self._pad_id)
         )
         if key is not None:
             cache.save_logits(key, logits)

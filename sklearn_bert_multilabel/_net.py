@@ -16,7 +16,7 @@ from skorch.callbacks import Callback
 from skorch.utils import TeeGenerator
 from torch.utils.data import DataLoader
 
-from ._text import FeatureBatches, FeatureDataset, LengthBucketBatchSampler, PadCollator, lengths_of
+from ._text import FeatureBatches, FeatureDataset, LengthBucketBatchSampler, PadCollator
 from ._thresholds import tune_thresholds
 
 logger = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ class MultiLabelNet(NeuralNet):
             loader = FeatureBatches(dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
         else:
             sampler = LengthBucketBatchSampler(
-                lengths_of(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last
+                dataset.lengths, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last
             )
             kwargs.setdefault("collate_fn", PadCollator(self.pad_id))
             if torch.device(self.device).type == "cuda":

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler, Subset
+from torch.utils.data import Dataset, Sampler
 
 #: How many texts are tokenised at a time when predicting, so that memory
 #: stays flat however many texts are given.
@@ -115,13 +115,6 @@ class FeatureBatches:
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             rows = order[start : start + self.batch_size]
             yield {"features": self.features[rows]}, self.Y[rows]
-
-
-def lengths_of(dataset: Dataset) -> np.ndarray:
-    """Token lengths of a :class:`TokenDataset` or a (nested) ``Subset`` of one."""
-    if isinstance(dataset, Subset):
-        return lengths_of(dataset.dataset)[np.asarray(dataset.indices)]
-    return dataset.lengths
 
 
 class PadCollator:
