@@ -11,6 +11,7 @@ import re
 import numpy as np
 import torch
 from scipy.special import expit
+from sklearn.metrics import f1_score
 from skorch import NeuralNet
 from skorch.callbacks import Callback
 from skorch.utils import TeeGenerator
@@ -114,10 +115,8 @@ class ValidationScores(Callback):
         proba = expit(np.concatenate(self._logits))
         Y = np.concatenate(self._labels) > 0.5
         predicted = proba >= tune_thresholds(proba, Y, "f1")
-        tp = (predicted & Y).sum(axis=0)
-        denominator = predicted.sum(axis=0) + Y.sum(axis=0)
-        f1 = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
-        net.history.record("valid_f1_macro", float(f1.mean()))
+        score = f1_score(Y, predicted, average="macro", zero_division=0)
+        net.history.record("valid_f1_macro", float(score))
 
 
 class MultiLabelNet(NeuralNet):
