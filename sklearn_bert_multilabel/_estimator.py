@@ -1063,8 +1063,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
 
 def _matches(module: torch.nn.Module, weights: dict, frozen: bool) -> bool:
     """Whether cached ``weights`` fit ``module`` exactly (all but a frozen encoder)."""
-    state = module.state_dict()
-    expected = {k: v.shape for k, v in state.items() if not (frozen and k.startswith("encoder."))}
+    expected = {k: v.shape for k, v in state_for_cache(module, frozen).items()}
     return expected == {k: v.shape for k, v in weights.items()}
 
 
