@@ -49,9 +49,9 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> list[np.ndarra
 
 
 class TokenDataset(Dataset):
-    """Pre-tokenised texts and, for training, their label rows."""
+    """Pre-tokenised texts and their label rows, for training and validation."""
 
-    def __init__(self, ids: list[np.ndarray], Y: np.ndarray | None = None):
+    def __init__(self, ids: list[np.ndarray], Y: np.ndarray):
         self.ids = ids
         self.Y = Y
         self.lengths = np.fromiter((len(t) for t in ids), dtype=np.int64, count=len(ids))
@@ -60,8 +60,7 @@ class TokenDataset(Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int):
-        y = self.Y[i] if self.Y is not None else np.zeros(0, dtype=np.float32)
-        return self.ids[i], y
+        return self.ids[i], self.Y[i]
 
 
 class FeatureDataset(Dataset):
