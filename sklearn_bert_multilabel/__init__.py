@@ -3,6 +3,7 @@
 from ._estimator import BertMultiLabelClassifier
 from ._memory import CacheWarning
 from ._model import MultiLabelTextModule
+from ._persistence import ModelFileError
 from ._thresholds import tune_thresholds
 from ._validation import InvalidInputError, UnusedLabelWarning
 from ._version import __version__
@@ -12,6 +13,7 @@ __all__ = [
     "BertMultiLabelClassifier",
     "CacheWarning",
     "InvalidInputError",
+    "ModelFileError",
     "MultiLabelTextModule",
     "UnusedLabelWarning",
     "__version__",

@@ -1042,6 +1042,115 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         return float(accuracy_score(Y.astype(np.int64), self.predict(texts), sample_weight=sample_weight))
 
     # ------------------------------------------------------------- persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Save the fitted model to a folder, without pickle.
+
+        The folder holds the parameters and fitted state as JSON
+        (``estimator.json``, with the SHA-256 of every other file), the
+        encoder, pooling and head weights as safetensors and the tokenizer
+        files. :meth:`load` reads it back with no pickle and no code from the
+        folder. A folder that already holds a saved model is replaced.
+        Parameters that JSON cannot hold (callables, callback objects, a
+        ``RandomState``) are saved as their defaults, with a warning; they
+        only matter for refitting. No optimizer state is ever saved.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The folder to write.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> from sklearn_bert_multilabel import BertMultiLabelClassifier
+        >>> X, Y = ["a great match", "stocks fell"], [[1, 0], [0, 1]]
+        >>> clf = BertMultiLabelClassifier(max_epochs=1, train_split=None, random_state=0).fit(X, Y)
+        >>> folder = tempfile.mkdtemp()
+        >>> clf.save(folder)
+        >>> loaded = BertMultiLabelClassifier.load(folder)
+        >>> bool((loaded.predict_proba(X) == clf.predict_proba(X)).all())
+        True
+        """
+        check_is_fitted(self, "module_")
+        from ._persistence import save_estimator
+
+        save_estimator(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: str | None = None) -> BertMultiLabelClassifier:
+        """Load a model written by :meth:`save`.
+
+        Only JSON and safetensors are read: no pickle, no ``torch.load`` and
+        no code from the folder. Every file is checked against the digest
+        recorded at save time first, so a truncated or edited folder raises
+        :class:`ModelFileError` and never gives a partial model.
+
+        Parameters
+        ----------
+        path : str or path-like
+            A folder written by :meth:`save`.
+        device : str, optional
+            Where to put the model. By default the device it was fitted on,
+            or the CPU when that is a GPU this machine does not have.
+
+        Returns
+        -------
+        estimator : BertMultiLabelClassifier
+            A fitted estimator whose predictions equal the saved one's.
+        """
+        from ._persistence import load_estimator
+
+        return load_estimator(cls, path, device=device)
+
+    def export_pretrained(self, path: str | os.PathLike) -> None:
+        """Write a standard Hugging Face ``AutoModelForSequenceClassification`` folder.
+
+        The folder has ``problem_type="multi_label_classification"`` and
+        ``id2label`` from ``label_names_``, so ::
+
+            transformers.pipeline("text-classification", model=path, top_k=None,
+                                  function_to_apply="sigmoid")
+
+        gives :meth:`predict_proba`'s probabilities (texts longer than
+        ``max_length`` tokens also need ``truncation=True``). Only a model
+        that the standard classes compute can be exported: a BERT-style
+        encoder with ``pooling="pooler"`` and a linear head, or a DistilBERT
+        encoder with ``pooling="cls"`` and ``hidden_layer_sizes=(dim,)``.
+        Other models raise a ``ValueError`` that says so; :meth:`save` and
+        :meth:`export_onnx` take any model.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The folder to write.
+        """
+        check_is_fitted(self, "module_")
+        from ._export import export_pretrained
+
+        export_pretrained(self, path)
+
+    def export_onnx(self, path: str | os.PathLike, *, opset_version: int | None = None) -> None:
+        """Export the model to ONNX, with its tokenizer and label metadata.
+
+        Writes ``model.onnx`` (inputs ``input_ids`` and ``attention_mask`` of
+        shape (batch, tokens), both int64; outputs ``logits`` and
+        ``probabilities`` of shape (batch, n_labels)), the tokenizer files and
+        ``labels.json`` (label names, thresholds, ``max_length``). Running it
+        in onnxruntime reproduces :meth:`predict_proba`. Needs the ``onnx``
+        extra: ``pip install 'sklearn-bert-multilabel[onnx]'``.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The folder to write.
+        opset_version : int, optional
+            ONNX opset; the exporter's default if None.
+        """
+        check_is_fitted(self, "module_")
+        from ._export import export_onnx
+
+        export_onnx(self, path, opset_version=opset_version)
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())  # a copy: never touch the live module
         module = state.get("module_")

@@ -1,0 +1,232 @@
+"""Exporting a fitted model to the wider ecosystem: Hugging Face folders and ONNX."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+#: Encoders whose ``*ForSequenceClassification`` computes
+#: ``classifier(dropout(pooler_output))``.
+POOLER_LINEAR_TYPES = frozenset({"bert", "albert", "ernie", "megatron-bert"})
+#: Encoders whose ``*ForSequenceClassification`` computes
+#: ``classifier(dropout(relu(pre_classifier(first token state))))``.
+CLS_MLP_TYPES = frozenset({"distilbert"})
+#: Text used to check that an exported model computes what the estimator does.
+PROBE_TEXTS = ("a short probe text", "a second, slightly longer probe text for the check")
+
+
+def _unsupported(estimator, model_type: str) -> ValueError:
+    return ValueError(
+        f"export_pretrained cannot express this model as a standard Hugging Face "
+        f"AutoModelForSequenceClassification: encoder type {model_type!r}, "
+        f"pooling={estimator.pooling!r}, hidden_layer_sizes={tuple(estimator.hidden_layer_sizes)!r}. "
+        "The standard classes compute a BERT-style encoder's pooler output followed by one linear "
+        f"layer (encoder types {sorted(POOLER_LINEAR_TYPES)}: fit with pooling='pooler' and "
+        "hidden_layer_sizes=()), or DistilBERT's first-token state through one hidden layer of its "
+        "own width (pooling='cls', hidden_layer_sizes=(dim,)). Any model can be saved with "
+        "clf.save(path) or exported with clf.export_onnx(path)."
+    )
+
+
+def _linears(head: nn.Sequential) -> list[nn.Linear]:
+    return [layer for layer in head if isinstance(layer, nn.Linear)]
+
+
+def _staging(path: str | os.PathLike) -> tuple[Path, Path]:
+    target = Path(path).expanduser()
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ValueError(f"path={os.fspath(path)!r} exists and is not an empty folder; choose a new folder.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target, Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+
+
+def _publish(staging: Path, target: Path) -> None:
+    if target.exists():
+        target.rmdir()
+    os.replace(staging, target)
+
+
+def build_pretrained(estimator):
+    """The estimator's model as a ``*ForSequenceClassification`` instance, on the CPU."""
+    import copy
+
+    from transformers import AutoModelForSequenceClassification
+
+    module = estimator.module_
+    config = copy.deepcopy(module.encoder.config)
+    model_type = getattr(config, "model_type", "")
+    linears = _linears(module.head)
+    hidden = tuple(estimator.hidden_layer_sizes)
+    if model_type in POOLER_LINEAR_TYPES and module.pooling == "pooler" and len(linears) == 1:
+        classifier_layers = {"classifier": linears[0]}
+    elif (
+        model_type in CLS_MLP_TYPES
+        and module.pooling == "cls"
+        and len(linears) == 2
+        and hidden == (config.hidden_size,)
+    ):
+        classifier_layers = {"pre_classifier": linears[0], "classifier": linears[1]}
+    else:
+        raise _unsupported(estimator, model_type)
+
+    names = [str(n) for n in estimator.label_names_]
+    config.num_labels = estimator.n_labels_
+    config.problem_type = "multi_label_classification"
+    config.id2label = dict(enumerate(names))
+    config.label2id = {name: i for i, name in enumerate(names)}
+    config.architectures = None
+    model = AutoModelForSequenceClassification.from_config(config)
+    base = getattr(model, model.base_model_prefix)
+    base.load_state_dict({k: v.detach().cpu() for k, v in module.encoder.state_dict().items()})
+    for name, layer in classifier_layers.items():
+        getattr(model, name).load_state_dict({k: v.detach().cpu() for k, v in layer.state_dict().items()})
+    model.config.architectures = [type(model).__name__]
+    model.eval()
+    _check_same_logits(estimator, lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits)
+    return model
+
+
+def _check_same_logits(estimator, forward) -> None:
+    """Raise when ``forward`` does not compute the estimator's logits on probe texts."""
+    from ._text import iter_text_batches
+
+    module = estimator.module_
+    was_training = module.training
+    module.eval()
+    try:
+        for _, inputs in iter_text_batches(
+            estimator.tokenizer_, list(PROBE_TEXTS), estimator.max_length, 8, estimator._pad_id
+        ):
+            device = next(module.parameters()).device
+            with torch.inference_mode():
+                ours = module(**{k: v.to(device) for k, v in inputs.items()}).float().cpu()
+                theirs = forward(inputs["input_ids"], inputs["attention_mask"]).float()
+            if not torch.allclose(ours, theirs, atol=1e-4, rtol=1e-4):
+                raise RuntimeError(
+                    "the exported model's logits differ from the estimator's (largest difference "
+                    f"{(ours - theirs).abs().max().item():.2e}); please report this as a bug."
+                )
+    finally:
+        module.train(was_training)
+
+
+def export_pretrained(estimator, path: str | os.PathLike) -> Path:
+    """Write ``estimator`` as a standard Hugging Face sequence-classification folder."""
+    model = build_pretrained(estimator)
+    target, staging = _staging(path)
+    from ._pretrained import _progress_bars
+
+    try:
+        with _progress_bars(False):
+            model.save_pretrained(str(staging))
+        tokenizer = estimator.tokenizer_
+        old_max = tokenizer.model_max_length
+        tokenizer.model_max_length = estimator.max_length  # so truncation=True cuts where predict does
+        try:
+            tokenizer.save_pretrained(str(staging))
+        finally:
+            tokenizer.model_max_length = old_max
+        _publish(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("exported %s to %s", type(model).__name__, target)
+    return target
+
+
+class _OnnxGraph(nn.Module):
+    """(input_ids, attention_mask) -> (logits, probabilities): what ONNX records."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        logits = self.module(input_ids=input_ids, attention_mask=attention_mask).float()
+        return logits, torch.sigmoid(logits)
+
+
+def export_onnx(estimator, path: str | os.PathLike, *, opset_version: int | None = None) -> Path:
+    """Write ``model.onnx``, the tokenizer and ``labels.json`` to the folder ``path``."""
+    missing = [name for name in ("onnx", "onnxscript") if _missing(name)]
+    if missing:
+        raise ImportError(
+            f"export_onnx needs {' and '.join(missing)}: pip install 'sklearn-bert-multilabel[onnx]'."
+        )
+    import copy
+    import warnings
+
+    graph = _OnnxGraph(copy.deepcopy(estimator.module_).to("cpu").float()).eval()
+    example = next(_example_batches(estimator))
+    target, staging = _staging(path)
+    try:
+        batch, tokens = torch.export.Dim("batch", min=1), torch.export.Dim("tokens", min=2)
+        exporter_log = logging.getLogger("torch.onnx")
+        level = exporter_log.level
+        exporter_log.setLevel(logging.ERROR)  # the exporter's notes on optional operators
+        try:
+            with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+                warnings.simplefilter("ignore", FutureWarning)
+                warnings.filterwarnings("ignore", message=".*axis name.*", category=UserWarning)
+                program = torch.onnx.export(
+                    graph,
+                    (example["input_ids"], example["attention_mask"]),
+                    input_names=["input_ids", "attention_mask"],
+                    output_names=["logits", "probabilities"],
+                    dynamic_shapes=({0: batch, 1: tokens}, {0: batch, 1: tokens}),
+                    opset_version=opset_version,
+                    dynamo=True,
+                    external_data=False,
+                    verbose=False,
+                )
+        finally:
+            exporter_log.setLevel(level)
+        program.save(str(staging / "model.onnx"))
+        estimator.tokenizer_.save_pretrained(str(staging / "tokenizer"))
+        thresholds = _thresholds_or_none(estimator)
+        meta = {
+            "label_names": [str(n) for n in estimator.label_names_],
+            "thresholds": thresholds,
+            "max_length": int(estimator.max_length),
+            "inputs": ["input_ids", "attention_mask"],
+            "outputs": ["logits", "probabilities"],
+        }
+        (staging / "labels.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        _publish(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("exported ONNX model to %s", target)
+    return target
+
+
+def _example_batches(estimator):
+    from ._text import iter_text_batches
+
+    for _, inputs in iter_text_batches(
+        estimator.tokenizer_, list(PROBE_TEXTS), estimator.max_length, 8, estimator._pad_id
+    ):
+        yield inputs
+
+
+def _thresholds_or_none(estimator) -> list[float] | None:
+    try:
+        return np.asarray(estimator.thresholds_, dtype=np.float64).tolist()
+    except ValueError:  # threshold="auto" with nothing tuned
+        return None
+
+
+def _missing(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is None

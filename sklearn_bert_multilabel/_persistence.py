@@ -1,0 +1,347 @@
+"""Saving a fitted estimator as plain files, and loading it back without pickle.
+
+A saved model is a folder::
+
+    estimator.json        parameters, fitted state, versions, SHA-256 of every other file
+    model.safetensors     encoder, pooling and head weights
+    encoder/config.json   the encoder's Hugging Face configuration
+    tokenizer/...         the tokenizer's files (``save_pretrained``)
+
+Loading reads JSON and safetensors only: no pickle, no ``torch.load``, no
+code from the folder. Every file is checked against its recorded digest
+before anything is built, so a truncated or edited folder fails with a
+clear error instead of giving a partial model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._version import __version__
+
+logger = logging.getLogger(__name__)
+
+#: Version of the folder layout. A reader accepts this version and older ones.
+FORMAT_VERSION = 1
+FORMAT_NAME = "sklearn-bert-multilabel"
+MANIFEST = "estimator.json"
+WEIGHTS = "model.safetensors"
+ENCODER_DIR = "encoder"
+TOKENIZER_DIR = "tokenizer"
+#: Parameters stored as tuples, which JSON turns into lists.
+TUPLE_PARAMS = ("hidden_layer_sizes",)
+
+
+class ModelFileError(ValueError):
+    """A saved model folder is missing, damaged, edited or from an incompatible version."""
+
+
+# ------------------------------------------------------------------ parameters
+def _encode_value(value: Any) -> tuple[bool, Any]:
+    """(ok, JSON value) for one parameter value; ok is False when JSON cannot hold it."""
+    if value is None or isinstance(value, (bool, str)):
+        return True, value
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        number = value.item() if isinstance(value, np.generic) else value
+        if isinstance(number, float) and not np.isfinite(number):
+            return False, None
+        return True, number
+    if isinstance(value, os.PathLike):
+        return True, os.fspath(value)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf" and value.ndim == 1:
+        return True, {"ndarray": value.tolist(), "dtype": value.dtype.str}
+    if isinstance(value, (list, tuple)):
+        items = [_encode_value(v) for v in value]
+        if all(ok for ok, _ in items) and not any(isinstance(v, dict) for _, v in items):
+            return True, [v for _, v in items]
+        return False, None
+    if isinstance(value, type) and issubclass(value, torch.optim.Optimizer):
+        if value.__module__.startswith("torch.optim"):
+            return True, {"class": f"{value.__module__}:{value.__qualname__}"}
+        return False, None
+    location = getattr(value, "location", None)  # joblib.Memory
+    if type(value).__name__ == "Memory" and isinstance(location, (str, os.PathLike)):
+        return True, os.fspath(location)
+    return False, None
+
+
+def _decode_value(name: str, value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"ndarray", "dtype"}:
+            return np.asarray(value["ndarray"], dtype=np.dtype(value["dtype"]))
+        if set(value) == {"class"}:
+            module_name, _, qualname = str(value["class"]).partition(":")
+            # Only optimizer classes of torch itself are ever imported.
+            if not (module_name == "torch.optim" or module_name.startswith("torch.optim.")):
+                raise ModelFileError(f"parameter {name!r} names {value['class']!r}, not a torch optimizer.")
+            obj = importlib.import_module(module_name)
+            for part in qualname.split("."):
+                obj = getattr(obj, part, None)
+            if not (isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer)):
+                raise ModelFileError(f"parameter {name!r} names {value['class']!r}, not a torch optimizer.")
+            return obj
+        raise ModelFileError(f"parameter {name!r} has an unreadable value {value!r}.")
+    if name in TUPLE_PARAMS and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def _encode_params(params: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    encoded, dropped = {}, []
+    for name, value in params.items():
+        ok, json_value = _encode_value(value)
+        if ok:
+            encoded[name] = json_value
+        else:
+            dropped.append(name)
+    return encoded, dropped
+
+
+# --------------------------------------------------------------------- files
+def _digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def _optional_list(value) -> list | None:
+    return None if value is None else np.asarray(value, dtype=np.float64).tolist()
+
+
+def save_estimator(estimator, path: str | os.PathLike) -> Path:
+    """Write a fitted ``estimator`` to the folder ``path`` (see the module docstring)."""
+    from safetensors.torch import save_model
+
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        raise ModelFileError(f"path={os.fspath(path)!r} exists and is not a folder; choose a folder path.")
+    if target.is_dir() and any(target.iterdir()) and not (target / MANIFEST).is_file():
+        raise ModelFileError(
+            f"path={os.fspath(path)!r} is a folder with other files in it; save into a new or empty "
+            "folder (a folder holding a saved model is replaced)."
+        )
+    params, dropped = _encode_params(estimator.get_params(deep=False))
+    if dropped:
+        warnings.warn(
+            f"these parameters cannot be written as JSON and are saved as their defaults: "
+            f"{', '.join(sorted(dropped))}. Predictions are unaffected; set them again before "
+            "refitting the loaded model.",
+            UserWarning,
+            stacklevel=3,
+        )
+    module = estimator.module_
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        cpu_module = module if _on_cpu(module) else _cpu_copy(module)
+        save_model(cpu_module, str(staging / WEIGHTS), metadata={"format": FORMAT_NAME})
+        module.encoder.config.save_pretrained(str(staging / ENCODER_DIR))
+        estimator.tokenizer_.save_pretrained(str(staging / TOKENIZER_DIR))
+        files = sorted(p for p in staging.rglob("*") if p.is_file())
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "library_version": __version__,
+            "torch_version": torch.__version__,
+            "transformers_version": _transformers_version(),
+            "params": params,
+            "fitted": {
+                "n_labels": int(estimator.n_labels_),
+                "label_names": [str(n) for n in estimator.label_names_],
+                "tuned_thresholds": _optional_list(estimator.tuned_thresholds_),
+                "pos_weight": _optional_list(estimator.pos_weight_),
+                "device": str(estimator.device_),
+                "cache_key": estimator.cache_key_,
+                "history": _history_json(estimator.history_),
+            },
+            "module": {
+                "pooling": module.pooling,
+                "hidden_layer_sizes": [int(s) for s in estimator.hidden_layer_sizes],
+                "dropout": float(estimator.dropout),
+                "freeze_encoder": bool(module.freeze_encoder),
+            },
+            "files": {p.relative_to(staging).as_posix(): _digest(p) for p in files},
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("saved model to %s", target)
+    return target
+
+
+def _on_cpu(module: torch.nn.Module) -> bool:
+    return all(t.device.type == "cpu" for t in list(module.parameters()) + list(module.buffers()))
+
+
+def _cpu_copy(module: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(module).to("cpu")
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def _history_json(history) -> list:
+    from ._estimator import _jsonable
+
+    return _jsonable(history) if history is not None else []
+
+
+# ---------------------------------------------------------------------- load
+def _read_manifest(folder: Path) -> dict:
+    if not folder.is_dir():
+        raise ModelFileError(f"no saved model at {os.fspath(folder)!r}: no such folder.")
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise ModelFileError(
+            f"{os.fspath(folder)!r} is not a saved model: it has no {MANIFEST}. Save one with "
+            "clf.save(path); a Hugging Face folder is loaded with "
+            "BertMultiLabelClassifier(model_name=path) instead."
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(
+            f"{MANIFEST} in {os.fspath(folder)!r} is damaged ({exc}); save the model again."
+        ) from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise ModelFileError(f"{MANIFEST} in {os.fspath(folder)!r} is not a {FORMAT_NAME} model description.")
+    version = manifest.get("format_version")
+    saved_with = manifest.get("library_version", "unknown")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"this model was saved by {FORMAT_NAME} {saved_with} in format version {version!r}, which "
+            f"{FORMAT_NAME} {__version__} cannot read (it reads format versions up to {FORMAT_VERSION}). "
+            f"Upgrade: pip install -U 'sklearn-bert-multilabel>={saved_with}'."
+        )
+    if saved_with != __version__:
+        warnings.warn(
+            f"this model was saved by {FORMAT_NAME} {saved_with} and is loaded by {__version__}; the "
+            "format is compatible, but results may differ slightly. To silence this, save it again "
+            f"with this version, or install sklearn-bert-multilabel=={saved_with}.",
+            UserWarning,
+            stacklevel=4,
+        )
+    for key, kind in (("params", dict), ("fitted", dict), ("module", dict), ("files", dict)):
+        if not isinstance(manifest.get(key), kind):
+            raise ModelFileError(f"{MANIFEST} in {os.fspath(folder)!r} lacks a valid {key!r} section.")
+    return manifest
+
+
+def _check_files(folder: Path, files: dict[str, str]) -> None:
+    problems = []
+    for required in (WEIGHTS, f"{ENCODER_DIR}/config.json"):
+        if required not in files:
+            problems.append(f"{required} is not listed in {MANIFEST}")
+    for name, expected in files.items():
+        path = (folder / name).resolve()
+        if folder.resolve() not in path.parents:
+            problems.append(f"{name!r} points outside the folder")
+        elif not path.is_file():
+            problems.append(f"{name} is missing")
+        elif _digest(path) != expected:
+            problems.append(f"{name} does not match its recorded SHA-256 (truncated or edited)")
+    if problems:
+        raise ModelFileError(
+            f"the saved model in {os.fspath(folder)!r} is damaged: " + "; ".join(problems) + ". "
+            "Nothing was loaded; save the model again from the fitted estimator."
+        )
+
+
+def _fitted_value(fitted: dict, key: str, n_labels: int) -> np.ndarray | None:
+    value = fitted.get(key)
+    if value is None:
+        return None
+    array = np.asarray(value, dtype=np.float64)
+    if array.shape != (n_labels,) or not np.all(np.isfinite(array)):
+        raise ModelFileError(f"{MANIFEST}: fitted {key!r} must hold {n_labels} finite numbers.")
+    return array
+
+
+def load_estimator(cls, path: str | os.PathLike, *, device: str | None = None):
+    """Build a fitted ``cls`` from a folder written by :func:`save_estimator`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+    from skorch.history import History
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from ._model import MultiLabelTextModule
+
+    folder = Path(path).expanduser()
+    manifest = _read_manifest(folder)
+    _check_files(folder, manifest["files"])
+
+    known = set(cls().get_params(deep=False))
+    params = {}
+    for name, value in manifest["params"].items():
+        if name not in known and "__" not in name:
+            raise ModelFileError(f"{MANIFEST} has an unknown parameter {name!r}.")
+        params[name] = _decode_value(name, value)
+    fitted, spec = manifest["fitted"], manifest["module"]
+    n_labels = fitted.get("n_labels")
+    names = fitted.get("label_names")
+    if not isinstance(n_labels, int) or n_labels < 1:
+        raise ModelFileError(f"{MANIFEST}: fitted 'n_labels' must be a positive integer.")
+    if not (isinstance(names, list) and len(names) == n_labels and all(isinstance(n, str) for n in names)):
+        raise ModelFileError(f"{MANIFEST}: fitted 'label_names' must be {n_labels} strings.")
+
+    try:
+        config = AutoConfig.from_pretrained(str(folder / ENCODER_DIR))
+        encoder = AutoModel.from_config(config)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
+        module = MultiLabelTextModule(
+            encoder,
+            n_labels,
+            pooling=spec["pooling"],
+            hidden_layer_sizes=tuple(spec["hidden_layer_sizes"]),
+            dropout=float(spec["dropout"]),
+            freeze_encoder=bool(spec["freeze_encoder"]),
+        )
+        load_model(module, str(folder / WEIGHTS), strict=True, device="cpu")
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
+        raise ModelFileError(
+            f"could not rebuild the model saved in {os.fspath(folder)!r} ({type(exc).__name__}: {exc})."
+        ) from exc
+
+    estimator = cls(**params)
+    saved_device = str(fitted.get("device", "cpu"))
+    if device is None:
+        device = saved_device
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            logger.info("model saved on %s loaded on cpu", saved_device)
+            device = "cpu"
+    module.to(device)
+    module.eval()
+    estimator.module_ = module
+    estimator.tokenizer_ = tokenizer
+    estimator.device_ = device
+    estimator.n_labels_ = n_labels
+    estimator.classes_ = np.arange(n_labels)
+    estimator.label_names_ = list(names)
+    estimator.tuned_thresholds_ = _fitted_value(fitted, "tuned_thresholds", n_labels)
+    estimator.pos_weight_ = _fitted_value(fitted, "pos_weight", n_labels)
+    estimator.cache_key_ = fitted.get("cache_key") if isinstance(fitted.get("cache_key"), str) else None
+    estimator.history_ = History(fitted.get("history") or [])
+    return estimator

@@ -1,0 +1,277 @@
+"""save/load without pickle, Hugging Face export, ONNX export, pickle size."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import make_texts
+
+from sklearn_bert_multilabel import BertMultiLabelClassifier, ModelFileError, __version__
+from sklearn_bert_multilabel._persistence import MANIFEST, WEIGHTS
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_model_dir):
+    """A fitted model with tuned thresholds, label names and a non-default head."""
+    X, Y = make_texts(96, seed=3)
+    frame = pd.DataFrame(Y, columns=["sports", "business", "positive"])
+    clf = BertMultiLabelClassifier(
+        model_name=tiny_model_dir,
+        hidden_layer_sizes=(16,),
+        pooling="attention",
+        threshold="auto",
+        pos_weight="balanced",
+        max_epochs=2,
+        batch_size=16,
+        lr=1e-3,
+        optimizer=torch.optim.Adam,
+        train_split=0.25,
+        random_state=0,
+    )
+    return clf.fit(X, frame), X
+
+
+@pytest.fixture
+def saved(tuned, tmp_path):
+    clf, _ = tuned
+    folder = tmp_path / "model"
+    clf.save(folder)
+    return folder
+
+
+def _edit_manifest(folder, edit) -> None:
+    path = folder / MANIFEST
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def test_round_trip_gives_identical_predictions_and_state(tuned, saved):
+    clf, X = tuned
+    loaded = BertMultiLabelClassifier.load(saved)
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    np.testing.assert_array_equal(loaded.predict(X), clf.predict(X))
+    np.testing.assert_array_equal(loaded.thresholds_, clf.thresholds_)
+    assert loaded.label_names_ == ["sports", "business", "positive"]
+    np.testing.assert_array_equal(loaded.pos_weight_, clf.pos_weight_)
+    assert loaded.history_[-1, "valid_loss"] == pytest.approx(clf.history_[-1, "valid_loss"])
+    assert loaded.get_params() == {**clf.get_params()}
+    assert loaded.optimizer is torch.optim.Adam
+    assert loaded.hidden_layer_sizes == (16,)
+
+
+def test_loaded_model_refits_and_threshold_changes_apply(tuned, saved):
+    clf, X = tuned
+    loaded = BertMultiLabelClassifier.load(saved)
+    loaded.set_params(threshold=0.99)
+    assert loaded.predict(X).sum() < clf.predict(X).sum()
+    Y = make_texts(96, seed=3)[1]
+    refit = loaded.set_params(threshold=0.5, max_epochs=1).fit(X, Y)
+    assert refit.predict_proba(X).shape == (96, 3)
+
+
+def test_loading_uses_no_pickle(saved, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("pickle or torch.load was used")
+
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    assert BertMultiLabelClassifier.load(saved).n_labels_ == 3
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda f: (f / WEIGHTS).write_bytes((f / WEIGHTS).read_bytes()[:-100]), "truncated or edited"),
+        (lambda f: _flip_byte(f / WEIGHTS), "truncated or edited"),
+        (lambda f: (f / "tokenizer" / "tokenizer.json").unlink(), "tokenizer.json is missing"),
+        (lambda f: (f / MANIFEST).write_text("{not json"), "is damaged"),
+        (lambda f: (f / MANIFEST).unlink(), "has no estimator.json"),
+        (lambda f: _edit_manifest(f, lambda m: m["fitted"].update(n_labels=4)), "label_names"),
+        (lambda f: _edit_manifest(f, lambda m: m["fitted"].update(tuned_thresholds=[0.1])), "3 finite"),
+        (lambda f: _edit_manifest(f, lambda m: m["files"].pop(WEIGHTS)), "not listed"),
+        (lambda f: _edit_manifest(f, lambda m: m["files"].update({"../x": "0"})), "outside the folder"),
+        (
+            lambda f: _edit_manifest(f, lambda m: m["params"].update(optimizer={"class": "os:system"})),
+            "not a torch optimizer",
+        ),
+        (lambda f: _edit_manifest(f, lambda m: m["params"].update(bogus=1)), "unknown parameter 'bogus'"),
+    ],
+)
+def test_damaged_folder_fails_clearly(saved, damage, message):
+    damage(saved)
+    with pytest.raises(ModelFileError, match=message):
+        BertMultiLabelClassifier.load(saved)
+
+
+def _flip_byte(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_missing_folder_is_clear(tmp_path):
+    with pytest.raises(ModelFileError, match="no such folder"):
+        BertMultiLabelClassifier.load(tmp_path / "nothing")
+
+
+def test_newer_format_says_to_upgrade(saved):
+    _edit_manifest(saved, lambda m: m.update(format_version=99, library_version="9.0.0"))
+    with pytest.raises(ModelFileError, match=r"pip install -U 'sklearn-bert-multilabel>=9.0.0'"):
+        BertMultiLabelClassifier.load(saved)
+
+
+def test_other_library_version_warns_and_loads(tuned, saved):
+    clf, X = tuned
+    _edit_manifest(saved, lambda m: m.update(library_version="0.0.1"))
+    with pytest.warns(
+        UserWarning, match=f"saved by sklearn-bert-multilabel 0.0.1 and is loaded by {__version__}"
+    ):
+        loaded = BertMultiLabelClassifier.load(saved)
+    np.testing.assert_array_equal(loaded.predict_proba(X[:5]), clf.predict_proba(X[:5]))
+
+
+def test_model_saved_on_gpu_loads_on_cpu(tuned, saved, monkeypatch):
+    """Weights are always written from CPU tensors; the saved device is only a preference."""
+    clf, X = tuned
+    _edit_manifest(saved, lambda m: m["fitted"].update(device="cuda:0"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    loaded = BertMultiLabelClassifier.load(saved)
+    assert loaded.device_ == "cpu"
+    assert next(loaded.module_.parameters()).device.type == "cpu"
+    np.testing.assert_array_equal(loaded.predict_proba(X[:5]), clf.predict_proba(X[:5]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_model_saves_and_loads_on_cpu(fast_params, toy_data, tmp_path):
+    X, Y = toy_data
+    clf = BertMultiLabelClassifier(device="cuda", **fast_params).fit(X, Y)
+    clf.save(tmp_path / "m")
+    loaded = BertMultiLabelClassifier.load(tmp_path / "m", device="cpu")
+    np.testing.assert_allclose(loaded.predict_proba(X), clf.predict_proba(X), atol=1e-5)
+
+
+def test_parameters_json_cannot_hold_warn_at_save(fast_params, toy_data, tmp_path):
+    from skorch.callbacks import EpochTimer
+
+    X, Y = toy_data
+    clf = BertMultiLabelClassifier(
+        callbacks=[("timer2", EpochTimer())], **{**fast_params, "max_epochs": 1}
+    ).fit(X, Y)
+    with pytest.warns(UserWarning, match="saved as their defaults: callbacks"):
+        clf.save(tmp_path / "m")
+    loaded = BertMultiLabelClassifier.load(tmp_path / "m")
+    assert loaded.callbacks is None
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+
+
+def test_save_refuses_a_folder_with_other_files_and_replaces_a_saved_model(tuned, tmp_path):
+    clf, X = tuned
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(ModelFileError, match="other files in it"):
+        clf.save(tmp_path / "busy")
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+    clf.save(tmp_path / "m")
+    clf.save(tmp_path / "m")  # replacing a saved model is fine
+    assert BertMultiLabelClassifier.load(tmp_path / "m").n_labels_ == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "m"]  # no staging left behind
+
+
+def test_save_before_fit_raises_not_fitted(tiny_model_dir, tmp_path):
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        BertMultiLabelClassifier(model_name=tiny_model_dir).save(tmp_path / "m")
+
+
+# ------------------------------------------------------------ Hugging Face export
+def _pipeline_proba(folder, texts, names):
+    from transformers import pipeline
+
+    pipe = pipeline("text-classification", model=str(folder), top_k=None, function_to_apply="sigmoid")
+    rows = pipe(list(texts), truncation=True)
+    return np.array([[{r["label"]: r["score"] for r in row}[name] for name in names] for row in rows])
+
+
+def test_export_pretrained_reproduces_predict_proba(fast_params, tmp_path):
+    X, Y = make_texts(64, seed=5)
+    frame = pd.DataFrame(Y, columns=["sports", "business", "positive"])
+    clf = BertMultiLabelClassifier(pooling="pooler", **fast_params).fit(X, frame)
+    clf.export_pretrained(tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification"
+    assert config["id2label"] == {"0": "sports", "1": "business", "2": "positive"}
+    got = _pipeline_proba(tmp_path / "hf", X, clf.label_names_)
+    np.testing.assert_allclose(got, clf.predict_proba(X), atol=1e-5)
+
+
+def test_export_pretrained_distilbert(tiny_model_dir, tmp_path):
+    from transformers import DistilBertConfig, DistilBertModel
+
+    torch.manual_seed(0)
+    source = Path(tiny_model_dir)
+    folder = tmp_path / "tiny-distilbert"
+    vocab_size = len((source / "vocab.txt").read_text().split())
+    config = DistilBertConfig(vocab_size=vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64)
+    DistilBertModel(config).save_pretrained(str(folder))
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        if (source / name).exists():
+            (folder / name).write_bytes((source / name).read_bytes())
+    X, Y = make_texts(48, seed=6)
+    clf = BertMultiLabelClassifier(
+        model_name=str(folder),
+        pooling="cls",
+        hidden_layer_sizes=(32,),
+        max_epochs=1,
+        lr=1e-3,
+        train_split=None,
+        random_state=0,
+    ).fit(X, Y)
+    clf.export_pretrained(tmp_path / "hf")
+    got = _pipeline_proba(tmp_path / "hf", X, clf.label_names_)
+    np.testing.assert_allclose(got, clf.predict_proba(X), atol=1e-5)
+
+
+def test_export_pretrained_says_which_models_it_cannot_express(tuned, tmp_path):
+    clf, _ = tuned  # attention pooling, MLP head
+    with pytest.raises(
+        ValueError, match=r"pooling='attention'.*pooling='pooler' and hidden_layer_sizes=\(\)"
+    ):
+        clf.export_pretrained(tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
+# -------------------------------------------------------------------- ONNX export
+def test_export_onnx_reproduces_predict_proba(tuned, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from sklearn_bert_multilabel._text import iter_text_batches
+
+    clf, X = tuned
+    clf.export_onnx(tmp_path / "onnx")
+    meta = json.loads((tmp_path / "onnx" / "labels.json").read_text())
+    assert meta["label_names"] == clf.label_names_
+    np.testing.assert_allclose(meta["thresholds"], clf.thresholds_)
+    session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"))
+    got = np.zeros((len(X), 3), dtype=np.float32)
+    for rows, inputs in iter_text_batches(clf.tokenizer_, X, clf.max_length, 7, clf._pad_id):
+        got[rows] = session.run(["probabilities"], {k: v.numpy() for k, v in inputs.items()})[0]
+    np.testing.assert_allclose(got, clf.predict_proba(X), atol=1e-4)
+
+
+# ------------------------------------------------------------------------- pickle
+def test_pickle_holds_the_weights_once_and_no_optimizer_state(tuned):
+    clf, _ = tuned
+    weights = sum(t.numel() * t.element_size() for t in clf.module_.state_dict().values())
+    tokenizer = len(pickle.dumps(clf.tokenizer_))
+    payload = pickle.dumps(clf)
+    # Adam's two moment buffers alone would add 2x the weights.
+    assert len(payload) < 1.1 * weights + tokenizer + 50_000
+    assert not any("optimizer" in key and key != "optimizer" for key in vars(clf))
