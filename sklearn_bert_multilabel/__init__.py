@@ -3,6 +3,7 @@
 from ._estimator import BertMultiLabelClassifier
 from ._memory import CacheWarning
 from ._model import MultiLabelTextModule
+from ._net import NonFiniteLossError
 from ._persistence import ModelFileError
 from ._thresholds import tune_thresholds
 from ._validation import InvalidInputError, UnusedLabelWarning
@@ -15,6 +16,7 @@ __all__ = [
     "InvalidInputError",
     "ModelFileError",
     "MultiLabelTextModule",
+    "NonFiniteLossError",
     "UnusedLabelWarning",
     "__version__",
     "load_goemotions",

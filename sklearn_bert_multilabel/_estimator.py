@@ -7,6 +7,7 @@ import logging
 import os
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from torch.utils.data import Subset
 
+from ._checkpoint import EpochCheckpoint, TrainingGuard, latest_checkpoint, restore_training
 from ._memory import (
     CacheWarning,
     FitCache,
@@ -28,7 +30,14 @@ from ._memory import (
     text_keys,
 )
 from ._model import POOLINGS, HeadOnly, MultiLabelTextModule, has_pooler
-from ._net import LR_SCHEDULES, PRECISIONS, MultiLabelNet, ValidationScores, autocast_context
+from ._net import (
+    LR_SCHEDULES,
+    PRECISIONS,
+    MultiLabelNet,
+    NonFiniteLossError,
+    ValidationScores,
+    autocast_context,
+)
 from ._pretrained import DEFAULT_MODEL, load_encoder, load_tokenizer, max_positions, resolve_model_path
 from ._text import FeatureDataset, TokenDataset, iter_id_batches, iter_text_batches, tokenize
 from ._thresholds import THRESHOLD_METRICS, tune_thresholds
@@ -53,6 +62,8 @@ logger = logging.getLogger(__name__)
 PREDICT_ONLY_PARAMS = frozenset(
     {"threshold", "threshold_metric", "predict_batch_size", "verbose", "memory", "device"}
 )
+#: Parameters that say how a fit is run, not what it computes: also out of the keys.
+RUN_ONLY_PARAMS = frozenset({"warm_start", "checkpoint_dir"})
 EXTRA_PREFIXES = ("iterator_train", "iterator_valid", "optimizer", "callbacks", "encoder", "tokenizer")
 
 
@@ -181,6 +192,18 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         are computed once across fits. Unreadable entries are ignored with a
         ``CacheWarning``. With ``random_state=None``, a cached fit is reused
         as if it were deterministic.
+    warm_start : bool, default=False
+        If True, :meth:`fit` continues instead of starting from the
+        pretrained encoder: from the last completed epoch of a checkpoint of
+        this same fit in ``checkpoint_dir`` (weights, optimizer, schedule and
+        random state, so the result equals an uninterrupted run), else from
+        the weights of the previous fit (same labels and architecture) for
+        ``max_epochs`` more epochs, like ``MLPClassifier(warm_start=True)``.
+    checkpoint_dir : str, path or None, default=None
+        Folder where every completed epoch writes a resumable checkpoint,
+        under a key made of the data and the training parameters (as
+        ``memory``). Only the newest epoch is kept. Not written when
+        warm-starting from a previous fit's weights.
     verbose : int, default=0
         0: silent; 1: an epoch table and a progress bar.
     **kwargs
@@ -271,6 +294,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         device: str = "cpu",
         random_state: int | np.random.RandomState | None = None,
         memory: str | os.PathLike | Any | None = None,
+        warm_start: bool = False,
+        checkpoint_dir: str | os.PathLike | None = None,
         verbose: int = 0,
         **kwargs: Any,
     ):
@@ -304,6 +329,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         self.device = device
         self.random_state = random_state
         self.memory = memory
+        self.warm_start = warm_start
+        self.checkpoint_dir = checkpoint_dir
         self.verbose = verbose
         self._extra_keys = tuple(kwargs)
         for key, value in kwargs.items():
@@ -437,6 +464,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             isinstance(self.memory, (str, os.PathLike)) or hasattr(self.memory, "location")
         ):
             problems.append(f"memory must be None, a folder path or a joblib.Memory, got {self.memory!r}.")
+        if not isinstance(self.warm_start, (bool, np.bool_)):
+            problems.append(f"warm_start must be True or False, got {self.warm_start!r}.")
+        if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, (str, os.PathLike)):
+            problems.append(f"checkpoint_dir must be None or a folder path, got {self.checkpoint_dir!r}.")
         if not is_int(self.verbose) or self.verbose < 0:
             problems.append(f"verbose must be an int >= 0, got {self.verbose!r}.")
         for key in self._extra_params():
@@ -577,7 +608,13 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             with torch.random.fork_rng(devices=devices, enabled=seed is not None):
                 if seed is not None:
                     torch.manual_seed(seed)
-                self._fit(texts, Y, val_texts, Y_val, label_names, device, seed)
+                self._fit(texts, Y, val_texts, Y_val, label_names, device, seed, before)
+        except NonFiniteLossError as exc:
+            if getattr(exc, "model_kept", False):
+                raise  # the estimator holds the weights of the last good step, as the error says
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
         except BaseException:
             # Never leave a half-fitted estimator behind.
             self.__dict__.clear()
@@ -585,7 +622,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             raise
         return self
 
-    def _fit(self, texts, Y, val_texts, Y_val, label_names, device, seed) -> None:
+    def _fit(self, texts, Y, val_texts, Y_val, label_names, device, seed, before) -> None:
         n_labels = Y.shape[1]
         if val_texts is not None:  # validation_data replaces train_split
             train_idx = valid_idx = None
@@ -597,8 +634,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         Y_train = Y if train_idx is None else Y[train_idx]
 
         cache = self._cache()
-        fit_key = self._fit_key(texts, Y, val_texts, Y_val, device) if cache is not None else None
-        entry = cache.load_fit(fit_key) if fit_key is not None else None
+        keyed = cache is not None or self.checkpoint_dir is not None
+        fit_key = self._fit_key(texts, Y, val_texts, Y_val, device) if keyed else None
+        entry = cache.load_fit(fit_key) if fit_key is not None and cache is not None else None
 
         tokenizer = load_tokenizer(self.model_name, **self._prefixed("tokenizer"))
         encoder = load_encoder(self.model_name, progress=self.verbose > 0, **self._prefixed("encoder"))
@@ -654,8 +692,14 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         else:
             pos_weight = self._pos_weight(Y_train, n_labels)
             self.pos_weight_ = None if pos_weight is None else pos_weight.numpy().astype(np.float64)
-            valid = self._train(module, tokenizer, train_texts, Y_train, val_texts, Y_val, pos_weight, seed)
-            if cache is not None:
+            start = self._starting_point(module, fit_key, before)
+            try:
+                valid, complete = self._train(
+                    module, tokenizer, train_texts, Y_train, val_texts, Y_val, pos_weight, seed, start
+                )
+            except NonFiniteLossError as exc:
+                self._finish_after_error(exc)
+            if cache is not None and fit_key is not None and complete and start["weights"] is None:
                 meta = {
                     "history": _jsonable(self.history_),
                     "pos_weight": None if pos_weight is None else self.pos_weight_.tolist(),
@@ -664,6 +708,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 cache.save_fit(fit_key, state_for_cache(module, bool(self.freeze_encoder)), meta, valid)
         module.eval()
 
+        self._tune_on_valid(valid)
+
+    def _tune_on_valid(self, valid) -> None:
+        n_labels = self.n_labels_
         self.tuned_thresholds_ = None
         if isinstance(self.threshold, str):  # "auto"
             if valid is None:
@@ -672,19 +720,71 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                     "and no validation_data was given; using 0.5 for every label. Call "
                     "fit_thresholds(X_val, Y_val) to tune them on data of your own.",
                     UserWarning,
-                    stacklevel=3,
+                    stacklevel=4,
                 )
                 self.tuned_thresholds_ = np.full(n_labels, 0.5)
             else:
                 logits, Y_valid = valid
                 self.tuned_thresholds_ = tune_thresholds(expit(logits), Y_valid, self.threshold_metric)
 
+    def _starting_point(self, module, fit_key, before) -> dict:
+        """Where training starts: a checkpoint to resume, a previous fit's weights, or nothing."""
+        start = {"checkpoint": None, "weights": None, "folder": None}
+        if self.checkpoint_dir is not None and fit_key is not None:
+            start["folder"] = Path(os.fspath(self.checkpoint_dir)).expanduser() / fit_key
+        if not self.warm_start:
+            return start
+        if start["folder"] is not None:
+            start["checkpoint"] = latest_checkpoint(start["folder"])
+            if start["checkpoint"] is not None:
+                logger.info("resuming from %s", start["checkpoint"]["path"])
+                return start
+        previous = before.get("module_")
+        if previous is not None:
+            weights = state_for_cache(previous, bool(self.freeze_encoder))
+            if before.get("n_labels_") == self.n_labels_ and _matches(
+                module, weights, bool(self.freeze_encoder)
+            ):
+                start["weights"] = weights
+                start["folder"] = None  # such a run is not reproducible from the data alone
+            else:
+                warnings.warn(
+                    "warm_start=True but the previous fit has other labels or another architecture; "
+                    "starting from the pretrained encoder.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+        return start
+
+    def _finish_after_error(self, exc: NonFiniteLossError) -> None:
+        """Leave a usable model with the last good weights, then re-raise ``exc``."""
+        self.module_.eval()
+        self.history_ = exc.history
+        # Nothing was tuned: "auto" falls back to 0.5 until fit_thresholds is called.
+        self.tuned_thresholds_ = np.full(self.n_labels_, 0.5) if isinstance(self.threshold, str) else None
+        exc.model_kept = True
+        raise exc
+
+    @staticmethod
+    def _trainable_state(frozen: bool):
+        """module -> the tensors a checkpoint keeps (the head alone for ``HeadOnly``)."""
+
+        def state(module):
+            if isinstance(module, MultiLabelTextModule):
+                return state_for_cache(module, frozen)
+            return module.state_dict()
+
+        return state
+
     def _uses_feature_cache(self) -> bool:
         """Frozen encoder with a fixed pooling: text features can be computed once."""
         return bool(self.freeze_encoder) and self.pooling != "attention"
 
-    def _train(self, module, tokenizer, train_texts, Y_train, val_texts, Y_val, pos_weight, seed):
-        """Train ``module`` with skorch; return (validation logits, labels) or None."""
+    def _train(self, module, tokenizer, train_texts, Y_train, val_texts, Y_val, pos_weight, seed, start):
+        """Train ``module`` with skorch.
+
+        Returns ((validation logits, labels) or None, whether every epoch ran).
+        """
         has_valid = val_texts is not None and len(val_texts) > 0
         if self._uses_feature_cache():
             # The encoder is fixed: pool every text once, then train only the head.
@@ -696,7 +796,11 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             train_set = TokenDataset(ids[: len(train_texts)], Y_train)
             valid_set = TokenDataset(ids[len(train_texts) :], Y_val) if has_valid else None
             net_module = module
-        net = self._build_net(net_module, pos_weight, valid_set, self.device_, seed)
+        checkpoint = start["checkpoint"]
+        done = checkpoint["progress"]["epochs"] if checkpoint is not None else 0
+        net = self._build_net(
+            net_module, pos_weight, valid_set, self.device_, seed, self.max_epochs - done, start["folder"]
+        )
         logger.info(
             "fitting %d labels on %d texts (%d for validation) on %s",
             Y_train.shape[1],
@@ -704,16 +808,30 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             0 if valid_set is None else len(valid_set),
             self.device_,
         )
-        net.fit(train_set, None)
+        try:
+            if checkpoint is None and start["weights"] is None:
+                net.fit(train_set, None)
+            else:
+                net.initialize()
+                weights = checkpoint["weights"] if checkpoint is not None else start["weights"]
+                module.load_state_dict({k: v.to(self.device_) for k, v in weights.items()}, strict=False)
+                if checkpoint is not None:
+                    restore_training(net, checkpoint, self.device_)
+                if self.max_epochs - done > 0:
+                    net.partial_fit(train_set, None, epochs=self.max_epochs - done)
+        except NonFiniteLossError as exc:
+            exc.history = net.history_
+            raise
         self.history_ = net.history_
+        complete = not dict(net.callbacks_)["training_guard"].interrupted_
         if valid_set is None:
-            return None
+            return None, complete
         module.eval()
         if isinstance(valid_set, FeatureDataset):
             logits = self._head_logits(valid_set.features)
         else:
             logits = self._logits_from_ids(valid_set.ids)
-        return logits, Y_val
+        return (logits, Y_val), complete
 
     def _split_indices(self, n: int, seed: int | None):
         """(train rows, validation rows) of the fit data; None means all / none."""
@@ -740,7 +858,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         return None if root is None else FitCache(root)
 
     def _fit_key(self, texts, Y, val_texts, Y_val, device) -> str | None:
-        params = {k: v for k, v in self.get_params(deep=False).items() if k not in PREDICT_ONLY_PARAMS}
+        excluded = PREDICT_ONLY_PARAMS | RUN_ONLY_PARAMS
+        params = {k: v for k, v in self.get_params(deep=False).items() if k not in excluded}
         try:
             return stable_hash(
                 __version__,
@@ -825,28 +944,36 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             weights = np.broadcast_to(np.asarray(self.pos_weight, dtype=np.float64), (n_labels,))
         return torch.as_tensor(np.array(weights), dtype=torch.float32)
 
-    def _build_net(self, module, pos_weight, valid_set, device, seed) -> MultiLabelNet:
+    def _build_net(self, module, pos_weight, valid_set, device, seed, epochs, folder) -> MultiLabelNet:
         from skorch.callbacks import EarlyStopping, ProgressBar
         from skorch.helper import predefined_split
 
         callbacks = []
+        by_f1 = self.early_stopping_metric == "f1_macro"
+        stopper = None
         if valid_set is not None:
             callbacks.append(("valid_scores", ValidationScores()))
+        guard = TrainingGuard(
+            monitor=None if valid_set is None else ("valid_f1_macro" if by_f1 else "valid_loss"),
+            lower_is_better=not by_f1,
+            epochs=epochs,
+        )
+        callbacks.append(("training_guard", guard))
+        if folder is not None:
+            frozen = bool(self.freeze_encoder)
+            callbacks.append(("checkpoint", EpochCheckpoint(folder, self._trainable_state(frozen))))
+        if valid_set is not None:
             if self.early_stopping:
-                by_f1 = self.early_stopping_metric == "f1_macro"
-                callbacks.append(
-                    (
-                        "early_stopping",
-                        EarlyStopping(
-                            monitor="valid_f1_macro" if by_f1 else "valid_loss",
-                            lower_is_better=not by_f1,
-                            patience=self.n_iter_no_change,
-                            threshold=0.0,
-                            load_best=True,
-                            sink=logger.info,
-                        ),
-                    )
+                stopper = EarlyStopping(
+                    monitor="valid_f1_macro" if by_f1 else "valid_loss",
+                    lower_is_better=not by_f1,
+                    patience=self.n_iter_no_change,
+                    threshold=0.0,
+                    load_best=True,
+                    sink=logger.info,
                 )
+                callbacks.append(("early_stopping", stopper))
+                guard.early_stopping = stopper
         if self.verbose:
             callbacks.append(("progress_bar", ProgressBar()))
         callbacks += list(self.callbacks or [])

@@ -93,6 +93,25 @@ def lr_factor(schedule: str, warmup: int, total: int):
     return factor
 
 
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a non-finite loss (or gradient norm) and was stopped.
+
+    The offending batch's update is never applied, so the model keeps the
+    weights of the last good step. ``epoch`` and ``batch`` are 1-based.
+    """
+
+    def __init__(self, what: str, value: float, epoch: int, batch: int, precision: str):
+        self.epoch, self.batch, self.value = epoch, batch, value
+        hints = ["a lower lr", "max_grad_norm=1.0"]
+        if precision != "fp32":
+            hints.insert(0, "precision='fp32'")
+        super().__init__(
+            f"the training {what} became {value} in epoch {epoch}, batch {batch}; training stopped and "
+            "that batch's update was not applied, so the model keeps the weights of the last good step. "
+            f"Try {', '.join(hints)}."
+        )
+
+
 class ValidationScores(Callback):
     """Record ``valid_f1_macro`` each epoch: macro-F1 on the validation data with
     one threshold per label tuned on it, from the validation pass's own outputs."""
@@ -163,6 +182,7 @@ class MultiLabelNet(NeuralNet):
         self.lr_scheduler_ = None
         self._iterator_seed = self.seed
         self._pending = 0
+        self.start_epoch_ = 0
         return self
 
     def initialize_optimizer(self, triggered_directly=None):
@@ -192,6 +212,12 @@ class MultiLabelNet(NeuralNet):
         total = max(1, steps_per_epoch * self.max_epochs)
         factor = lr_factor(self.lr_schedule, int(total * self.warmup_ratio), total)
         self.lr_scheduler_ = torch.optim.lr_scheduler.LambdaLR(self.optimizer_, factor)
+        state = getattr(self, "_scheduler_state", None)
+        if state is not None:  # resuming from a checkpoint: continue the schedule where it was
+            self.lr_scheduler_.load_state_dict(state)
+            for group, lr in zip(self.optimizer_.param_groups, self.lr_scheduler_.get_last_lr(), strict=True):
+                group["lr"] = lr
+            self._scheduler_state = None
 
     def get_iterator(self, dataset, training=False):
         prefix = "iterator_train" if training else "iterator_valid"
@@ -209,16 +235,20 @@ class MultiLabelNet(NeuralNet):
         if isinstance(dataset, FeatureDataset):
             # Fixed-size vectors: no padding involved, batches are tensor slices.
             loader = FeatureBatches(dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+            order = loader
         else:
             sampler = LengthBucketBatchSampler(
                 dataset.lengths, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last
             )
+            order = sampler
             kwargs.setdefault("collate_fn", PadCollator(self.pad_id))
             if torch.device(self.device).type == "cuda":
                 kwargs.setdefault("pin_memory", True)
             loader = DataLoader(dataset, batch_sampler=sampler, **kwargs)
-        if training and self.lr_scheduler_ is None:
-            self._make_scheduler(len(loader))
+        if training:
+            order.epoch = self.start_epoch_  # a resumed fit continues the epochs' shuffling
+            if self.lr_scheduler_ is None:
+                self._make_scheduler(len(loader))
         return loader
 
     def infer(self, x, **fit_params):
@@ -236,6 +266,8 @@ class MultiLabelNet(NeuralNet):
         Xi, yi = batch
         y_pred = self.infer(Xi, **fit_params)
         loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        if not torch.isfinite(loss.detach()).item():  # skorch reads loss.item() for every batch anyway
+            self._stop_non_finite("loss", loss.item())
         if self.accumulate_batches > 1:
             loss_to_backprop = loss / self.accumulate_batches
         else:
@@ -259,7 +291,9 @@ class MultiLabelNet(NeuralNet):
             training=True,
         )
         if self.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.module_.parameters(), self.max_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(self.module_.parameters(), self.max_grad_norm)
+            if scaler is None and not torch.isfinite(norm).item():
+                self._stop_non_finite("gradient norm", norm.item())
         if scaler is not None:
             scaler.step(self.optimizer_)
             scaler.update()
@@ -270,7 +304,18 @@ class MultiLabelNet(NeuralNet):
             self.lr_scheduler_.step()
         self._pending = 0
 
+    def _stop_non_finite(self, what: str, value: float) -> None:
+        self.optimizer_.zero_grad(set_to_none=True)
+        self._pending = 0
+        epoch = len(self.history)
+        batch = len(self.history[-1, "batches"]) if epoch else 1  # the current batch has its row
+        raise NonFiniteLossError(what, value, epoch, batch, self.precision)
+
     def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
+        # Set the mode of every submodule once per epoch: a pretrained encoder
+        # arrives in eval mode while a new module says training=True, so the
+        # top-level flag alone cannot tell.
+        self._set_training(training)
         super().run_single_epoch(iterator, training, prefix, step_fn, **fit_params)
         if training and self._pending:
             self._optimizer_step()  # the epoch's last, partial accumulation window

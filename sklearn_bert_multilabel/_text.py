@@ -77,6 +77,16 @@ class FeatureDataset(Dataset):
         return {"features": self.features[i]}, self.Y[i]
 
 
+def _base_seed(seed: int | None) -> int:
+    return int(np.random.SeedSequence().entropy % 2**63) if seed is None else int(seed)
+
+
+def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The shuffling stream of one epoch: a function of (seed, epoch) only, so training
+    resumed at epoch ``k`` sees the order an uninterrupted run would have."""
+    return np.random.default_rng([seed, epoch])
+
+
 class FeatureBatches:
     """Batches of a :class:`FeatureDataset` by tensor slicing (no per-row collation).
 
@@ -98,11 +108,8 @@ class FeatureBatches:
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.drop_last = drop_last
-        self._generator = torch.Generator()
-        if seed is not None:
-            self._generator.manual_seed(seed)
-        else:
-            self._generator.seed()
+        self.seed = _base_seed(seed)
+        self.epoch = 0
 
     def __len__(self) -> int:
         n = len(self.features)
@@ -110,7 +117,11 @@ class FeatureBatches:
 
     def __iter__(self):
         n = len(self.features)
-        order = torch.randperm(n, generator=self._generator) if self.shuffle else torch.arange(n)
+        if self.shuffle:
+            order = torch.from_numpy(_epoch_rng(self.seed, self.epoch).permutation(n))
+            self.epoch += 1
+        else:
+            order = torch.arange(n)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             rows = order[start : start + self.batch_size]
             yield {"features": self.features[rows]}, self.Y[rows]
@@ -157,7 +168,8 @@ class LengthBucketBatchSampler(Sampler):
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.drop_last = drop_last
-        self._rng = np.random.default_rng(seed)
+        self.seed = _base_seed(seed)
+        self.epoch = 0
 
     def __len__(self) -> int:
         n = len(self.lengths)
@@ -169,14 +181,16 @@ class LengthBucketBatchSampler(Sampler):
             order = np.argsort(self.lengths, kind="stable")
             batches = [order[i : i + bs] for i in range(0, n, bs)]
         else:
-            perm = self._rng.permutation(n)
+            rng = _epoch_rng(self.seed, self.epoch)
+            self.epoch += 1
+            perm = rng.permutation(n)
             window = bs * BUCKET_WINDOW
             batches = []
             for start in range(0, n, window):
                 chunk = perm[start : start + window]
                 chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
                 batches += [chunk[i : i + bs] for i in range(0, len(chunk), bs)]
-            batches = [batches[i] for i in self._rng.permutation(len(batches))]
+            batches = [batches[i] for i in rng.permutation(len(batches))]
         for batch in batches:
             if self.drop_last and len(batch) < bs:
                 continue

@@ -59,7 +59,10 @@ def test_accumulate_batches_steps_once_per_window(k, expected, fast_params, toy_
 def test_accumulation_matches_one_large_batch_in_expectation(fast_params, toy_data):
     """With dropout off and one window per epoch, 2 x 48 accumulated == one batch of 96."""
     X, Y = toy_data
-    common = dict(fast_params, dropout=0.0, max_epochs=1, lr_schedule="constant", warmup_ratio=0.0)
+    no_dropout = dict(
+        dropout=0.0, encoder__hidden_dropout_prob=0.0, encoder__attention_probs_dropout_prob=0.0
+    )
+    common = dict(fast_params, **no_dropout, max_epochs=1, lr_schedule="constant", warmup_ratio=0.0)
     big = BertMultiLabelClassifier(**dict(common, batch_size=96)).fit(X, Y)
     accumulated = BertMultiLabelClassifier(**dict(common, batch_size=48, accumulate_batches=2)).fit(X, Y)
     np.testing.assert_allclose(accumulated.predict_proba(X), big.predict_proba(X), atol=2e-3)
@@ -163,3 +166,23 @@ def test_fused_adamw_by_default_unless_chosen(fast_params, toy_data):
     rmsprop = dict(fast_params, callbacks=[record], optimizer=torch.optim.RMSprop)
     BertMultiLabelClassifier(**rmsprop).fit(*toy_data)
     assert record.kind is torch.optim.RMSprop
+
+
+def test_every_submodule_trains_from_the_first_batch(fast_params, toy_data):
+    """A pretrained encoder is loaded in eval mode; its dropout must be on from epoch 1."""
+    from skorch.callbacks import Callback
+
+    class Modes(Callback):
+        def initialize(self):
+            self.seen = []
+            return self
+
+        def on_batch_begin(self, net, training=False, **kwargs):
+            self.seen.append((training, {m.training for m in net.module_.modules()}))
+
+    modes = Modes()
+    BertMultiLabelClassifier(callbacks=[("modes", modes)], **{**fast_params, "train_split": 0.25}).fit(
+        *toy_data
+    )
+    assert modes.seen[0] == (True, {True})
+    assert {frozenset(s) for t, s in modes.seen if not t} == {frozenset({False})}

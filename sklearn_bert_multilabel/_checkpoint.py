@@ -1,0 +1,194 @@
+"""Surviving interruptions: best-weights restore on Ctrl-C, and resumable epoch checkpoints.
+
+``TrainingGuard`` keeps a copy of the weights of the best completed epoch
+(by the validation metric, or the latest epoch without validation data).
+skorch stops training quietly on ``KeyboardInterrupt``; the guard then puts
+those weights back and says so, so an interrupted ``fit`` returns a usable
+model.
+
+``EpochCheckpoint`` writes, after every completed epoch, everything needed to
+continue exactly where training stopped::
+
+    <checkpoint_dir>/<fit key>/epoch-0003/weights.safetensors   trainable weights
+    <checkpoint_dir>/<fit key>/epoch-0003/training.pt           optimizer, schedule, scaler, RNG
+    <checkpoint_dir>/<fit key>/epoch-0003/progress.json         epochs done, history
+
+``training.pt`` holds only tensors and plain values and is read with
+``torch.load(weights_only=True)``. Each epoch is written to a temporary
+folder and renamed into place, so a crash mid-write leaves the previous
+epoch's checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+import warnings
+from pathlib import Path
+
+import torch
+from skorch.callbacks import Callback
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "epoch-"
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+class TrainingGuard(Callback):
+    """Track completed epochs and the best weights; restore them if training is interrupted.
+
+    Parameters
+    ----------
+    monitor : str or None
+        History key of the validation score (None: no validation data, the
+        latest completed epoch counts as the best).
+    lower_is_better : bool
+        Direction of ``monitor``.
+    epochs : int
+        Epochs this call of ``fit`` should run.
+    early_stopping : skorch.callbacks.EarlyStopping or None
+        Its stop is not an interruption.
+    """
+
+    def __init__(self, monitor=None, lower_is_better=False, epochs=1, early_stopping=None):
+        self.monitor = monitor
+        self.lower_is_better = lower_is_better
+        self.epochs = epochs
+        self.early_stopping = early_stopping
+
+    def initialize(self):
+        self.completed_ = 0
+        self.best_score_ = None
+        self.best_epoch_ = None
+        self.best_weights_ = None
+        self.interrupted_ = False
+        return self
+
+    def on_epoch_end(self, net, **kwargs):
+        self.completed_ += 1
+        score = net.history[-1].get(self.monitor) if self.monitor else None
+        improved = (
+            score is None
+            or self.best_score_ is None
+            or (score < self.best_score_ if self.lower_is_better else score > self.best_score_)
+        )
+        if improved:
+            self.best_score_ = score
+            self.best_epoch_ = net.history[-1, "epoch"]
+            self.best_weights_ = _snapshot(net.module_)
+
+    def on_train_end(self, net, **kwargs):
+        stopped = self.early_stopping is not None and getattr(self.early_stopping, "misses_", 0) >= getattr(
+            self.early_stopping, "patience", float("inf")
+        )
+        if self.completed_ >= self.epochs or stopped:
+            self.best_weights_ = None  # free the copy
+            return
+        self.interrupted_ = True
+        epoch = len(net.history)
+        if self.best_weights_ is not None:
+            net.module_.load_state_dict(self.best_weights_)
+            by = f" by {self.monitor}" if self.monitor else ""
+            kept = f"the weights of epoch {self.best_epoch_}, the best{by} of the {self.completed_} completed"
+        else:
+            kept = "the weights after the last finished batch (no epoch had completed)"
+        warnings.warn(
+            f"fit was interrupted during epoch {epoch}; the model keeps {kept}. With checkpoint_dir "
+            "set, fit again with warm_start=True to continue from the last completed epoch.",
+            UserWarning,
+            stacklevel=2,
+        )
+        self.best_weights_ = None
+
+
+class EpochCheckpoint(Callback):
+    """Write a resumable checkpoint of ``net`` into ``folder`` after every epoch."""
+
+    def __init__(self, folder, trainable_state):
+        self.folder = folder
+        self.trainable_state = trainable_state  # module -> dict of the tensors worth saving
+
+    def on_epoch_end(self, net, **kwargs):
+        save_checkpoint(Path(self.folder), net, self.trainable_state(net.module_))
+
+
+def save_checkpoint(folder: Path, net, weights: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    from ._estimator import _jsonable
+
+    epoch = len(net.history)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder / f".tmp-{uuid.uuid4().hex}"
+    staging.mkdir()
+    try:
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in weights.items()}, staging / "weights.safetensors"
+        )
+        training = {
+            "optimizer": net.optimizer_.state_dict(),
+            "scheduler": None if net.lr_scheduler_ is None else net.lr_scheduler_.state_dict(),
+            "scaler": net.grad_scaler_.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        torch.save(training, staging / "training.pt")
+        progress = {"epochs": epoch, "history": _jsonable(net.history)}
+        (staging / "progress.json").write_text(json.dumps(progress), encoding="utf-8")
+        final = folder / f"{PREFIX}{epoch:04d}"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for old in folder.glob(f"{PREFIX}*"):
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    logger.info("checkpoint of epoch %d written to %s", epoch, final)
+
+
+def latest_checkpoint(folder: Path) -> dict | None:
+    """The newest readable checkpoint in ``folder``, or None."""
+    from safetensors.torch import load_file
+
+    if not folder.is_dir():
+        return None
+    for path in sorted(folder.glob(f"{PREFIX}*"), reverse=True):
+        try:
+            progress = json.loads((path / "progress.json").read_text(encoding="utf-8"))
+            return {
+                "path": path,
+                "progress": progress,
+                "weights": load_file(path / "weights.safetensors"),
+                "training": torch.load(path / "training.pt", map_location="cpu", weights_only=True),
+            }
+        except Exception as exc:  # noqa: BLE001 - any damage: fall back to an older one, or none
+            warnings.warn(
+                f"ignoring the unreadable checkpoint {path} ({type(exc).__name__}: {exc}).",
+                UserWarning,
+                stacklevel=3,
+            )
+    return None
+
+
+def restore_training(net, checkpoint: dict, device: str) -> None:
+    """Put a checkpoint's optimizer, schedule, scaler, RNG and history into an initialised net."""
+    from skorch.history import History
+
+    training, progress = checkpoint["training"], checkpoint["progress"]
+    net.optimizer_.load_state_dict(training["optimizer"])
+    net.grad_scaler_.load_state_dict(training["scaler"])
+    net._scheduler_state = training["scheduler"]
+    net.start_epoch_ = int(progress["epochs"])
+    net.history_ = History(progress["history"])
+    torch.set_rng_state(training["rng_cpu"])
+    if training["rng_cuda"] and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state_all(training["rng_cuda"])

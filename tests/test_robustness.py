@@ -1,0 +1,328 @@
+"""Robustness: odd inputs (property-based), training faults, resuming, leaks and threads."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+from conftest import make_texts
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import f1_score
+from sklearn.model_selection import GridSearchCV
+
+from sklearn_bert_multilabel import (
+    BertMultiLabelClassifier,
+    InvalidInputError,
+    MultiLabelTextModule,
+    NonFiniteLossError,
+    UnusedLabelWarning,
+)
+from sklearn_bert_multilabel._net import MultiLabelNet
+
+FAST = settings(
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    derandomize=True,  # the same examples on every run: CI stays predictable
+)
+
+# Text that stresses tokenisers: emoji, right-to-left scripts, control and
+# zero-width characters, very long words, blank strings.
+ODD_PIECES = [
+    "",
+    " ",
+    "\t\n",
+    "😀🔥👍🏽",
+    "مرحبا بالعالم",
+    "שלום",
+    "\u200b\u200c\u200d\ufeff",
+    "\x00\x01\x1b[31m",
+    "a" * 3000,
+    "goal" * 500,
+    "Ünïcödé ñ",
+    "\u202eevil",
+    "中文文本",
+]
+texts_strategy = st.lists(
+    st.one_of(st.text(max_size=60), st.sampled_from(ODD_PIECES)),
+    min_size=1,
+    max_size=12,
+)
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_model_dir):
+    X, Y = make_texts(64, seed=11)
+    return BertMultiLabelClassifier(
+        model_name=tiny_model_dir, max_epochs=1, lr=1e-3, train_split=None, random_state=0
+    ).fit(X, Y)
+
+
+# ---------------------------------------------------------------- property-based
+@settings(FAST, max_examples=40)
+@given(texts=texts_strategy)
+def test_any_unicode_predicts_finite_probabilities_in_order(fitted, texts):
+    proba = fitted.predict_proba(texts)
+    assert proba.shape == (len(texts), 3)
+    assert np.isfinite(proba).all() and (proba >= 0).all() and (proba <= 1).all()
+    # Order is preserved: each row equals that text predicted alone.
+    j = len(texts) - 1
+    np.testing.assert_allclose(proba[j], fitted.predict_proba([texts[j]])[0], atol=1e-5)
+
+
+@st.composite
+def label_matrices(draw):
+    n = draw(st.integers(2, 10))
+    n_labels = draw(st.sampled_from([1, 2, 5]))
+    Y = draw(
+        st.lists(st.lists(st.integers(0, 1), min_size=n_labels, max_size=n_labels), min_size=n, max_size=n)
+    )
+    Y = np.asarray(Y)
+    column = draw(st.sampled_from(["as is", "all zero", "all one"]))
+    if column == "all zero":
+        Y[:, 0] = 0
+    elif column == "all one":
+        Y[:, 0] = 1
+    kind = draw(st.sampled_from(["bool", "int8", "int64", "float32", "float64", "sparse", "frame", "list"]))
+    if kind == "sparse":
+        return sp.csr_matrix(Y)
+    if kind == "frame":
+        index = draw(st.sampled_from([None, "shifted", "strings"]))
+        frame = pd.DataFrame(Y, columns=[f"label {j}" for j in range(n_labels)])
+        if index == "shifted":
+            frame.index = frame.index + 1000
+        elif index == "strings":
+            frame.index = [f"row{i}" for i in range(n)]
+        return frame
+    if kind == "list":
+        return Y.tolist()
+    return Y.astype(kind)
+
+
+@settings(FAST, max_examples=12)
+@given(data=st.data())
+def test_fit_on_any_small_problem_works_or_raises_clearly(tiny_model_dir, data):
+    Y = data.draw(label_matrices())
+    n = Y.shape[0] if hasattr(Y, "shape") else len(Y)
+    texts = data.draw(
+        st.lists(st.one_of(st.text(max_size=30), st.sampled_from(ODD_PIECES)), min_size=n, max_size=n)
+    )
+    if data.draw(st.booleans()):
+        texts = texts[:1] * n  # duplicates
+    X = pd.Series(texts, index=np.arange(n) * 7 + 3) if data.draw(st.booleans()) else texts
+    clf = BertMultiLabelClassifier(
+        model_name=tiny_model_dir, max_epochs=1, batch_size=4, train_split=None, random_state=0
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusedLabelWarning)  # all-zero columns are allowed, with a warning
+        try:
+            clf.fit(X, Y)
+        except InvalidInputError as exc:
+            assert str(exc)  # a clear message, never a crash from inside torch
+            return
+    n_labels = Y.shape[1] if hasattr(Y, "shape") else len(Y[0])
+    proba = clf.predict_proba(X)
+    assert proba.shape == (n, n_labels) and np.isfinite(proba).all()
+    assert clf.predict(X).shape == (n, n_labels)
+
+
+@pytest.mark.parametrize("n_labels", [1, 10_000])
+def test_one_and_ten_thousand_labels(tiny_model_dir, n_labels):
+    X, _ = make_texts(12, seed=1)
+    rng = np.random.default_rng(0)
+    Y = sp.random(12, n_labels, density=0.3, format="csr", random_state=rng)
+    Y.data[:] = 1
+    Y = Y.tolil()
+    Y[:, 0] = 1  # at least one column has positives
+    clf = BertMultiLabelClassifier(
+        model_name=tiny_model_dir, max_epochs=1, train_split=None, random_state=0, threshold="auto"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusedLabelWarning)
+        warnings.simplefilter("ignore", UserWarning)  # "auto" without validation data falls back to 0.5
+        clf.fit(X, Y.tocsr())
+    proba = clf.predict_proba(X)
+    assert proba.shape == (12, n_labels) and np.isfinite(proba).all()
+    assert clf.predict(X).shape == (12, n_labels)
+
+
+# ---------------------------------------------------------------- training faults
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_weights(
+    fast_params, toy_data, monkeypatch
+):
+    from skorch.callbacks import Callback
+
+    X, Y = toy_data  # 96 texts, batch 16: 6 batches an epoch
+    real_get_loss = MultiLabelNet.get_loss
+    calls = {"train": 0}
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        loss = real_get_loss(self, y_pred, y_true, X=X, training=training)
+        if training:
+            calls["train"] += 1
+            if calls["train"] == 9:  # epoch 2, batch 3
+                return loss * float("nan")
+        return loss
+
+    class Snapshot(Callback):
+        def on_batch_end(self, net, training=False, **kwargs):
+            if training:
+                self.state = {k: v.clone() for k, v in net.module_.state_dict().items()}
+
+    snapshot = Snapshot()
+    monkeypatch.setattr(MultiLabelNet, "get_loss", get_loss)
+    clf = BertMultiLabelClassifier(callbacks=[("snapshot", snapshot)], **fast_params)
+    with pytest.raises(NonFiniteLossError, match=r"became nan in epoch 2, batch 3.*lower lr") as info:
+        clf.fit(X, Y)
+    assert (info.value.epoch, info.value.batch) == (2, 3)
+    for key, value in clf.module_.state_dict().items():  # the weights after batch 2, untouched since
+        torch.testing.assert_close(value, snapshot.state[key], rtol=0, atol=0)
+    proba = clf.predict_proba(X)  # a usable model
+    assert proba.shape == (96, 3) and np.isfinite(proba).all()
+
+
+def _interrupt_at(monkeypatch, call: int) -> None:
+    real_train_step = MultiLabelNet.train_step
+    calls = {"n": 0}
+
+    def train_step(self, batch, **fit_params):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return real_train_step(self, batch, **fit_params)
+
+    monkeypatch.setattr(MultiLabelNet, "train_step", train_step)
+
+
+def test_keyboard_interrupt_leaves_a_usable_model_with_the_best_weights(
+    fast_params, toy_data, tmp_path, monkeypatch
+):
+    from safetensors.torch import load_file
+
+    X, Y = toy_data
+    params = {**fast_params, "max_epochs": 3, "train_split": 0.25, "threshold": "auto"}
+    _interrupt_at(monkeypatch, 5 + 3)  # 72 training texts, batch 16: 5 batches an epoch
+    clf = BertMultiLabelClassifier(checkpoint_dir=tmp_path, **params)
+    with pytest.warns(
+        UserWarning, match="interrupted during epoch 2; the model keeps the weights of epoch 1"
+    ):
+        clf.fit(X, Y)
+    assert clf.predict(X).shape == (96, 3)
+    assert clf.thresholds_.shape == (3,)
+    (folder,) = list(tmp_path.glob("*/epoch-0001"))
+    saved = load_file(folder / "weights.safetensors")
+    state = clf.module_.state_dict()
+    for key, value in saved.items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0)
+
+
+def test_resume_from_checkpoint_equals_an_uninterrupted_run(fast_params, toy_data, tmp_path, monkeypatch):
+    X, Y = toy_data
+    params = {**fast_params, "max_epochs": 3, "train_split": 0.25}
+    expected = BertMultiLabelClassifier(**params).fit(X, Y).predict_proba(X)
+
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, 2 * 5 + 2)  # during epoch 3
+        with pytest.warns(UserWarning, match="interrupted during epoch 3"):
+            BertMultiLabelClassifier(checkpoint_dir=tmp_path, **params).fit(X, Y)
+
+    resumed = BertMultiLabelClassifier(checkpoint_dir=tmp_path, warm_start=True, **params).fit(X, Y)
+    assert len(resumed.history_) == 3
+    np.testing.assert_allclose(resumed.predict_proba(X), expected, rtol=0, atol=1e-6)
+
+
+def test_warm_start_continues_from_the_previous_fit(fast_params, toy_data):
+    X, Y = toy_data
+    clf = BertMultiLabelClassifier(**{**fast_params, "max_epochs": 1}).fit(X, Y)
+    first = clf.history_[-1, "train_loss"]
+    clf.set_params(warm_start=True).fit(X, Y)
+    assert clf.history_[0, "train_loss"] < first  # it did not start over
+    with pytest.warns(UserWarning, match="other labels or another architecture"):
+        clf.fit(X, Y[:, :2])
+    assert clf.n_labels_ == 2
+
+
+def test_damaged_checkpoint_is_skipped_with_a_warning(fast_params, toy_data, tmp_path):
+    X, Y = toy_data
+    params = {**fast_params, "max_epochs": 1, "checkpoint_dir": tmp_path}
+    BertMultiLabelClassifier(**params).fit(X, Y)
+    (folder,) = list(tmp_path.glob("*/epoch-0001"))
+    (folder / "training.pt").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="unreadable checkpoint"):
+        clf = BertMultiLabelClassifier(warm_start=True, **params).fit(X, Y)
+    assert len(clf.history_) == 1
+
+
+# ------------------------------------------------------------------- long runs
+def _live(kind) -> int:
+    gc.collect()
+    return sum(issubclass(type(obj), kind) for obj in gc.get_objects())
+
+
+def test_no_modules_or_optimizers_leak_across_a_20_fit_search(fast_params, toy_data):
+    X, Y = toy_data
+    before_modules, before_optimizers = _live(MultiLabelTextModule), _live(torch.optim.Optimizer)
+    search = GridSearchCV(
+        BertMultiLabelClassifier(**{**fast_params, "max_epochs": 1}),
+        {"lr": list(np.geomspace(1e-4, 1e-2, 10))},
+        cv=2,
+        scoring="f1_macro",
+    ).fit(X, Y)
+    assert len(search.cv_results_["params"]) * 2 == 20
+    assert _live(MultiLabelTextModule) - before_modules <= 1  # only best_estimator_'s
+    assert _live(torch.optim.Optimizer) - before_optimizers == 0
+    if torch.cuda.is_available():
+        assert torch.cuda.memory_allocated() < 50e6
+
+
+# ----------------------------------------------------------------- concurrency
+def test_two_estimators_fit_in_two_threads(fast_params):
+    X1, Y1 = make_texts(96, seed=21)
+    X2, Y2 = make_texts(96, seed=22)
+    tasks = {"a": (X1, Y1[:, :2]), "b": (X2, Y2[:, 1:])}
+    results, errors = {}, []
+
+    def work(name):
+        try:
+            X, Y = tasks[name]
+            clf = BertMultiLabelClassifier(**{**fast_params, "max_epochs": 8, "lr": 3e-3})
+            results[name] = (clf.fit(X, Y), X, Y)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(name,)) for name in tasks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    for clf, X, Y in results.values():
+        assert clf.n_labels_ == 2
+        assert f1_score(Y, clf.predict(X), average="macro") > 0.8  # each learned its own task
+
+
+def test_predict_from_several_threads_matches_single_thread(fitted):
+    X, _ = make_texts(300, seed=31)
+    expected = fitted.predict_proba(X)
+    outputs, errors = [None] * 4, []
+
+    def work(i):
+        try:
+            outputs[i] = fitted.predict_proba(X)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    for out in outputs:
+        np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
