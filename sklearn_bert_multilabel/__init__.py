@@ -5,6 +5,7 @@ from ._memory import CacheWarning
 from ._model import MultiLabelTextModule
 from ._net import NonFiniteLossError
 from ._persistence import ModelFileError
+from ._text import LongTextWarning
 from ._thresholds import tune_thresholds
 from ._validation import InvalidInputError, UnusedLabelWarning
 from ._version import __version__
@@ -14,6 +15,7 @@ __all__ = [
     "BertMultiLabelClassifier",
     "CacheWarning",
     "InvalidInputError",
+    "LongTextWarning",
     "ModelFileError",
     "MultiLabelTextModule",
     "NonFiniteLossError",

@@ -111,12 +111,18 @@ class TrainingGuard(Callback):
 class EpochCheckpoint(Callback):
     """Write a resumable checkpoint of ``net`` into ``folder`` after every epoch."""
 
-    def __init__(self, folder, trainable_state):
+    def __init__(self, folder, trainable_state, write=True):
         self.folder = folder
         self.trainable_state = trainable_state  # module -> dict of the tensors worth saving
+        self.write = write  # False on all but the main process of a distributed fit
 
     def on_epoch_end(self, net, **kwargs):
-        save_checkpoint(Path(self.folder), net, self.trainable_state(net.module_))
+        if self.write:
+            module = net.module_
+            module = getattr(module, "module", module)  # unwrap DistributedDataParallel
+            save_checkpoint(Path(self.folder), net, self.trainable_state(module))
+        if net.accelerator is not None:
+            net.accelerator.wait_for_everyone()
 
 
 def save_checkpoint(folder: Path, net, weights: dict[str, torch.Tensor]) -> None:

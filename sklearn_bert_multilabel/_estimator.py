@@ -20,6 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch.utils.data import Subset
 
 from ._checkpoint import EpochCheckpoint, TrainingGuard, latest_checkpoint, restore_training
+from ._distributed import make_accelerator, shared_seed, wants_accelerate
 from ._memory import (
     CacheWarning,
     FitCache,
@@ -29,7 +30,14 @@ from ._memory import (
     state_for_cache,
     text_keys,
 )
-from ._model import POOLINGS, HeadOnly, MultiLabelTextModule, has_pooler
+from ._model import (
+    CHUNK_AGGREGATIONS,
+    POOLINGS,
+    HeadOnly,
+    MultiLabelTextModule,
+    aggregate_windows,
+    has_pooler,
+)
 from ._net import (
     LR_SCHEDULES,
     PRECISIONS,
@@ -39,7 +47,18 @@ from ._net import (
     autocast_context,
 )
 from ._pretrained import DEFAULT_MODEL, load_encoder, load_tokenizer, max_positions, resolve_model_path
-from ._text import FeatureDataset, TokenDataset, iter_id_batches, iter_text_batches, tokenize
+from ._text import (
+    PREDICT_CHUNK,
+    FeatureDataset,
+    LongTextWarning,
+    TokenDataset,
+    WindowDataset,
+    iter_id_batches,
+    iter_text_batches,
+    iter_window_batches,
+    tokenize,
+    window_text_ids,
+)
 from ._thresholds import THRESHOLD_METRICS, tune_thresholds
 from ._validation import (
     InvalidInputError,
@@ -63,7 +82,7 @@ PREDICT_ONLY_PARAMS = frozenset(
     {"threshold", "threshold_metric", "predict_batch_size", "verbose", "memory", "device"}
 )
 #: Parameters that say how a fit is run, not what it computes: also out of the keys.
-RUN_ONLY_PARAMS = frozenset({"warm_start", "checkpoint_dir"})
+RUN_ONLY_PARAMS = frozenset({"warm_start", "checkpoint_dir", "distributed"})
 EXTRA_PREFIXES = ("iterator_train", "iterator_valid", "optimizer", "callbacks", "encoder", "tokenizer")
 
 
@@ -124,8 +143,27 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
     freeze_encoder : bool, default=False
         If True, only the pooling and the head are trained.
     max_length : int, default=128
-        Texts are truncated to this many tokens. Batches are padded to their
-        own longest text, never to ``max_length``.
+        Texts are truncated to this many tokens (with ``long_text="chunk"``:
+        the size of each window). Batches are padded to their own longest
+        text, never to ``max_length``.
+    long_text : {"truncate", "chunk"}, default="truncate"
+        ``"truncate"`` reads the first ``max_length`` tokens of each text.
+        ``"chunk"`` cuts each text into windows of ``max_length`` tokens
+        overlapping by ``stride``, encodes every window and combines the
+        windows' logits with ``chunk_aggregation``, in fit (the loss is on
+        each text's combined logits) and in predict. ``batch_size`` and
+        ``predict_batch_size`` then count windows.
+    stride : int or None, default=None
+        Tokens shared by neighbouring windows; None is a quarter of
+        ``max_length``.
+    chunk_aggregation : {"max", "mean", "attention"}, default="max"
+        ``"max"``: a label is as present as in its strongest window (a label
+        present anywhere); ``"mean"``: the windows' average; ``"attention"``:
+        learned weights over each text's windows, per label.
+    max_chunks : int or None, default=16
+        At most this many windows per text (the first ones), which bounds
+        the memory of a training batch; texts that lose windows are counted
+        in a ``LongTextWarning``. None reads every window.
     lr : float, default=1e-4
         Peak learning rate of AdamW.
     max_epochs : int, default=3
@@ -204,6 +242,13 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         under a key made of the data and the training parameters (as
         ``memory``). Only the newest epoch is kept. Not written when
         warm-starting from a previous fit's weights.
+    distributed : bool or "auto", default="auto"
+        Data-parallel training through Hugging Face Accelerate. ``"auto"``:
+        when the process was started by ``accelerate launch`` or ``torchrun``
+        with several processes (``WORLD_SIZE`` > 1); each process then
+        trains on its share of the batches, on its own GPU (or the CPU with
+        ``device="cpu"``), with ``precision`` as Accelerate's mixed precision.
+        Every process ends with the same fitted estimator.
     verbose : int, default=0
         0: silent; 1: an epoch table and a progress bar.
     **kwargs
@@ -274,6 +319,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         max_pos_weight: float = 50.0,
         freeze_encoder: bool = False,
         max_length: int = 128,
+        long_text: str = "truncate",
+        stride: int | None = None,
+        chunk_aggregation: str = "max",
+        max_chunks: int | None = 16,
         lr: float = 1e-4,
         max_epochs: int = 3,
         batch_size: int = 32,
@@ -296,6 +345,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         memory: str | os.PathLike | Any | None = None,
         warm_start: bool = False,
         checkpoint_dir: str | os.PathLike | None = None,
+        distributed: bool | str = "auto",
         verbose: int = 0,
         **kwargs: Any,
     ):
@@ -309,6 +359,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         self.max_pos_weight = max_pos_weight
         self.freeze_encoder = freeze_encoder
         self.max_length = max_length
+        self.long_text = long_text
+        self.stride = stride
+        self.chunk_aggregation = chunk_aggregation
+        self.max_chunks = max_chunks
         self.lr = lr
         self.max_epochs = max_epochs
         self.batch_size = batch_size
@@ -331,6 +385,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         self.memory = memory
         self.warm_start = warm_start
         self.checkpoint_dir = checkpoint_dir
+        self.distributed = distributed
         self.verbose = verbose
         self._extra_keys = tuple(kwargs)
         for key, value in kwargs.items():
@@ -418,6 +473,17 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             low = 2 if name == "max_length" else 1
             if not is_int(value) or value < low:
                 problems.append(f"{name} must be an int >= {low}, got {value!r}.")
+        if self.long_text not in ("truncate", "chunk"):
+            problems.append(f"long_text must be 'truncate' or 'chunk', got {self.long_text!r}.")
+        if self.chunk_aggregation not in CHUNK_AGGREGATIONS:
+            problems.append(
+                f"chunk_aggregation must be one of {list(CHUNK_AGGREGATIONS)}, "
+                f"got {self.chunk_aggregation!r}."
+            )
+        if self.stride is not None and (not is_int(self.stride) or self.stride < 0):
+            problems.append(f"stride must be None or an int >= 0, got {self.stride!r}.")
+        if self.max_chunks is not None and (not is_int(self.max_chunks) or self.max_chunks < 1):
+            problems.append(f"max_chunks must be None or an int >= 1, got {self.max_chunks!r}.")
         for name in ("lr", "weight_decay"):
             value = getattr(self, name)
             if not is_number(value) or not value >= 0 or (name == "lr" and value == 0):
@@ -468,6 +534,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             problems.append(f"warm_start must be True or False, got {self.warm_start!r}.")
         if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, (str, os.PathLike)):
             problems.append(f"checkpoint_dir must be None or a folder path, got {self.checkpoint_dir!r}.")
+        if not (self.distributed == "auto" or isinstance(self.distributed, (bool, np.bool_))):
+            problems.append(f"distributed must be True, False or 'auto', got {self.distributed!r}.")
         if not is_int(self.verbose) or self.verbose < 0:
             problems.append(f"verbose must be an int >= 0, got {self.verbose!r}.")
         for key in self._extra_params():
@@ -602,8 +670,14 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         if self.random_state is not None:
             seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
 
-        devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
         before = dict(self.__dict__)
+        accelerator = None
+        if wants_accelerate(self.distributed):
+            accelerator = make_accelerator(self.precision, device)
+            seed = shared_seed(accelerator, seed)  # one split and batch order for all processes
+            device = str(accelerator.device)
+        self._accelerator = accelerator
+        devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
         try:
             with torch.random.fork_rng(devices=devices, enabled=seed is not None):
                 if seed is not None:
@@ -620,6 +694,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             self.__dict__.clear()
             self.__dict__.update(before)
             raise
+        finally:
+            self.__dict__.pop("_accelerator", None)  # never pickled with the model
         return self
 
     def _fit(self, texts, Y, val_texts, Y_val, label_names, device, seed, before) -> None:
@@ -653,6 +729,13 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 f"max_length={self.max_length} exceeds the {limit} positions of "
                 f"{self.model_name}; use max_length <= {limit}."
             )
+        if self._chunked:
+            width = self.max_length - tokenizer.num_special_tokens_to_add(pair=False)
+            if self._stride >= width:
+                problems.append(
+                    f"stride={self._stride} must be smaller than the {width} text tokens of a window "
+                    f"(max_length={self.max_length} minus special tokens); lower stride or raise max_length."
+                )
         problems.raise_if_any()
 
         module = MultiLabelTextModule(
@@ -662,6 +745,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             hidden_layer_sizes=tuple(self.hidden_layer_sizes),
             dropout=self.dropout,
             freeze_encoder=bool(self.freeze_encoder),
+            chunk_aggregation=self.chunk_aggregation if self._chunked else None,
         )
         module.to(device)
         self.module_ = module
@@ -778,7 +862,33 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
 
     def _uses_feature_cache(self) -> bool:
         """Frozen encoder with a fixed pooling: text features can be computed once."""
-        return bool(self.freeze_encoder) and self.pooling != "attention"
+        return (
+            bool(self.freeze_encoder)
+            and self.pooling != "attention"
+            and not self._chunked
+            and getattr(self, "_accelerator", None) is None  # features are not sharded across processes
+        )
+
+    @property
+    def _chunked(self) -> bool:
+        return self.long_text == "chunk"
+
+    @property
+    def _stride(self) -> int:
+        return self.max_length // 4 if self.stride is None else int(self.stride)
+
+    def _windows(self, texts: Sequence[str]) -> tuple[list[list[np.ndarray]], int]:
+        return window_text_ids(self.tokenizer_, texts, self.max_length, self._stride, self.max_chunks)
+
+    def _warn_cut(self, cut: int, total: int, stacklevel: int) -> None:
+        if cut:
+            warnings.warn(
+                f"{cut} of {total} texts have more than max_chunks={self.max_chunks} windows of "
+                f"max_length={self.max_length} tokens; only their first {self.max_chunks} windows are "
+                "read. Raise max_chunks (or set it to None) to read more.",
+                LongTextWarning,
+                stacklevel=stacklevel,
+            )
 
     def _train(self, module, tokenizer, train_texts, Y_train, val_texts, Y_val, pos_weight, seed, start):
         """Train ``module`` with skorch.
@@ -791,6 +901,13 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             train_set = FeatureDataset(self._pooled_features(train_texts), Y_train)
             valid_set = FeatureDataset(self._pooled_features(val_texts), Y_val) if has_valid else None
             net_module = HeadOnly(module.head)
+        elif self._chunked:
+            all_texts = train_texts + (val_texts if has_valid else [])
+            windows, cut = self._windows(all_texts)
+            self._warn_cut(cut, len(all_texts), stacklevel=5)
+            train_set = WindowDataset(windows[: len(train_texts)], Y_train)
+            valid_set = WindowDataset(windows[len(train_texts) :], Y_val) if has_valid else None
+            net_module = module
         else:
             ids = tokenize(tokenizer, train_texts + (val_texts if has_valid else []), self.max_length)
             train_set = TokenDataset(ids[: len(train_texts)], Y_train)
@@ -829,6 +946,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         module.eval()
         if isinstance(valid_set, FeatureDataset):
             logits = self._head_logits(valid_set.features)
+        elif isinstance(valid_set, WindowDataset):
+            logits = self._logits_from_windows(valid_set.windows)
         else:
             logits = self._logits_from_ids(valid_set.ids)
         return (logits, Y_val), complete
@@ -961,7 +1080,11 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         callbacks.append(("training_guard", guard))
         if folder is not None:
             frozen = bool(self.freeze_encoder)
-            callbacks.append(("checkpoint", EpochCheckpoint(folder, self._trainable_state(frozen))))
+            accelerator = getattr(self, "_accelerator", None)
+            main = accelerator is None or accelerator.is_main_process
+            callbacks.append(
+                ("checkpoint", EpochCheckpoint(folder, self._trainable_state(frozen), write=main))
+            )
         if valid_set is not None:
             if self.early_stopping:
                 stopper = EarlyStopping(
@@ -1003,6 +1126,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             accumulate_batches=self.accumulate_batches,
             pad_id=self._pad_id,
             seed=seed,
+            accelerator=getattr(self, "_accelerator", None),
             **kwargs,
         )
 
@@ -1031,6 +1155,34 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
     def _logits_from_ids(self, ids: Sequence[np.ndarray]) -> np.ndarray:
         return self._run(iter_id_batches(ids, self.predict_batch_size, self._pad_id))
 
+    def _logits_from_windows(self, windows: list[list[np.ndarray]]) -> np.ndarray:
+        """Per-text logits from the windows of each text, batched across texts.
+
+        Windows are length-sorted over all texts, so one text's windows may
+        land in different batches; their outputs are combined afterwards with
+        the same function the training forward pass uses.
+        """
+        module = self.module_
+        attention = module.window_scorer is not None
+        L = self.n_labels_
+
+        def outputs(input_ids, attention_mask):
+            logits, scores = module.window_outputs(input_ids, attention_mask)
+            return torch.cat([logits, scores], dim=1) if attention else logits
+
+        batches = iter_window_batches(windows, self.predict_batch_size, self._pad_id)
+        flat = self._run(batches, outputs, 2 * L if attention else L)
+        doc_index = torch.from_numpy(np.repeat(np.arange(len(windows)), [len(w) for w in windows]))
+        values = torch.from_numpy(flat)
+        combined = aggregate_windows(
+            module.chunk_aggregation or "max",
+            values[:, :L],
+            doc_index,
+            len(windows),
+            values[:, L:] if attention else None,
+        )
+        return combined.numpy()
+
     def decision_function(self, X: Sequence[str]) -> np.ndarray:
         """Raw logits, one per label.
 
@@ -1055,9 +1207,19 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             logits = cache.load_logits(key, (len(texts), self.n_labels_))
             if logits is not None:
                 return logits
-        logits = self._run(
-            iter_text_batches(self.tokenizer_, texts, self.max_length, self.predict_batch_size, self._pad_id)
-        )
+        if self._chunked:
+            logits = np.empty((len(texts), self.n_labels_), dtype=np.float32)
+            cut = 0
+            for start in range(0, len(texts), PREDICT_CHUNK):  # bounded memory for any number of texts
+                windows, n_cut = self._windows(texts[start : start + PREDICT_CHUNK])
+                cut += n_cut
+                logits[start : start + len(windows)] = self._logits_from_windows(windows)
+            self._warn_cut(cut, len(texts), stacklevel=3)
+        else:
+            batches = iter_text_batches(
+                self.tokenizer_, texts, self.max_length, self.predict_batch_size, self._pad_id
+            )
+            logits = self._run(batches)
         if key is not None:
             cache.save_logits(key, logits)
         return logits

@@ -63,6 +63,11 @@ def build_pretrained(estimator):
     from transformers import AutoModelForSequenceClassification
 
     module = estimator.module_
+    if module.chunk_aggregation is not None:
+        raise ValueError(
+            "export_pretrained cannot express long_text='chunk': the standard sequence-classification "
+            "classes read one window per text. Use clf.save(path) for this model."
+        )
     config = copy.deepcopy(module.encoder.config)
     model_type = getattr(config, "model_type", "")
     linears = _linears(module.head)
@@ -166,6 +171,11 @@ def export_onnx(estimator, path: str | os.PathLike, *, opset_version: int | None
     import copy
     import warnings
 
+    if estimator.module_.chunk_aggregation is not None:
+        raise ValueError(
+            "export_onnx exports the graph of one window per text; with long_text='chunk' the windows "
+            "are combined outside that graph, which the export does not cover. Use clf.save(path)."
+        )
     graph = _OnnxGraph(copy.deepcopy(estimator.module_).to("cpu").float()).eval()
     example = next(_example_batches(estimator))
     target, staging = _staging(path)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 POOLINGS = ("cls", "pooler", "mean", "attention")
+CHUNK_AGGREGATIONS = ("max", "mean", "attention")
 
 
 def has_pooler(encoder: nn.Module) -> bool:
@@ -59,6 +60,41 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return summed / counts
 
 
+def aggregate_windows(
+    mode: str,
+    logits: torch.Tensor,
+    doc_index: torch.Tensor,
+    n_docs: int,
+    scores: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Combine per-window logits (n_windows, n_labels) into per-document logits (n_docs, n_labels).
+
+    ``doc_index[i]`` is the document of window ``i``. ``"max"``: a label is as
+    present as in its strongest window; ``"mean"``: the average window;
+    ``"attention"``: a softmax over each document's windows of ``scores``
+    (one score per window and label) weighs the windows' logits.
+    """
+    index = doc_index.long().unsqueeze(1).expand_as(logits)
+    if mode == "max":
+        out = logits.new_full((n_docs, logits.shape[1]), float("-inf"))
+        return out.scatter_reduce(0, index, logits, reduce="amax", include_self=True)
+    if mode == "mean":
+        total = logits.new_zeros((n_docs, logits.shape[1])).index_add(0, doc_index.long(), logits)
+        counts = torch.bincount(doc_index.long(), minlength=n_docs).clamp(min=1).to(logits.dtype)
+        return total / counts.unsqueeze(1)
+    if scores is None:
+        raise ValueError("chunk_aggregation='attention' needs window scores.")
+    scores = scores.float()
+    peak = scores.new_full((n_docs, scores.shape[1]), float("-inf"))
+    peak = peak.scatter_reduce(0, index, scores, reduce="amax", include_self=True)
+    weights = torch.exp(scores - peak.gather(0, index))
+    norm = weights.new_zeros(peak.shape).index_add(0, doc_index.long(), weights)
+    weights = weights / norm.gather(0, index)
+    return logits.new_zeros(peak.shape).index_add(
+        0, doc_index.long(), (weights * logits.float()).to(logits.dtype)
+    )
+
+
 class MultiLabelTextModule(nn.Module):
     """Encoder + pooling + head, returning raw logits of shape (batch, n_labels).
 
@@ -78,6 +114,10 @@ class MultiLabelTextModule(nn.Module):
     freeze_encoder : bool
         If True, the encoder's parameters get no gradient and the encoder
         always runs in evaluation mode.
+    chunk_aggregation : {"max", "mean", "attention"} or None
+        How the windows of a long text are combined (see
+        :func:`aggregate_windows`); ``"attention"`` adds a learned scorer.
+        Only used when ``forward`` gets a ``doc_index``.
     """
 
     def __init__(
@@ -89,6 +129,7 @@ class MultiLabelTextModule(nn.Module):
         hidden_layer_sizes: tuple[int, ...] = (),
         dropout: float = 0.1,
         freeze_encoder: bool = False,
+        chunk_aggregation: str | None = None,
     ):
         super().__init__()
         if pooling not in POOLINGS:
@@ -104,8 +145,19 @@ class MultiLabelTextModule(nn.Module):
         hidden_size = encoder.config.hidden_size
         self.attention = AttentionPooling(hidden_size) if pooling == "attention" else None
         self.head = build_head(hidden_size, n_labels, tuple(hidden_layer_sizes), dropout)
+        if chunk_aggregation is not None and chunk_aggregation not in CHUNK_AGGREGATIONS:
+            raise ValueError(
+                f"chunk_aggregation must be one of {CHUNK_AGGREGATIONS} or None, got {chunk_aggregation!r}."
+            )
+        self.chunk_aggregation = chunk_aggregation
+        self.window_scorer = nn.Linear(hidden_size, n_labels) if chunk_aggregation == "attention" else None
         if freeze_encoder:
             for param in self.encoder.parameters():
+                param.requires_grad_(False)
+        elif pooling != "pooler" and has_pooler(encoder):
+            # The pooler's output is not used: no gradient, no optimizer state, and
+            # no unused parameters for DistributedDataParallel to wait for.
+            for param in encoder.pooler.parameters():
                 param.requires_grad_(False)
 
     def train(self, mode: bool = True) -> MultiLabelTextModule:
@@ -128,8 +180,27 @@ class MultiLabelTextModule(nn.Module):
             return mean_pool(hidden, attention_mask)
         return self.attention(hidden, attention_mask)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: object) -> torch.Tensor:
-        return self.head(self.pool(input_ids, attention_mask))
+    def window_outputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits of each window and, for attention aggregation, its scores."""
+        pooled = self.pool(input_ids, attention_mask)
+        scores = self.window_scorer(pooled) if self.window_scorer is not None else None
+        return self.head(pooled), scores
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        doc_index: torch.Tensor | None = None,
+        **_: object,
+    ) -> torch.Tensor:
+        """Logits per row, or per document when rows are windows of documents (``doc_index``)."""
+        if doc_index is None:
+            return self.head(self.pool(input_ids, attention_mask))
+        logits, scores = self.window_outputs(input_ids, attention_mask)
+        n_docs = int(doc_index.max().item()) + 1 if len(doc_index) else 0
+        return aggregate_windows(self.chunk_aggregation or "max", logits, doc_index, n_docs, scores)
 
 
 class HeadOnly(nn.Module):

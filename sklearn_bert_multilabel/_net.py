@@ -17,7 +17,15 @@ from skorch.callbacks import Callback
 from skorch.utils import TeeGenerator
 from torch.utils.data import DataLoader
 
-from ._text import FeatureBatches, FeatureDataset, LengthBucketBatchSampler, PadCollator
+from ._text import (
+    FeatureBatches,
+    FeatureDataset,
+    LengthBucketBatchSampler,
+    PadCollator,
+    WindowBudgetBatchSampler,
+    WindowCollator,
+    WindowDataset,
+)
 from ._thresholds import tune_thresholds
 
 logger = logging.getLogger(__name__)
@@ -162,9 +170,11 @@ class MultiLabelNet(NeuralNet):
         accumulate_batches: int = 1,
         pad_id: int = 0,
         seed: int | None = None,
+        accelerator=None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.accelerator = accelerator
         self.precision = precision
         self.max_grad_norm = max_grad_norm
         self.weight_decay = weight_decay
@@ -177,7 +187,12 @@ class MultiLabelNet(NeuralNet):
 
     def initialize(self):
         super().initialize()
-        enabled = self.precision == "fp16"
+        if self.accelerator is not None:
+            # Data-parallel: the module is wrapped (gradients averaged across
+            # processes) and the optimizer handles Accelerate's loss scaling.
+            self.module_ = self.accelerator.prepare_model(self.module_)
+            self.optimizer_ = self.accelerator.prepare_optimizer(self.optimizer_)
+        enabled = self.precision == "fp16" and self.accelerator is None
         self.grad_scaler_ = torch.amp.GradScaler(torch.device(self.device).type, enabled=enabled)
         self.lr_scheduler_ = None
         self._iterator_seed = self.seed
@@ -236,6 +251,16 @@ class MultiLabelNet(NeuralNet):
             # Fixed-size vectors: no padding involved, batches are tensor slices.
             loader = FeatureBatches(dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
             order = loader
+        elif isinstance(dataset, WindowDataset):
+            # Windows of long texts: a batch holds at most batch_size windows, whole texts only.
+            sampler = WindowBudgetBatchSampler(
+                dataset.n_windows, dataset.lengths, batch_size, shuffle=shuffle, seed=seed
+            )
+            order = sampler
+            kwargs.setdefault("collate_fn", WindowCollator(self.pad_id))
+            if torch.device(self.device).type == "cuda":
+                kwargs.setdefault("pin_memory", True)
+            loader = DataLoader(dataset, batch_sampler=sampler, **kwargs)
         else:
             sampler = LengthBucketBatchSampler(
                 dataset.lengths, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last
@@ -245,6 +270,9 @@ class MultiLabelNet(NeuralNet):
             if torch.device(self.device).type == "cuda":
                 kwargs.setdefault("pin_memory", True)
             loader = DataLoader(dataset, batch_sampler=sampler, **kwargs)
+        if training and self.accelerator is not None:
+            # Each process gets every num_processes-th batch of the same (seeded) order.
+            loader = self.accelerator.prepare_data_loader(loader)
         if training:
             order.epoch = self.start_epoch_  # a resumed fit continues the epochs' shuffling
             if self.lr_scheduler_ is None:
@@ -253,7 +281,8 @@ class MultiLabelNet(NeuralNet):
 
     def infer(self, x, **fit_params):
         x = {k: v.to(self.device, non_blocking=True) for k, v in x.items()}
-        with autocast_context(self.device, self.precision):
+        context = self.accelerator.autocast() if self.accelerator is not None else None
+        with context or autocast_context(self.device, self.precision):
             return self.module_(**x, **fit_params)
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
@@ -274,7 +303,10 @@ class MultiLabelNet(NeuralNet):
             loss_to_backprop = loss
         if self.grad_scaler_.is_enabled():
             loss_to_backprop = self.grad_scaler_.scale(loss_to_backprop)
-        loss_to_backprop.backward()
+        if self.accelerator is not None:
+            self.accelerator.backward(loss_to_backprop)
+        else:
+            loss_to_backprop.backward()
         self._pending += 1
         if self._pending >= self.accumulate_batches:
             self._optimizer_step(batch)
@@ -291,7 +323,10 @@ class MultiLabelNet(NeuralNet):
             training=True,
         )
         if self.max_grad_norm:
-            norm = torch.nn.utils.clip_grad_norm_(self.module_.parameters(), self.max_grad_norm)
+            clip = torch.nn.utils.clip_grad_norm_
+            if self.accelerator is not None:
+                clip = self.accelerator.clip_grad_norm_  # unscales fp16 gradients first
+            norm = clip(self.module_.parameters(), self.max_grad_norm)
             if scaler is None and not torch.isfinite(norm).item():
                 self._stop_non_finite("gradient norm", norm.item())
         if scaler is not None:

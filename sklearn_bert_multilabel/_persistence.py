@@ -173,6 +173,7 @@ def save_estimator(estimator, path: str | os.PathLike) -> Path:
                 "hidden_layer_sizes": [int(s) for s in estimator.hidden_layer_sizes],
                 "dropout": float(estimator.dropout),
                 "freeze_encoder": bool(module.freeze_encoder),
+                "chunk_aggregation": module.chunk_aggregation,
             },
             "files": {p.relative_to(staging).as_posix(): _digest(p) for p in files},
         }
@@ -318,6 +319,7 @@ def load_estimator(cls, path: str | os.PathLike, *, device: str | None = None):
             hidden_layer_sizes=tuple(spec["hidden_layer_sizes"]),
             dropout=float(spec["dropout"]),
             freeze_encoder=bool(spec["freeze_encoder"]),
+            chunk_aggregation=spec.get("chunk_aggregation"),
         )
         load_model(module, str(folder / WEIGHTS), strict=True, device="cpu")
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:

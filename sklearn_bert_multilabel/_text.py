@@ -227,3 +227,144 @@ def iter_text_batches(
         ids = tokenize(tokenizer, texts[start : start + PREDICT_CHUNK], max_length)
         for rows, inputs in iter_id_batches(ids, batch_size, pad_id):
             yield rows + start, inputs
+
+
+# ------------------------------------------------------------------ long texts
+class LongTextWarning(UserWarning):
+    """Some texts had more windows than ``max_chunks``; only their first windows were read."""
+
+
+def window_text_ids(
+    tokenizer, texts: Sequence[str], max_length: int, stride: int, max_chunks: int | None
+) -> tuple[list[list[np.ndarray]], int]:
+    """Cut each text's tokens into windows of at most ``max_length`` tokens.
+
+    Neighbouring windows share ``stride`` tokens. Each window gets the
+    tokenizer's special tokens (``[CLS] ... [SEP]`` for BERT). Returns the
+    windows of each text (an empty text has one window of special tokens
+    only) and how many texts lost windows to ``max_chunks``.
+    """
+    if len(texts) == 0:
+        return [], 0
+    # The fast tokenizer's own overflow windows: special tokens in every window,
+    # neighbours sharing ``stride`` tokens, the mapping back to each text.
+    enc = tokenizer(
+        list(texts),
+        truncation=True,
+        max_length=max_length,
+        stride=stride,
+        return_overflowing_tokens=True,
+        padding=False,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )
+    windows: list[list[np.ndarray]] = [[] for _ in texts]
+    for ids, doc in zip(enc["input_ids"], enc["overflow_to_sample_mapping"], strict=True):
+        windows[doc].append(np.asarray(ids, dtype=np.int64))
+    cut = 0
+    if max_chunks is not None:
+        for doc, doc_windows in enumerate(windows):
+            if len(doc_windows) > max_chunks:
+                windows[doc] = doc_windows[:max_chunks]
+                cut += 1
+    return windows, cut
+
+
+class WindowDataset(Dataset):
+    """The windows of each text and their label rows, for training and validation."""
+
+    def __init__(self, windows: list[list[np.ndarray]], Y: np.ndarray):
+        self.windows = windows
+        self.Y = Y
+        self.n_windows = np.fromiter((len(w) for w in windows), dtype=np.int64, count=len(windows))
+        # Longest window of each text: what the batch is padded to.
+        self.lengths = np.fromiter(
+            (max(len(x) for x in w) for w in windows), dtype=np.int64, count=len(windows)
+        )
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int):
+        return self.windows[i], self.Y[i]
+
+
+class WindowCollator:
+    """Stack the windows of a list of ``(windows, y)`` into one padded batch with ``doc_index``."""
+
+    def __init__(self, pad_id: int):
+        self.pad = PadCollator(pad_id)
+
+    def __call__(self, batch):
+        empty = np.zeros(0, dtype=np.float32)
+        rows, doc_index = [], []
+        for doc, (windows, _) in enumerate(batch):
+            rows += [(w, empty) for w in windows]
+            doc_index += [doc] * len(windows)
+        inputs, _ = self.pad(rows)
+        inputs["doc_index"] = torch.tensor(doc_index, dtype=torch.long)
+        y = torch.from_numpy(np.stack([y for _, y in batch]).astype(np.float32, copy=False))
+        return inputs, y
+
+
+class WindowBudgetBatchSampler(Sampler):
+    """Batches of texts holding at most ``budget`` windows in all (at least one text each).
+
+    Texts of similar length share a batch as in :class:`LengthBucketBatchSampler`;
+    with ``shuffle=True`` the order is drawn per epoch from ``(seed, epoch)``.
+    """
+
+    def __init__(self, n_windows, lengths, budget: int, *, shuffle: bool, seed: int | None = None):
+        self.n_windows = np.asarray(n_windows)
+        self.lengths = np.asarray(lengths)
+        self.budget = int(budget)
+        self.batch_size = self.budget  # what samplers are expected to expose (Accelerate reads it)
+        self.drop_last = False
+        self.shuffle = shuffle
+        self.seed = _base_seed(seed)
+        self.epoch = 0
+        self._plan_len = len(self._plan(np.argsort(self.lengths, kind="stable")))
+
+    def _plan(self, order: np.ndarray) -> list[list[int]]:
+        batches, current, used = [], [], 0
+        for i in order.tolist():
+            k = int(self.n_windows[i])
+            if current and used + k > self.budget:
+                batches.append(current)
+                current, used = [], 0
+            current.append(i)
+            used += k
+        if current:
+            batches.append(current)
+        return batches
+
+    def __len__(self) -> int:
+        return self._plan_len
+
+    def __iter__(self) -> Iterator[list[int]]:
+        n = len(self.lengths)
+        if not self.shuffle:
+            yield from self._plan(np.argsort(self.lengths, kind="stable"))
+            return
+        rng = _epoch_rng(self.seed, self.epoch)
+        self.epoch += 1
+        perm = rng.permutation(n)
+        window = max(1, self.budget) * BUCKET_WINDOW
+        batches: list[list[int]] = []
+        for start in range(0, n, window):
+            chunk = perm[start : start + window]
+            batches += self._plan(chunk[np.argsort(self.lengths[chunk], kind="stable")])
+        for i in rng.permutation(len(batches)):
+            yield batches[i]
+
+
+def iter_window_batches(
+    windows: list[list[np.ndarray]], batch_size: int, pad_id: int
+) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """Like :func:`iter_id_batches` over all windows of all texts (flattened, length-sorted).
+
+    Yields the flat window numbers of each batch; windows of one text may
+    land in different batches.
+    """
+    flat = [w for doc in windows for w in doc]
+    yield from iter_id_batches(flat, batch_size, pad_id)

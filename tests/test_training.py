@@ -87,7 +87,11 @@ def test_layer_decay_groups(tiny_model_dir):
     no_decay = {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]}
     assert id(named["head.1.bias"]) in no_decay and id(named["head.1.weight"]) not in no_decay
     assert id(named["encoder.embeddings.LayerNorm.weight"]) in no_decay
-    assert sum(len(g["params"]) for g in groups) == len(named)
+    trainable = {k for k, p in named.items() if p.requires_grad}
+    assert sum(len(g["params"]) for g in groups) == len(trainable)
+    assert trainable == {
+        k for k in named if not k.startswith("encoder.pooler.")
+    }  # mean pooling: pooler unused
 
 
 def test_validation_macro_f1_recorded_each_epoch(fast_params, toy_data):

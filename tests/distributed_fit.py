@@ -1,0 +1,67 @@
+"""Run by test_distributed.py under ``torchrun --nproc_per_node 2``: fit, pickle, predict, report.
+
+Usage: python -m torch.distributed.run --nproc_per_node 2 distributed_fit.py MODEL_DIR OUT_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+
+import numpy as np
+import torch
+from skorch.callbacks import Callback
+
+sys.path.insert(0, os.path.dirname(__file__))
+from conftest import make_texts  # noqa: E402
+
+from sklearn_bert_multilabel import BertMultiLabelClassifier  # noqa: E402
+
+
+class CountBatches(Callback):
+    def on_epoch_end(self, net, **kwargs):
+        net.history.record("train_batches", len(net.history[-1, "batches"]))
+
+
+def params(model_dir: str) -> dict:
+    """No dropout, so that a run in two processes can be compared with one in one process."""
+    return dict(
+        model_name=model_dir,
+        max_epochs=2,
+        batch_size=16,
+        lr=1e-3,
+        random_state=0,
+        train_split=None,
+        dropout=0.0,
+        encoder__hidden_dropout_prob=0.0,
+        encoder__attention_probs_dropout_prob=0.0,
+        callbacks=[("count", CountBatches())],
+    )
+
+
+def main() -> None:
+    model_dir, out_dir = sys.argv[1:3]
+    rank = int(os.environ["RANK"])
+    X, Y = make_texts(96, seed=0)
+    clf = BertMultiLabelClassifier(**params(model_dir)).fit(X, Y)
+    restored = pickle.loads(pickle.dumps(clf))  # unwrapped and picklable
+    np.save(os.path.join(out_dir, f"proba-{rank}.npy"), restored.predict_proba(X))
+    with_valid = BertMultiLabelClassifier(
+        **{**params(model_dir), "train_split": 0.25, "threshold": "auto", "callbacks": None}
+    ).fit(X, Y)
+    report = {
+        "batches": [row["train_batches"] for row in clf.history_],
+        "world_size": int(os.environ["WORLD_SIZE"]),
+        "threads": torch.get_num_threads(),
+        "device": clf.device_,
+        "thresholds": with_valid.thresholds_.tolist(),
+        "valid_f1": [row["valid_f1_macro"] for row in with_valid.history_],
+    }
+    with open(os.path.join(out_dir, f"report-{rank}.json"), "w") as fh:
+        json.dump(report, fh)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Scale-out: data-parallel training in two processes (gloo), and a search on a dask cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn.model_selection import GridSearchCV
+
+from sklearn_bert_multilabel import BertMultiLabelClassifier
+
+HERE = os.path.dirname(__file__)
+
+
+def test_two_process_training_equals_one_process_with_the_same_batches(tiny_model_dir, tmp_path):
+    """2 processes x batch 16 average the gradients of the batches that one process
+    accumulates two at a time (accumulate_batches=2): the same updates, the same model."""
+    pytest.importorskip("accelerate")
+    sys.path.insert(0, HERE)
+    from conftest import make_texts
+    from distributed_fit import params
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29571",
+        os.path.join(HERE, "distributed_fit.py"), tiny_model_dir, str(tmp_path),
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=420)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"report-{r}.json").read_text()) for r in (0, 1)]
+    probas = [np.load(tmp_path / f"proba-{r}.npy") for r in (0, 1)]
+
+    assert all(r["world_size"] == 2 for r in reports)
+    assert [r["batches"] for r in reports] == [[3, 3], [3, 3]]  # each process: half of the 6 batches
+    np.testing.assert_array_equal(probas[0], probas[1])  # one model everywhere
+    assert reports[0]["thresholds"] == reports[1]["thresholds"]
+    assert all(2 * r["threads"] <= max(2, os.cpu_count()) for r in reports)
+
+    X, Y = make_texts(96, seed=0)
+    single = BertMultiLabelClassifier(**{**params(tiny_model_dir), "accumulate_batches": 2}).fit(X, Y)
+    assert [row["train_batches"] for row in single.history_] == [6, 6]
+    np.testing.assert_allclose(probas[0], single.predict_proba(X), atol=1e-5)
+
+
+def test_distributed_parameter_is_checked(tiny_model_dir):
+    from sklearn_bert_multilabel import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="distributed must be True, False or 'auto'"):
+        BertMultiLabelClassifier(model_name=tiny_model_dir, distributed="yes").fit(["a"], [[1]])
+
+
+def test_grid_search_on_a_dask_cluster_shares_the_cache(fast_params, toy_data, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    from joblib import parallel_backend
+
+    X, Y = toy_data
+    cache = tmp_path / "cache"
+    fits = cache / "sklearn_bert_multilabel" / "fits"
+    estimator = BertMultiLabelClassifier(**{**fast_params, "max_epochs": 1, "memory": str(cache)})
+    grid = {"threshold": [0.3, 0.5, 0.7]}
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=50
+    )
+    with cluster, distributed.Client(cluster) as client:
+        threads = client.run(lambda: __import__("torch").get_num_threads())
+        with parallel_backend("dask"):
+            search = GridSearchCV(estimator, grid, cv=2, scoring="f1_macro", refit=False, n_jobs=-1).fit(X, Y)
+    # 6 candidate fits on the workers trained 2 models (one per fold): thresholds share weights.
+    assert len(list(fits.iterdir())) == 2
+    serial = GridSearchCV(estimator, grid, cv=2, scoring="f1_macro", refit=False).fit(X, Y)
+    assert len(list(fits.iterdir())) == 2  # the workers' cache entries serve this process too
+    np.testing.assert_allclose(search.cv_results_["mean_test_score"], serial.cv_results_["mean_test_score"])
+    assert len(threads) == 2 and all(2 * t <= max(2, os.cpu_count()) for t in threads.values()), threads
