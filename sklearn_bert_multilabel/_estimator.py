@@ -979,12 +979,15 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
     def _fit_key(self, texts, Y, val_texts, Y_val, device) -> str | None:
         excluded = PREDICT_ONLY_PARAMS | RUN_ONLY_PARAMS
         params = {k: v for k, v in self.get_params(deep=False).items() if k not in excluded}
+        accelerator = getattr(self, "_accelerator", None)
+        processes = 1 if accelerator is None else accelerator.num_processes  # the effective batch
         try:
             return stable_hash(
                 __version__,
                 params,
                 self._encoder_fingerprint(),
                 torch.device(device).type,
+                processes,
                 texts,
                 Y,
                 val_texts,
