@@ -71,6 +71,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--train-limit", type=int, default=None, help="use the first N training texts")
     parser.add_argument("--skip-baselines", action="store_true")
+    parser.add_argument(
+        "--pos-weight", default=None, help="pos_weight of the fine-tuned model (e.g. 'balanced')"
+    )
     parser.add_argument("--chart", default="goemotions_f1.png")
     parser.add_argument(
         "--ablation", action="store_true", help="dev macro-F1 of the recipe with one option changed at a time"
@@ -88,7 +91,7 @@ def main() -> None:
         return
 
     start = time.perf_counter()
-    clf = BertMultiLabelClassifier(max_epochs=args.epochs, verbose=1, **RECIPE)
+    clf = BertMultiLabelClassifier(max_epochs=args.epochs, verbose=1, **{**RECIPE, "pos_weight": args.pos_weight})
     clf.fit(X, Y, validation_data=(X_dev, Y_dev))
     minutes = (time.perf_counter() - start) / 60
     pred = clf.predict(X_test)  # the only time the test split is used

@@ -1,7 +1,8 @@
 """Surviving interruptions: best-weights restore on Ctrl-C, and resumable epoch checkpoints.
 
 ``TrainingGuard`` keeps a copy of the weights of the best completed epoch
-(by the validation metric, or the latest epoch without validation data).
+(by the validation metric, or the latest epoch without validation data;
+with early stopping, that callback's own copy serves).
 skorch stops training quietly on ``KeyboardInterrupt``; the guard then puts
 those weights back and says so, so an interrupted ``fit`` returns a usable
 model.
@@ -38,7 +39,8 @@ PREFIX = "epoch-"
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+    """A copy of the weights in host memory, so a GPU model does not need twice its size there."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
 class TrainingGuard(Callback):
@@ -82,7 +84,8 @@ class TrainingGuard(Callback):
         if improved:
             self.best_score_ = score
             self.best_epoch_ = net.history[-1, "epoch"]
-            self.best_weights_ = _snapshot(net.module_)
+            if self.early_stopping is None:  # EarlyStopping(load_best=True) keeps its own copy
+                self.best_weights_ = _snapshot(net.module_)
 
     def on_train_end(self, net, **kwargs):
         stopped = self.early_stopping is not None and getattr(self.early_stopping, "misses_", 0) >= getattr(
@@ -93,8 +96,10 @@ class TrainingGuard(Callback):
             return
         self.interrupted_ = True
         epoch = len(net.history)
-        if self.best_weights_ is not None:
-            net.module_.load_state_dict(self.best_weights_)
+        if self.best_weights_ is not None or (self.early_stopping is not None and self.best_epoch_):
+            if self.best_weights_ is not None:
+                net.module_.load_state_dict(self.best_weights_)
+            # else EarlyStopping's on_train_end restores its best epoch, which is this one.
             by = f" by {self.monitor}" if self.monitor else ""
             kept = f"the weights of epoch {self.best_epoch_}, the best{by} of the {self.completed_} completed"
         else:

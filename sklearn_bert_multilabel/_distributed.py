@@ -33,7 +33,8 @@ def make_accelerator(precision: str, device: str):
     """An ``accelerate.Accelerator`` for this fit.
 
     ``precision`` becomes Accelerate's mixed precision (fp32: whatever the
-    launch configuration says); ``device="cpu"`` keeps training on the CPU.
+    launch configuration says, else none); ``device="cpu"`` keeps training on
+    the CPU.
     """
     try:
         from accelerate import Accelerator
@@ -45,9 +46,11 @@ def make_accelerator(precision: str, device: str):
         ) from exc
     from accelerate.state import AcceleratorState
 
-    mixed = None if precision == "fp32" else precision
+    # precision="fp32" leaves the choice to the launch configuration (accelerate launch
+    # --mixed_precision bf16 sets ACCELERATE_MIXED_PRECISION).
+    mixed = precision if precision != "fp32" else os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     state = AcceleratorState._shared_state
-    if state and mixed is not None and str(state.get("_mixed_precision", mixed)) != mixed:
+    if state and str(state.get("_mixed_precision", mixed)) != mixed:
         # One Accelerate state per process: a fit with another precision resets it.
         AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=mixed, cpu=device == "cpu")

@@ -258,6 +258,12 @@ def window_text_ids(
         return_attention_mask=False,
         return_token_type_ids=False,
     )
+    if "overflow_to_sample_mapping" not in enc:
+        raise ValueError(
+            f"long_text='chunk' needs a fast (Rust) tokenizer, which reports the windows of each text; "
+            f"{type(tokenizer).__name__} is not one. Use a model that ships tokenizer.json, or "
+            "long_text='truncate'."
+        )
     windows: list[list[np.ndarray]] = [[] for _ in texts]
     for ids, doc in zip(enc["input_ids"], enc["overflow_to_sample_mapping"], strict=True):
         windows[doc].append(np.asarray(ids, dtype=np.int64))

@@ -224,6 +224,35 @@ def test_keyboard_interrupt_leaves_a_usable_model_with_the_best_weights(
         torch.testing.assert_close(state[key], value, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_interrupt_restores_the_best_completed_epoch_by_the_validation_score(
+    early_stopping, fast_params, toy_data, monkeypatch
+):
+    from skorch.callbacks import Callback
+
+    class EpochWeights(Callback):
+        def initialize(self):
+            self.states = []
+            return self
+
+        def on_epoch_end(self, net, **kwargs):
+            self.states.append({k: v.clone() for k, v in net.module_.state_dict().items()})
+
+    X, Y = toy_data
+    record = EpochWeights()
+    params = {**fast_params, "max_epochs": 4, "train_split": 0.25, "early_stopping": early_stopping}
+    params.update(n_iter_no_change=3, lr=3e-3, callbacks=[("record", record)])
+    _interrupt_at(monkeypatch, 3 * 5 + 2)  # during epoch 4
+    clf = BertMultiLabelClassifier(**params)
+    with pytest.warns(UserWarning, match="interrupted during epoch 4"):
+        clf.fit(X, Y)
+    scores = [row["valid_f1_macro"] for row in clf.history_[:3]]
+    best = int(np.argmax(scores))  # the first of equal scores, as strict improvement keeps
+    state = clf.module_.state_dict()
+    for key, value in record.states[best].items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0)
+
+
 def test_resume_from_checkpoint_equals_an_uninterrupted_run(fast_params, toy_data, tmp_path, monkeypatch):
     X, Y = toy_data
     params = {**fast_params, "max_epochs": 3, "train_split": 0.25}
