@@ -91,7 +91,8 @@ def main() -> None:
         return
 
     start = time.perf_counter()
-    clf = BertMultiLabelClassifier(max_epochs=args.epochs, verbose=1, **{**RECIPE, "pos_weight": args.pos_weight})
+    recipe = {**RECIPE, "pos_weight": args.pos_weight}
+    clf = BertMultiLabelClassifier(max_epochs=args.epochs, verbose=1, **recipe)
     clf.fit(X, Y, validation_data=(X_dev, Y_dev))
     minutes = (time.perf_counter() - start) / 60
     pred = clf.predict(X_test)  # the only time the test split is used
