@@ -23,8 +23,8 @@ X, Y = X[:1500], Y[:1500][:, keep]
 
 shared = os.environ.get("CACHE", tempfile.mkdtemp())
 search = GridSearchCV(
-    BertMultiLabelClassifier(max_epochs=1, max_length=64, random_state=0, memory=shared),
-    {"lr": [5e-5, 1e-4], "threshold": [0.3, 0.4, 0.5]},
+    BertMultiLabelClassifier(max_epochs=2, max_length=64, random_state=0, memory=shared),
+    {"lr": [1e-4, 3e-4], "threshold": [0.1, 0.2, 0.3]},
     scoring="f1_macro",
     cv=2,
     n_jobs=-1,
