@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import uuid
 import warnings
 from pathlib import Path
 
@@ -134,12 +132,11 @@ def save_checkpoint(folder: Path, net, weights: dict[str, torch.Tensor]) -> None
     from safetensors.torch import save_file
 
     from ._estimator import _jsonable
+    from ._persistence import staged_folder
 
     epoch = len(net.history)
-    folder.mkdir(parents=True, exist_ok=True)
-    staging = folder / f".tmp-{uuid.uuid4().hex}"
-    staging.mkdir()
-    try:
+    final = folder / f"{PREFIX}{epoch:04d}"
+    with staged_folder(final) as staging:
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in weights.items()}, staging / "weights.safetensors"
         )
@@ -153,13 +150,6 @@ def save_checkpoint(folder: Path, net, weights: dict[str, torch.Tensor]) -> None
         torch.save(training, staging / "training.pt")
         progress = {"epochs": epoch, "history": _jsonable(net.history)}
         (staging / "progress.json").write_text(json.dumps(progress), encoding="utf-8")
-        final = folder / f"{PREFIX}{epoch:04d}"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     for old in folder.glob(f"{PREFIX}*"):
         if old != final:
             shutil.rmtree(old, ignore_errors=True)

@@ -747,13 +747,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             freeze_encoder=bool(self.freeze_encoder),
             chunk_aggregation=self.chunk_aggregation if self._chunked else None,
         )
-        module.to(device)
-        self.module_ = module
-        self.tokenizer_ = tokenizer
-        self.device_ = device
-        self.n_labels_ = n_labels
-        self.classes_ = np.arange(n_labels)
-        self.label_names_ = list(label_names)
+        self._set_model(module, tokenizer, device, label_names)
         self.cache_key_ = fit_key
 
         if entry is not None and not _matches(module, entry["weights"], bool(self.freeze_encoder)):
@@ -859,6 +853,16 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             return module.state_dict()
 
         return state
+
+    def _set_model(self, module, tokenizer, device: str, label_names) -> None:
+        """The fitted state that describes the model itself (``fit`` and ``load`` share it)."""
+        module.to(device)
+        self.module_ = module
+        self.tokenizer_ = tokenizer
+        self.device_ = device
+        self.n_labels_ = len(label_names)
+        self.classes_ = np.arange(self.n_labels_)
+        self.label_names_ = [str(name) for name in label_names]
 
     def _uses_feature_cache(self) -> bool:
         """Frozen encoder with a fixed pooling: text features can be computed once."""

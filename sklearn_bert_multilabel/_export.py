@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -42,18 +40,11 @@ def _linears(head: nn.Sequential) -> list[nn.Linear]:
     return [layer for layer in head if isinstance(layer, nn.Linear)]
 
 
-def _staging(path: str | os.PathLike) -> tuple[Path, Path]:
+def _new_folder(path: str | os.PathLike) -> Path:
     target = Path(path).expanduser()
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ValueError(f"path={os.fspath(path)!r} exists and is not an empty folder; choose a new folder.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return target, Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-
-
-def _publish(staging: Path, target: Path) -> None:
-    if target.exists():
-        target.rmdir()
-    os.replace(staging, target)
+    return target
 
 
 def build_pretrained(estimator):
@@ -127,11 +118,12 @@ def _check_same_logits(estimator, forward) -> None:
 
 def export_pretrained(estimator, path: str | os.PathLike) -> Path:
     """Write ``estimator`` as a standard Hugging Face sequence-classification folder."""
-    model = build_pretrained(estimator)
-    target, staging = _staging(path)
+    from ._persistence import staged_folder
     from ._pretrained import _progress_bars
 
-    try:
+    model = build_pretrained(estimator)
+    target = _new_folder(path)
+    with staged_folder(target) as staging:
         with _progress_bars(False):
             model.save_pretrained(str(staging))
         tokenizer = estimator.tokenizer_
@@ -141,10 +133,6 @@ def export_pretrained(estimator, path: str | os.PathLike) -> Path:
             tokenizer.save_pretrained(str(staging))
         finally:
             tokenizer.model_max_length = old_max
-        _publish(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("exported %s to %s", type(model).__name__, target)
     return target
 
@@ -171,6 +159,8 @@ def export_onnx(estimator, path: str | os.PathLike, *, opset_version: int | None
     import copy
     import warnings
 
+    from ._persistence import staged_folder
+
     if estimator.module_.chunk_aggregation is not None:
         raise ValueError(
             "export_onnx exports the graph of one window per text; with long_text='chunk' the windows "
@@ -178,8 +168,8 @@ def export_onnx(estimator, path: str | os.PathLike, *, opset_version: int | None
         )
     graph = _OnnxGraph(copy.deepcopy(estimator.module_).to("cpu").float()).eval()
     example = next(_example_batches(estimator))
-    target, staging = _staging(path)
-    try:
+    target = _new_folder(path)
+    with staged_folder(target) as staging:
         batch, tokens = torch.export.Dim("batch", min=1), torch.export.Dim("tokens", min=2)
         exporter_log = logging.getLogger("torch.onnx")
         level = exporter_log.level
@@ -212,10 +202,6 @@ def export_onnx(estimator, path: str | os.PathLike, *, opset_version: int | None
             "outputs": ["logits", "probabilities"],
         }
         (staging / "labels.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        _publish(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("exported ONNX model to %s", target)
     return target
 

@@ -15,6 +15,7 @@ clear error instead of giving a partial model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -122,6 +123,25 @@ def _optional_list(value) -> list | None:
     return None if value is None else np.asarray(value, dtype=np.float64).tolist()
 
 
+@contextlib.contextmanager
+def staged_folder(target: Path):
+    """Yield a new temporary folder beside ``target``; on success it replaces ``target``.
+
+    The folder is renamed into place only once complete and removed on any
+    failure, so no reader ever sees a partly written model or checkpoint.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def save_estimator(estimator, path: str | os.PathLike) -> Path:
     """Write a fitted ``estimator`` to the folder ``path`` (see the module docstring)."""
     from safetensors.torch import save_model
@@ -144,9 +164,7 @@ def save_estimator(estimator, path: str | os.PathLike) -> Path:
             stacklevel=3,
         )
     module = estimator.module_
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with staged_folder(target) as staging:
         cpu_module = module if _on_cpu(module) else _cpu_copy(module)
         save_model(cpu_module, str(staging / WEIGHTS), metadata={"format": FORMAT_NAME})
         module.encoder.config.save_pretrained(str(staging / ENCODER_DIR))
@@ -178,12 +196,6 @@ def save_estimator(estimator, path: str | os.PathLike) -> Path:
             "files": {p.relative_to(staging).as_posix(): _digest(p) for p in files},
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("saved model to %s", target)
     return target
 
@@ -334,14 +346,7 @@ def load_estimator(cls, path: str | os.PathLike, *, device: str | None = None):
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             logger.info("model saved on %s loaded on cpu", saved_device)
             device = "cpu"
-    module.to(device)
-    module.eval()
-    estimator.module_ = module
-    estimator.tokenizer_ = tokenizer
-    estimator.device_ = device
-    estimator.n_labels_ = n_labels
-    estimator.classes_ = np.arange(n_labels)
-    estimator.label_names_ = list(names)
+    estimator._set_model(module.eval(), tokenizer, device, names)
     estimator.tuned_thresholds_ = _fitted_value(fitted, "tuned_thresholds", n_labels)
     estimator.pos_weight_ = _fitted_value(fitted, "pos_weight", n_labels)
     estimator.cache_key_ = fitted.get("cache_key") if isinstance(fitted.get("cache_key"), str) else None
