@@ -46,7 +46,15 @@ from ._net import (
     ValidationScores,
     autocast_context,
 )
-from ._pretrained import DEFAULT_MODEL, load_encoder, load_tokenizer, max_positions, resolve_model_path
+from ._pretrained import (
+    DEFAULT_MODEL,
+    load_encoder,
+    load_tokenizer,
+    max_positions,
+    resolve_model_path,
+    reused_tokenizer,
+    shared_frozen_encoder,
+)
 from ._text import (
     PREDICT_CHUNK,
     FeatureDataset,
@@ -227,7 +235,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         ``GridSearchCV`` over thresholds trains once per fold. Predicted
         logits are cached too, and with ``freeze_encoder=True`` (and a pooling
         other than ``"attention"``) the pooled encoder features of each text
-        are computed once across fits. Unreadable entries are ignored with a
+        are computed once across fits; such fits also share one loaded copy
+        of the (never trained) encoder per process, so a search over heads
+        does not reload it per candidate. Unreadable entries are ignored with a
         ``CacheWarning``. With ``random_state=None``, a cached fit is reused
         as if it were deterministic.
     warm_start : bool, default=False
@@ -714,8 +724,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         fit_key = self._fit_key(texts, Y, val_texts, Y_val, device) if keyed else None
         entry = cache.load_fit(fit_key) if fit_key is not None and cache is not None else None
 
-        tokenizer = load_tokenizer(self.model_name, **self._prefixed("tokenizer"))
-        encoder = load_encoder(self.model_name, progress=self.verbose > 0, **self._prefixed("encoder"))
+        tokenizer, encoder = self._load_pretrained(cache is not None, device)
         problems = Problems()
         if self.pooling == "pooler" and not has_pooler(encoder):
             problems.append(
@@ -787,6 +796,32 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         module.eval()
 
         self._tune_on_valid(valid)
+
+    def _load_pretrained(self, cached: bool, device: str):
+        """The tokenizer and the encoder of ``model_name``.
+
+        A frozen encoder whose features go through ``memory`` is only read, so
+        every such fit in this process shares one loaded copy (and each thread
+        one tokenizer): a search over heads does not reload the model per candidate.
+        """
+        tokenizer_kwargs, encoder_kwargs = self._prefixed("tokenizer"), self._prefixed("encoder")
+        progress = self.verbose > 0
+        key = None
+        if cached and self._uses_feature_cache():
+            try:
+                key = stable_hash(
+                    self._encoder_fingerprint(), self.model_name, tokenizer_kwargs, encoder_kwargs
+                )
+            except Exception:  # noqa: BLE001 - parameters joblib cannot hash: load as usual
+                key = None
+        if key is None:
+            return (
+                load_tokenizer(self.model_name, **tokenizer_kwargs),
+                load_encoder(self.model_name, progress=progress, **encoder_kwargs),
+            )
+        tokenizer = reused_tokenizer(key, self.model_name, **tokenizer_kwargs)
+        encoder = shared_frozen_encoder(key, self.model_name, device, progress=progress, **encoder_kwargs)
+        return tokenizer, encoder
 
     def _tune_on_valid(self, valid) -> None:
         n_labels = self.n_labels_

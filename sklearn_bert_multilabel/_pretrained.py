@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
+from collections.abc import Callable, Hashable
 from importlib import resources
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +104,67 @@ def load_encoder(model_name: str, *, progress: bool = False, **kwargs):
             return AutoModel.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_error(model_name, exc) from exc
+
+
+class _Loaded:
+    """The most recently loaded object per key, for one thread or for the process."""
+
+    def __init__(self, per_thread: bool):
+        self._lock = threading.Lock()
+        self._local = threading.local() if per_thread else None
+        self._shared: dict[Hashable, Any] = {}
+
+    def _slot(self) -> dict[Hashable, Any]:
+        if self._local is None:
+            return self._shared
+        if not hasattr(self._local, "slot"):
+            self._local.slot = {}
+        return self._local.slot
+
+    def get(self, key: Hashable, load: Callable[[], Any]) -> Any:
+        with self._lock:
+            slot = self._slot()
+            if key in slot:
+                return slot[key]
+        value = load()
+        with self._lock:
+            slot = self._slot()
+            slot.clear()  # one entry: at most one extra model held in memory
+            slot[key] = value
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._shared.clear()
+            if self._local is not None and hasattr(self._local, "slot"):
+                self._local.slot.clear()
+
+
+# Frozen encoders are never trained, so fits that only read them (a frozen
+# encoder with the feature cache) can share one loaded copy. Fast tokenizers
+# change their truncation settings on each call and are not safe to share
+# across threads, hence one per thread.
+_FROZEN_ENCODERS = _Loaded(per_thread=False)
+_TOKENIZERS = _Loaded(per_thread=True)
+
+
+def shared_frozen_encoder(key: Hashable, model_name: str, device: str, *, progress: bool = False, **kwargs):
+    """The encoder of ``model_name`` on ``device``, loaded once per process for ``key``.
+
+    For frozen encoders only: every caller gets the same module, which nobody trains.
+    """
+
+    def load():
+        encoder = load_encoder(model_name, progress=progress, **kwargs).to(device)
+        encoder.requires_grad_(False)
+        return encoder.eval()
+
+    return _FROZEN_ENCODERS.get((key, str(device)), load)
+
+
+def reused_tokenizer(key: Hashable, model_name: str, **kwargs):
+    """The tokenizer of ``model_name``, loaded once per thread for ``key``."""
+    return _TOKENIZERS.get(key, lambda: load_tokenizer(model_name, **kwargs))
 
 
 def max_positions(encoder) -> int | None:

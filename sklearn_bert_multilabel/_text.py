@@ -117,14 +117,15 @@ class FeatureBatches:
 
     def __iter__(self):
         n = len(self.features)
+        features, Y = self.features, self.Y
         if self.shuffle:
+            # One gather per epoch; the batches are then views of it.
             order = torch.from_numpy(_epoch_rng(self.seed, self.epoch).permutation(n))
+            features, Y = features[order], Y[order]
             self.epoch += 1
-        else:
-            order = torch.arange(n)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            rows = order[start : start + self.batch_size]
-            yield {"features": self.features[rows]}, self.Y[rows]
+        step = self.batch_size
+        for start in range(0, len(self) * step, step):
+            yield {"features": features[start : start + step]}, Y[start : start + step]
 
 
 class PadCollator:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
+import threading
+
 import joblib
 import numpy as np
 import pytest
@@ -279,3 +282,45 @@ def test_parallel_workers_do_not_oversubscribe_cores(fast_params, toy_data):
     out = cross_validate(est, X, Y, cv=2, n_jobs=2, return_estimator=True, scoring="f1_macro")
     threads = [e.history_[-1, "torch_threads"] for e in out["estimator"]]
     assert all(2 * t <= max(2, os.cpu_count()) for t in threads), threads
+
+
+def test_frozen_fits_with_memory_share_one_unchanged_encoder(params, toy_data):
+    X, Y = toy_data
+    p = dict(params, freeze_encoder=True, lr=1e-2)
+    a = BertMultiLabelClassifier(**p).fit(X, Y)
+    before = {k: v.clone() for k, v in a.module_.encoder.state_dict().items()}
+    b = BertMultiLabelClassifier(**dict(p, hidden_layer_sizes=(8,))).fit(X, Y)
+    assert b.module_.encoder is a.module_.encoder  # loaded once for both fits
+    assert b.tokenizer_ is a.tokenizer_
+    assert not any(param.requires_grad for param in a.module_.encoder.parameters())
+    after = a.module_.encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nobody trains it
+    # Fits that train the encoder, or do not read features through memory, get their own.
+    tuned = BertMultiLabelClassifier(**params).fit(X, Y)
+    plain = BertMultiLabelClassifier(**dict(p, memory=None)).fit(X, Y)
+    assert tuned.module_.encoder is not a.module_.encoder
+    assert plain.module_.encoder is not a.module_.encoder
+
+
+def test_sharing_the_frozen_encoder_does_not_change_the_model(params, toy_data):
+    X, Y = toy_data
+    p = dict(params, freeze_encoder=True, lr=1e-2, hidden_layer_sizes=(8,))
+    shared = BertMultiLabelClassifier(**p).fit(X, Y)
+    alone = BertMultiLabelClassifier(**dict(p, memory=None)).fit(X, Y)
+    np.testing.assert_allclose(shared.predict_proba(X), alone.predict_proba(X), atol=1e-5)
+    restored = pickle.loads(pickle.dumps(shared))
+    assert restored.module_.encoder is not shared.module_.encoder
+    np.testing.assert_allclose(restored.predict_proba(X), alone.predict_proba(X), atol=1e-5)
+
+
+def test_reused_tokenizers_are_per_thread(params, toy_data):
+    X, Y = toy_data
+    p = dict(params, freeze_encoder=True)
+    here = [BertMultiLabelClassifier(**p).fit(X, Y) for _ in range(2)]
+    there = []
+    worker = threading.Thread(target=lambda: there.append(BertMultiLabelClassifier(**p).fit(X, Y)))
+    worker.start()
+    worker.join()
+    assert here[0].tokenizer_ is here[1].tokenizer_
+    assert there[0].tokenizer_ is not here[0].tokenizer_
+    assert there[0].module_.encoder is here[0].module_.encoder  # the encoder is only read: shared

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from sklearn_bert_multilabel._text import (
+    FeatureBatches,
+    FeatureDataset,
     LengthBucketBatchSampler,
     PadCollator,
     iter_id_batches,
@@ -31,6 +33,25 @@ def test_training_batches_group_similar_lengths():
     random_batches = np.random.default_rng(2).permutation(3200).reshape(-1, 32)
     padded_random = sum(len(b) * lengths[b].max() for b in random_batches)
     assert padded < 0.7 * padded_random
+
+
+def test_feature_batches_cover_every_row_once_per_epoch_in_a_new_order():
+    features = np.arange(50 * 3, dtype=np.float32).reshape(50, 3)
+    Y = (np.arange(50)[:, None] % np.array([2, 3]) == 0).astype(np.float32)
+    batches = FeatureBatches(FeatureDataset(features, Y), 16, shuffle=True, seed=0)
+    epochs = []
+    for _ in range(2):
+        rows = [(x["features"].numpy(), y.numpy()) for x, y in batches]
+        assert [len(x) for x, _ in rows] == [16, 16, 16, 2] and len(batches) == 4
+        X_epoch, Y_epoch = np.concatenate([x for x, _ in rows]), np.concatenate([y for _, y in rows])
+        order = (X_epoch[:, 0] // 3).astype(int)
+        assert sorted(order.tolist()) == list(range(50))
+        np.testing.assert_array_equal(X_epoch, features[order])  # rows stay with their labels
+        np.testing.assert_array_equal(Y_epoch, Y[order])
+        epochs.append(order)
+    assert not np.array_equal(epochs[0], epochs[1])
+    fixed = FeatureBatches(FeatureDataset(features, Y), 16, shuffle=False, drop_last=True)
+    assert np.concatenate([x["features"].numpy() for x, _ in fixed]).shape == (48, 3)
 
 
 def test_same_seed_same_batches():
