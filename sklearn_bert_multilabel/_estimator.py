@@ -48,6 +48,7 @@ from ._net import (
 )
 from ._pretrained import (
     DEFAULT_MODEL,
+    folder_stamp,
     load_encoder,
     load_tokenizer,
     max_positions,
@@ -809,9 +810,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         key = None
         if cached and self._uses_feature_cache():
             try:
-                key = stable_hash(
-                    self._encoder_fingerprint(), self.model_name, tokenizer_kwargs, encoder_kwargs
-                )
+                key = stable_hash(folder_stamp(self.model_name), tokenizer_kwargs, encoder_kwargs)
             except Exception:  # noqa: BLE001 - parameters joblib cannot hash: load as usual
                 key = None
         if key is None:

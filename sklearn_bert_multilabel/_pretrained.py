@@ -133,12 +133,6 @@ class _Loaded:
             slot[key] = value
         return value
 
-    def clear(self) -> None:
-        with self._lock:
-            self._shared.clear()
-            if self._local is not None and hasattr(self._local, "slot"):
-                self._local.slot.clear()
-
 
 # Frozen encoders are never trained, so fits that only read them (a frozen
 # encoder with the feature cache) can share one loaded copy. Fast tokenizers
@@ -146,6 +140,23 @@ class _Loaded:
 # across threads, hence one per thread.
 _FROZEN_ENCODERS = _Loaded(per_thread=False)
 _TOKENIZERS = _Loaded(per_thread=True)
+
+
+def folder_stamp(model_name: str) -> tuple:
+    """Names, sizes and modification times of a model folder's files (the name otherwise).
+
+    Part of the key of the loaded copies above, so that files rewritten in
+    place are read again.
+    """
+    path = resolve_model_path(os.path.expanduser(model_name))
+    if not os.path.isdir(path):
+        return (path,)
+    stamp = []
+    for entry in sorted(os.scandir(path), key=lambda e: e.name):
+        if entry.is_file():
+            info = entry.stat()
+            stamp.append((entry.name, info.st_size, info.st_mtime_ns))
+    return (path, *stamp)
 
 
 def shared_frozen_encoder(key: Hashable, model_name: str, device: str, *, progress: bool = False, **kwargs):

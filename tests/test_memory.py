@@ -324,3 +324,18 @@ def test_reused_tokenizers_are_per_thread(params, toy_data):
     assert here[0].tokenizer_ is here[1].tokenizer_
     assert there[0].tokenizer_ is not here[0].tokenizer_
     assert there[0].module_.encoder is here[0].module_.encoder  # the encoder is only read: shared
+
+
+def test_a_model_folder_rewritten_in_place_is_loaded_again(params, toy_data, tiny_model_dir, tmp_path):
+    import os
+    import shutil
+
+    X, Y = toy_data
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    p = dict(params, model_name=str(folder), freeze_encoder=True)
+    first = BertMultiLabelClassifier(**p).fit(X, Y)
+    config = folder / "config.json"
+    os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 10**9))
+    second = BertMultiLabelClassifier(**p).fit(X, Y)
+    assert second.module_.encoder is not first.module_.encoder
