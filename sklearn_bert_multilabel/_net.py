@@ -323,10 +323,11 @@ class MultiLabelNet(NeuralNet):
             training=True,
         )
         if self.max_grad_norm:
-            clip = torch.nn.utils.clip_grad_norm_
             if self.accelerator is not None:
-                clip = self.accelerator.clip_grad_norm_  # unscales fp16 gradients first
-            norm = clip(self.module_.parameters(), self.max_grad_norm)
+                # unscales fp16 gradients first
+                norm = self.accelerator.clip_grad_norm_(self.module_.parameters(), self.max_grad_norm)
+            else:
+                norm = self._clip_gradients()
             if scaler is None and not torch.isfinite(norm).item():
                 self._stop_non_finite("gradient norm", norm.item())
         if scaler is not None:
@@ -338,6 +339,18 @@ class MultiLabelNet(NeuralNet):
         if self.lr_scheduler_ is not None:
             self.lr_scheduler_.step()
         self._pending = 0
+
+    def _clip_gradients(self) -> torch.Tensor:
+        """``clip_grad_norm_``, without its multiplication by 1 when nothing is clipped.
+
+        The rescaling is skipped exactly when ``clip_grad_norm_`` would multiply
+        by a factor clamped to 1, so the result is the same bit for bit.
+        """
+        params = [p for p in self.module_.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if (self.max_grad_norm / (norm + 1e-6)).item() < 1.0:  # the factor clip_grad_norm_ uses
+            torch.nn.utils.clip_grads_with_norm_(params, self.max_grad_norm, norm)
+        return norm
 
     def _stop_non_finite(self, what: str, value: float) -> None:
         self.optimizer_.zero_grad(set_to_none=True)

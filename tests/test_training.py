@@ -190,3 +190,28 @@ def test_every_submodule_trains_from_the_first_batch(fast_params, toy_data):
     )
     assert modes.seen[0] == (True, {True})
     assert {frozenset(s) for t, s in modes.seen if not t} == {frozenset({False})}
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e3])  # gradients below and above max_grad_norm
+def test_gradient_clipping_matches_clip_grad_norm_bit_for_bit(scale):
+    import copy
+
+    from sklearn_bert_multilabel._net import MultiLabelNet
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    reference = copy.deepcopy(module)
+    net = MultiLabelNet(
+        module, criterion=torch.nn.BCEWithLogitsLoss, optimizer=torch.optim.AdamW, max_grad_norm=1.0
+    ).initialize()
+    for p, q in zip(net.module_.parameters(), reference.parameters(), strict=True):
+        p.grad = torch.randn_like(p) * scale
+        q.grad = p.grad.clone()
+    norm = net._clip_gradients()
+    expected_norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
+    assert torch.equal(norm, expected_norm)
+    assert (expected_norm > 1.0) == (scale > 1)  # both cases are exercised
+    for p, q in zip(net.module_.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad)
+    total = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in net.module_.parameters()]))
+    assert total <= 1.0 + 1e-5 if scale > 1 else torch.allclose(total, norm)  # untouched when small
