@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._pretrained import folder_files
+
 logger = logging.getLogger(__name__)
 
 
@@ -64,11 +66,7 @@ def model_fingerprint(path: str) -> str:
     """Identify the pretrained files: their names, sizes and config for a folder."""
     if not os.path.isdir(path):
         return path
-    entries = []
-    for name in sorted(os.listdir(path)):
-        full = os.path.join(path, name)
-        if os.path.isfile(full):
-            entries.append((name, os.path.getsize(full)))
+    entries = [(name, info.st_size) for name, info in folder_files(path)]
     config = Path(path, "config.json")
     return stable_hash(entries, config.read_bytes() if config.is_file() else b"")
 

@@ -151,12 +151,13 @@ def folder_stamp(model_name: str) -> tuple:
     path = resolve_model_path(os.path.expanduser(model_name))
     if not os.path.isdir(path):
         return (path,)
-    stamp = []
-    for entry in sorted(os.scandir(path), key=lambda e: e.name):
-        if entry.is_file():
-            info = entry.stat()
-            stamp.append((entry.name, info.st_size, info.st_mtime_ns))
-    return (path, *stamp)
+    return (path, *((name, info.st_size, info.st_mtime_ns) for name, info in folder_files(path)))
+
+
+def folder_files(path: str) -> list[tuple[str, os.stat_result]]:
+    """The plain files directly in folder ``path``, by name, with their ``stat``."""
+    entries = sorted(os.scandir(path), key=lambda e: e.name)
+    return [(entry.name, entry.stat()) for entry in entries if entry.is_file()]
 
 
 def shared_frozen_encoder(key: Hashable, model_name: str, device: str, *, progress: bool = False, **kwargs):
