@@ -21,6 +21,7 @@ from torch.utils.data import Subset
 
 from ._checkpoint import EpochCheckpoint, TrainingGuard, latest_checkpoint, restore_training
 from ._distributed import make_accelerator, shared_seed, wants_accelerate
+from ._inference import run_batches
 from ._memory import (
     CacheWarning,
     FitCache,
@@ -44,7 +45,6 @@ from ._net import (
     MultiLabelNet,
     NonFiniteLossError,
     ValidationScores,
-    autocast_context,
 )
 from ._pretrained import (
     DEFAULT_MODEL,
@@ -1178,11 +1178,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         forward = module if forward is None else forward
         device = next(module.parameters()).device
         module.eval()
-        chunks: list[tuple[np.ndarray, np.ndarray]] = []
-        with torch.inference_mode(), autocast_context(str(device), self.precision):
-            for rows, inputs in batches:
-                inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
-                chunks.append((rows, forward(**inputs).float().cpu().numpy()))
+        chunks = run_batches(batches, forward, module, device, self.precision)
         n = sum(len(rows) for rows, _ in chunks)
         out = np.empty((n, self.n_labels_ if width is None else width), dtype=np.float32)
         for rows, values in chunks:
