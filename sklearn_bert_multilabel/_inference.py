@@ -112,7 +112,8 @@ def run_batches(
 ) -> list[Output]:
     """``(rows, outputs)`` of ``forward`` for every batch, in no particular order.
 
-    On CPU with ``torch.get_num_threads() = T > 1`` and at least two batches,
+    On CPU with ``torch.get_num_threads() = T > 1`` (OpenMP builds of torch,
+    the usual ones) and at least two batches,
     ``min(T, number of batches)`` worker threads share the ``T`` threads
     equally; elsewhere the batches run one after another in the calling
     thread. Each worker reads the stream under a lock, so a generator that
@@ -121,7 +122,8 @@ def run_batches(
     :data:`PACK_MIN_ROWS` rows, the linear layers of ``module`` use packed
     weights.
     """
-    threads = torch.get_num_threads() if device.type == "cpu" else 1
+    # Per-thread team sizes are an OpenMP feature; other builds run batches in turn.
+    threads = torch.get_num_threads() if device.type == "cpu" and torch._C.has_openmp else 1
     batches = iter(batches)
     first: list[Batch] = []
     rows = 0
