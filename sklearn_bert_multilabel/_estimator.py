@@ -183,7 +183,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         Batch size used by the predict methods. On CPU, the batches of one
         call are shared among ``torch.get_num_threads()`` single-threaded
         workers, and fp32 calls of 256 texts or more use oneDNN-packed
-        copies of the linear weights made for that call.
+        copies of the linear weights made for that call (not for models
+        with more than 512 MiB of linear weights).
     weight_decay : float, default=0.01
         AdamW weight decay, not applied to biases and LayerNorm weights.
     lr_schedule : {"linear", "cosine", "constant"}, default="linear"

@@ -13,7 +13,8 @@ once per call into oneDNN's blocked layout, and the products use them
 directly instead of re-packing each weight in every call of the matrix
 product. The packed copies exist only for the duration of the call, so they
 can never be stale; they cost one extra copy of the linear weights in memory
-and about 20 ms for a 6-layer encoder, which is why short calls skip them.
+(models above ``PACK_MAX_BYTES`` are not packed) and about 20 ms for a
+6-layer encoder, which is why short calls skip them.
 """
 
 from __future__ import annotations
@@ -41,23 +42,38 @@ Output = tuple[np.ndarray, np.ndarray]
 #: Calls with fewer rows (texts, or windows of long texts) than this do not
 #: pack weights: the packing would cost more than it saves.
 PACK_MIN_ROWS = 256
+#: Models whose linear weights take more bytes than this are not packed, so
+#: the packed copy never adds more than this much memory to a call (a
+#: BERT-base encoder has 340 MB of linear weights; a BERT-large one 1.2 GB).
+PACK_MAX_BYTES = 512 * 2**20
 
 
 def pack_linear_weights(module: nn.Module) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """``{id(weight): (weight, packed weight)}`` for the fp32 CPU ``nn.Linear`` layers of ``module``.
 
     Empty where oneDNN's packed linear is not available (non-x86 machines,
-    builds without oneDNN), so callers fall back to the plain product.
+    builds without oneDNN) or where the weights exceed :data:`PACK_MAX_BYTES`,
+    so callers fall back to the plain product.
     """
     if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
+        return {}
+    weights = [
+        layer.weight
+        for layer in module.modules()
+        if isinstance(layer, nn.Linear)
+        and layer.weight.dtype == torch.float32
+        and layer.weight.device.type == "cpu"
+        and layer.weight.dim() == 2
+    ]
+    size = sum(w.numel() * w.element_size() for w in weights)
+    if size > PACK_MAX_BYTES:
+        logger.debug("linear weights of %d bytes are not packed (limit %d)", size, PACK_MAX_BYTES)
         return {}
     packed = {}
     try:
         with torch.inference_mode():
-            for layer in module.modules():
-                w = layer.weight if isinstance(layer, nn.Linear) else None
-                if w is not None and w.dtype == torch.float32 and w.device.type == "cpu" and w.dim() == 2:
-                    packed[id(w)] = (w, torch.ops.mkldnn._reorder_linear_weight(w.detach(), None))
+            for w in weights:
+                packed[id(w)] = (w, torch.ops.mkldnn._reorder_linear_weight(w.detach(), None))
     except (AttributeError, RuntimeError, NotImplementedError) as exc:  # an older or partial build
         logger.debug("packed linear weights unavailable (%s); using plain products", exc)
         return {}

@@ -160,6 +160,15 @@ def test_packed_products_match_plain_ones_and_are_really_used():
     torch.testing.assert_close(biased, mlp[2].bias.detach().expand_as(biased))
 
 
+def test_models_above_the_size_limit_are_not_packed(monkeypatch):
+    mlp = nn.Sequential(nn.Linear(16, 32), nn.Linear(32, 4))
+    _packed_or_skip(mlp)
+    monkeypatch.setattr(_inference, "PACK_MAX_BYTES", (16 * 32 + 32 * 4) * 4 - 1)
+    assert pack_linear_weights(mlp) == {}
+    monkeypatch.setattr(_inference, "PACK_MAX_BYTES", (16 * 32 + 32 * 4) * 4)
+    assert len(pack_linear_weights(mlp)) == 2
+
+
 def test_packed_products_stay_in_their_own_thread():
     torch.manual_seed(0)
     layer = nn.Linear(8, 8)
