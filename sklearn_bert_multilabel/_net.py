@@ -295,8 +295,7 @@ class MultiLabelNet(NeuralNet):
         Xi, yi = batch
         y_pred = self.infer(Xi, **fit_params)
         loss = self.get_loss(y_pred, yi, X=Xi, training=True)
-        if not torch.isfinite(loss.detach()).item():  # skorch reads loss.item() for every batch anyway
-            self._stop_non_finite("loss", loss.item())
+        self._check_loss(loss)
         if self.accumulate_batches > 1:
             loss_to_backprop = loss / self.accumulate_batches
         else:
@@ -311,6 +310,22 @@ class MultiLabelNet(NeuralNet):
         if self._pending >= self.accumulate_batches:
             self._optimizer_step(batch)
         return {"loss": loss.detach(), "y_pred": y_pred.detach()}
+
+    def _check_loss(self, loss: torch.Tensor) -> None:
+        """Stop on a non-finite loss: on every process at once when training is distributed.
+
+        A process that stopped alone would leave the others waiting forever in
+        the gradient all-reduce, so the processes compare their losses first.
+        """
+        accelerator = self.accelerator
+        if accelerator is not None and accelerator.num_processes > 1:
+            losses = accelerator.gather(loss.detach().float().reshape(1)).cpu()
+            bad = (~torch.isfinite(losses)).nonzero().flatten().tolist()
+            if bad:
+                where = "" if bad == [accelerator.process_index] else f" on process {bad[0]}"
+                self._stop_non_finite("loss" + where, losses[bad[0]].item())
+        elif not torch.isfinite(loss.detach()).item():  # skorch reads loss.item() for every batch anyway
+            self._stop_non_finite("loss", loss.item())
 
     def _optimizer_step(self, batch=None) -> None:
         scaler = self.grad_scaler_ if self.grad_scaler_.is_enabled() else None

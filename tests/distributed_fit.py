@@ -41,9 +41,35 @@ def params(model_dir: str) -> dict:
     )
 
 
+def nan_on_process_1(model_dir: str, out_dir: str, rank: int) -> None:
+    """Process 1 alone gets a NaN loss on its third batch: both processes must stop."""
+    from sklearn_bert_multilabel import NonFiniteLossError
+    from sklearn_bert_multilabel._net import MultiLabelNet
+
+    get_loss, calls = MultiLabelNet.get_loss, []
+
+    def poisoned(self, *args, training=False, **kwargs):
+        loss = get_loss(self, *args, training=training, **kwargs)
+        calls.append(training)
+        return loss * float("nan") if rank == 1 and training and len(calls) == 3 else loss
+
+    MultiLabelNet.get_loss = poisoned
+    X, Y = make_texts(96, seed=0)
+    try:
+        BertMultiLabelClassifier(**params(model_dir)).fit(X, Y)
+        outcome = "finished"
+    except NonFiniteLossError as exc:
+        outcome = f"{exc.epoch} {exc.batch} {exc}"
+    with open(os.path.join(out_dir, f"nan-{rank}.txt"), "w") as fh:
+        fh.write(outcome)
+
+
 def main() -> None:
     model_dir, out_dir = sys.argv[1:3]
     rank = int(os.environ["RANK"])
+    if sys.argv[3:] == ["nan"]:
+        nan_on_process_1(model_dir, out_dir, rank)
+        return
     X, Y = make_texts(96, seed=0)
     clf = BertMultiLabelClassifier(**params(model_dir)).fit(X, Y)
     restored = pickle.loads(pickle.dumps(clf))  # unwrapped and picklable

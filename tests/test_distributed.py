@@ -46,6 +46,20 @@ def test_two_process_training_equals_one_process_with_the_same_batches(tiny_mode
     np.testing.assert_allclose(probas[0], single.predict_proba(X), atol=1e-5)
 
 
+def test_a_non_finite_loss_on_one_process_stops_every_process(tiny_model_dir, tmp_path):
+    pytest.importorskip("accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29573",
+        os.path.join(HERE, "distributed_fit.py"), tiny_model_dir, str(tmp_path), "nan",
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcomes = [(tmp_path / f"nan-{r}.txt").read_text() for r in (0, 1)]
+    assert outcomes[0].startswith("1 3 the training loss on process 1 became nan in epoch 1, batch 3")
+    assert outcomes[1].startswith("1 3 the training loss became nan in epoch 1, batch 3")
+
+
 def test_distributed_parameter_is_checked(tiny_model_dir):
     from sklearn_bert_multilabel import InvalidInputError
 
