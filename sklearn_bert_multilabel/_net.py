@@ -322,8 +322,10 @@ class MultiLabelNet(NeuralNet):
             losses = accelerator.gather(loss.detach().float().reshape(1)).cpu()
             bad = (~torch.isfinite(losses)).nonzero().flatten().tolist()
             if bad:
-                where = "" if bad == [accelerator.process_index] else f" on process {bad[0]}"
-                self._stop_non_finite("loss" + where, losses[bad[0]].item())
+                own = accelerator.process_index in bad
+                culprit = accelerator.process_index if own else bad[0]
+                where = "" if own else f" on process {culprit}"
+                self._stop_non_finite("loss" + where, losses[culprit].item())
         elif not torch.isfinite(loss.detach()).item():  # skorch reads loss.item() for every batch anyway
             self._stop_non_finite("loss", loss.item())
 
