@@ -130,7 +130,8 @@ def test_estimator_predictions_do_not_depend_on_the_worker_threads(fitted):
         torch.set_num_threads(before)
         fitted.set_params(predict_batch_size=128)
     assert sequential == {threading.current_thread().name}
-    assert len(names) == 19 and len(set(names)) == 2  # 300 texts in batches of 16, two workers
+    assert len(names) == 19  # 300 texts in batches of 16
+    assert all(name.startswith("sklearn-bert-multilabel-predict-") for name in names)  # in workers
     np.testing.assert_allclose(two, one, rtol=0, atol=1e-6)
 
 
