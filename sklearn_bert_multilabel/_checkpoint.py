@@ -13,6 +13,8 @@ continue exactly where training stopped::
     <checkpoint_dir>/<fit key>/epoch-0003/weights.safetensors   trainable weights
     <checkpoint_dir>/<fit key>/epoch-0003/training.pt           optimizer, schedule, scaler, RNG
     <checkpoint_dir>/<fit key>/epoch-0003/progress.json         epochs done, history
+    <checkpoint_dir>/<fit key>/epoch-0003/best.safetensors      with early stopping: the
+                                                                best epoch's weights
 
 ``training.pt`` holds only tensors and plain values and is read with
 ``torch.load(weights_only=True)``. Each epoch is written to a temporary
@@ -29,7 +31,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from skorch.callbacks import Callback
+from skorch.callbacks import Callback, EarlyStopping
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,47 @@ PREFIX = "epoch-"
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A copy of the weights in host memory, so a GPU model does not need twice its size there."""
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def replay_best(history, monitor: str, lower_is_better: bool) -> tuple[int, int]:
+    """``(best epoch, epochs since it)`` over the completed epochs of ``history``.
+
+    The same rule as early stopping with ``threshold=0``: only a strict
+    improvement counts. Epoch numbers are 1-based; ``(0, n)`` when no epoch
+    has a score.
+    """
+    best_epoch, best, misses = 0, None, 0
+    for row in history:
+        score = row.get(monitor)
+        if score is not None and (best is None or (score < best if lower_is_better else score > best)):
+            best_epoch, best, misses = row["epoch"], score, 0
+        else:
+            misses += 1
+    return best_epoch, misses
+
+
+class ResumableEarlyStopping(EarlyStopping):
+    """skorch's ``EarlyStopping`` that carries its state across a resumed fit.
+
+    A fit resumed from a checkpoint starts with the checkpoint's history: the
+    epochs since the best one, the best score and (from the checkpoint) the
+    best epoch's weights are taken from it, so patience runs out and the best
+    weights come back exactly as in an uninterrupted run.
+    """
+
+    def on_train_begin(self, net, **kwargs):
+        super().on_train_begin(net, **kwargs)
+        if len(net.history) == 0 or self.threshold != 0:
+            return
+        self.best_epoch_, self.misses_ = replay_best(net.history, self.monitor, self.lower_is_better)
+        if self.best_epoch_:
+            self.dynamic_threshold_ = net.history[self.best_epoch_ - 1, self.monitor]
+            self.best_model_weights_ = getattr(net, "resumed_best_weights_", None)
+
+    def on_epoch_end(self, net, **kwargs):
+        super().on_epoch_end(net, **kwargs)  # stops when the misses reach the patience
+        if self.misses_ > self.patience:  # it had run out before the resume: stop now
+            raise KeyboardInterrupt
 
 
 class TrainingGuard(Callback):
@@ -112,23 +155,34 @@ class TrainingGuard(Callback):
 
 
 class EpochCheckpoint(Callback):
-    """Write a resumable checkpoint of ``net`` into ``folder`` after every epoch."""
+    """Write a resumable checkpoint of ``net`` into ``folder`` after every epoch.
 
-    def __init__(self, folder, trainable_state, write=True):
+    With ``monitor`` set (early stopping), each checkpoint also holds the
+    weights of the best epoch so far by that history key.
+    """
+
+    def __init__(self, folder, trainable_state, write=True, monitor=None, lower_is_better=False):
         self.folder = folder
         self.trainable_state = trainable_state  # module -> dict of the tensors worth saving
         self.write = write  # False on all but the main process of a distributed fit
+        self.monitor = monitor
+        self.lower_is_better = lower_is_better
 
     def on_epoch_end(self, net, **kwargs):
         if self.write:
             module = net.module_
             module = getattr(module, "module", module)  # unwrap DistributedDataParallel
-            save_checkpoint(Path(self.folder), net, self.trainable_state(module))
+            best_epoch = None
+            if self.monitor is not None:
+                best_epoch, _ = replay_best(net.history, self.monitor, self.lower_is_better)
+            save_checkpoint(Path(self.folder), net, self.trainable_state(module), best_epoch)
         if net.accelerator is not None:
             net.accelerator.wait_for_everyone()
 
 
-def save_checkpoint(folder: Path, net, weights: dict[str, torch.Tensor]) -> None:
+def save_checkpoint(
+    folder: Path, net, weights: dict[str, torch.Tensor], best_epoch: int | None = None
+) -> None:
     from safetensors.torch import save_file
 
     from ._estimator import _jsonable
@@ -140,6 +194,12 @@ def save_checkpoint(folder: Path, net, weights: dict[str, torch.Tensor]) -> None
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in weights.items()}, staging / "weights.safetensors"
         )
+        if best_epoch == epoch:
+            shutil.copyfile(staging / "weights.safetensors", staging / "best.safetensors")
+        elif best_epoch:  # an earlier epoch: carried over from the previous checkpoint
+            previous = folder / f"{PREFIX}{epoch - 1:04d}" / "best.safetensors"
+            if previous.is_file():
+                shutil.copyfile(previous, staging / "best.safetensors")
         training = {
             "optimizer": net.optimizer_.state_dict(),
             "scheduler": None if net.lr_scheduler_ is None else net.lr_scheduler_.state_dict(),
@@ -165,10 +225,12 @@ def latest_checkpoint(folder: Path) -> dict | None:
     for path in sorted(folder.glob(f"{PREFIX}*"), reverse=True):
         try:
             progress = json.loads((path / "progress.json").read_text(encoding="utf-8"))
+            best = path / "best.safetensors"
             return {
                 "path": path,
                 "progress": progress,
                 "weights": load_file(path / "weights.safetensors"),
+                "best_weights": load_file(best) if best.is_file() else None,
                 "training": torch.load(path / "training.pt", map_location="cpu", weights_only=True),
             }
         except Exception as exc:  # noqa: BLE001 - any damage: fall back to an older one, or none
@@ -190,6 +252,11 @@ def restore_training(net, checkpoint: dict, device: str) -> None:
     net._scheduler_state = training["scheduler"]
     net.start_epoch_ = int(progress["epochs"])
     net.history_ = History(progress["history"])
+    if checkpoint.get("best_weights") is not None:
+        # The whole state of the net's module, with the best epoch's trainable tensors.
+        state = {k: v.detach().clone() for k, v in net.module_.state_dict().items()}
+        state.update({k: v.to(state[k].device) for k, v in checkpoint["best_weights"].items() if k in state})
+        net.resumed_best_weights_ = state
     torch.set_rng_state(training["rng_cpu"])
     if training["rng_cuda"] and torch.device(device).type == "cuda":
         torch.cuda.set_rng_state_all(training["rng_cuda"])

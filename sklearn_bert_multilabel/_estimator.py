@@ -19,7 +19,13 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from torch.utils.data import Subset
 
-from ._checkpoint import EpochCheckpoint, TrainingGuard, latest_checkpoint, restore_training
+from ._checkpoint import (
+    EpochCheckpoint,
+    ResumableEarlyStopping,
+    TrainingGuard,
+    latest_checkpoint,
+    restore_training,
+)
 from ._distributed import make_accelerator, shared_seed, wants_accelerate
 from ._inference import run_batches
 from ._memory import (
@@ -255,7 +261,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
     checkpoint_dir : str, path or None, default=None
         Folder where every completed epoch writes a resumable checkpoint,
         under a key made of the data and the training parameters (as
-        ``memory``). Only the newest epoch is kept. Not written when
+        ``memory``). Only the newest epoch is kept, with the best epoch's
+        weights when ``early_stopping`` is on. Not written when
         warm-starting from a previous fit's weights.
     distributed : bool or "auto", default="auto"
         Data-parallel training through Hugging Face Accelerate. ``"auto"``:
@@ -1109,7 +1116,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         return torch.as_tensor(np.array(weights), dtype=torch.float32)
 
     def _build_net(self, module, pos_weight, valid_set, device, seed, epochs, folder) -> MultiLabelNet:
-        from skorch.callbacks import EarlyStopping, ProgressBar
+        from skorch.callbacks import ProgressBar
         from skorch.helper import predefined_split
 
         callbacks = []
@@ -1127,12 +1134,18 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             frozen = bool(self.freeze_encoder)
             accelerator = getattr(self, "_accelerator", None)
             main = accelerator is None or accelerator.is_main_process
-            callbacks.append(
-                ("checkpoint", EpochCheckpoint(folder, self._trainable_state(frozen), write=main))
+            stops = valid_set is not None and bool(self.early_stopping)
+            checkpoint = EpochCheckpoint(
+                folder,
+                self._trainable_state(frozen),
+                write=main,
+                monitor=("valid_f1_macro" if by_f1 else "valid_loss") if stops else None,
+                lower_is_better=not by_f1,
             )
+            callbacks.append(("checkpoint", checkpoint))
         if valid_set is not None:
             if self.early_stopping:
-                stopper = EarlyStopping(
+                stopper = ResumableEarlyStopping(
                     monitor="valid_f1_macro" if by_f1 else "valid_loss",
                     lower_is_better=not by_f1,
                     patience=self.n_iter_no_change,

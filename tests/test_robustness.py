@@ -268,6 +268,29 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(fast_params, toy_dat
     np.testing.assert_allclose(resumed.predict_proba(X), expected, rtol=0, atol=1e-6)
 
 
+def test_resume_with_early_stopping_keeps_its_patience_and_best_weights(fast_params, tmp_path, monkeypatch):
+    X, Y = make_texts(96, seed=30)
+    valid = make_texts(48, seed=31)
+    # A learning rate far too high: validation scores collapse after the first epochs.
+    params = dict(fast_params, lr=0.5, max_epochs=15, early_stopping=True, n_iter_no_change=2)
+    params.update(lr_schedule="constant", warmup_ratio=0.0)
+    full = BertMultiLabelClassifier(**params).fit(X, Y, validation_data=valid)
+    n = len(full.history_)
+    best = int(np.argmax(full.history_[:, "valid_f1_macro"])) + 1
+    assert n == best + 2 < 15  # stopped after two epochs without improvement
+
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, (n - 1) * 6 + 2)  # during the last epoch: one miss already counted
+        with pytest.warns(UserWarning, match=f"interrupted during epoch {n}"):
+            BertMultiLabelClassifier(checkpoint_dir=tmp_path, **params).fit(X, Y, validation_data=valid)
+
+    resumed = BertMultiLabelClassifier(checkpoint_dir=tmp_path, warm_start=True, **params)
+    resumed.fit(X, Y, validation_data=valid)
+    assert len(resumed.history_) == n  # patience carried over, not restarted
+    expected = full.predict_proba(valid[0])  # the best epoch's weights
+    np.testing.assert_allclose(resumed.predict_proba(valid[0]), expected, rtol=0, atol=1e-6)
+
+
 def test_warm_start_continues_from_the_previous_fit(fast_params, toy_data):
     X, Y = toy_data
     clf = BertMultiLabelClassifier(**{**fast_params, "max_epochs": 1}).fit(X, Y)
