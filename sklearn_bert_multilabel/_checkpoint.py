@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import warnings
 from pathlib import Path
@@ -50,10 +51,11 @@ def replay_best(history, monitor: str, lower_is_better: bool) -> tuple[int, int]
     improvement counts. Epoch numbers are 1-based; ``(0, n)`` when no epoch
     has a score.
     """
-    best_epoch, best, misses = 0, None, 0
+    best_epoch, misses = 0, 0
+    best = math.inf if lower_is_better else -math.inf  # a NaN score never improves on it
     for row in history:
         score = row.get(monitor)
-        if score is not None and (best is None or (score < best if lower_is_better else score > best)):
+        if score is not None and (score < best if lower_is_better else score > best):
             best_epoch, best, misses = row["epoch"], score, 0
         else:
             misses += 1
@@ -255,8 +257,12 @@ def restore_training(net, checkpoint: dict, device: str) -> None:
     if checkpoint.get("best_weights") is not None:
         # The whole state of the net's module, with the best epoch's trainable tensors.
         state = {k: v.detach().clone() for k, v in net.module_.state_dict().items()}
-        state.update({k: v.to(state[k].device) for k, v in checkpoint["best_weights"].items() if k in state})
-        net.resumed_best_weights_ = state
+        best = checkpoint["best_weights"]
+        if set(best) <= set(state):
+            state.update({k: v.to(state[k].device) for k, v in best.items()})
+            net.resumed_best_weights_ = state
+        else:  # not this module's tensors: early stopping keeps the weights it ends with
+            logger.warning("the best weights in %s do not fit the model; not used", checkpoint["path"])
     torch.set_rng_state(training["rng_cpu"])
     if training["rng_cuda"] and torch.device(device).type == "cuda":
         torch.cuda.set_rng_state_all(training["rng_cuda"])

@@ -215,3 +215,15 @@ def test_gradient_clipping_matches_clip_grad_norm_bit_for_bit(scale):
         assert torch.equal(p.grad, q.grad)
     total = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in net.module_.parameters()]))
     assert total <= 1.0 + 1e-5 if scale > 1 else torch.allclose(total, norm)  # untouched when small
+
+
+def test_replayed_early_stopping_state_follows_strict_improvement():
+    from sklearn_bert_multilabel._checkpoint import replay_best
+
+    scores = [0.5, 0.7, 0.7, 0.6]
+    history = [{"epoch": i + 1, "valid_f1_macro": s} for i, s in enumerate(scores)]
+    assert replay_best(history, "valid_f1_macro", lower_is_better=False) == (2, 2)  # a tie is a miss
+    assert replay_best(history, "valid_f1_macro", lower_is_better=True) == (1, 3)
+    nan_first = [{"epoch": 1, "valid_loss": float("nan")}, {"epoch": 2, "valid_loss": 0.3}]
+    assert replay_best(nan_first, "valid_loss", lower_is_better=True) == (2, 0)
+    assert replay_best([], "valid_loss", lower_is_better=True) == (0, 0)
