@@ -7,6 +7,7 @@ import inspect
 import logging
 import math
 import re
+import warnings
 
 import numpy as np
 import torch
@@ -249,6 +250,14 @@ class MultiLabelNet(NeuralNet):
             seed = self._iterator_seed
         if isinstance(dataset, FeatureDataset):
             # Fixed-size vectors: no padding involved, batches are tensor slices.
+            if kwargs:
+                names = ", ".join(f"{prefix}__{k}" for k in sorted(kwargs))
+                warnings.warn(
+                    f"{names} ignored: with freeze_encoder=True the cached text features are batched "
+                    "by slicing, which uses only batch_size, shuffle and drop_last.",
+                    UserWarning,
+                    stacklevel=2,
+                )
             loader = FeatureBatches(dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
             order = loader
         elif isinstance(dataset, WindowDataset):

@@ -62,6 +62,11 @@ def nan_on_process_1(model_dir: str, out_dir: str, rank: int) -> None:
         outcome = f"{exc.epoch} {exc.batch} {exc}"
     with open(os.path.join(out_dir, f"nan-{rank}.txt"), "w") as fh:
         fh.write(outcome)
+    # Both processes are still in step: leave the process group together, so that
+    # neither exits while the other's transport threads still talk to it.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def main() -> None:

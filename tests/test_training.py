@@ -227,3 +227,12 @@ def test_replayed_early_stopping_state_follows_strict_improvement():
     nan_first = [{"epoch": 1, "valid_loss": float("nan")}, {"epoch": 2, "valid_loss": 0.3}]
     assert replay_best(nan_first, "valid_loss", lower_is_better=True) == (2, 0)
     assert replay_best([], "valid_loss", lower_is_better=True) == (0, 0)
+
+
+def test_frozen_feature_batches_say_which_iterator_options_they_ignore(fast_params, toy_data):
+    X, Y = toy_data
+    params = {**fast_params, "freeze_encoder": True, "max_epochs": 1}
+    with pytest.warns(UserWarning, match="iterator_train__num_workers ignored: with freeze_encoder=True"):
+        BertMultiLabelClassifier(**params, iterator_train__num_workers=2).fit(X, Y)
+    clf = BertMultiLabelClassifier(**params, iterator_train__drop_last=True).fit(X[:40], Y[:40])
+    assert len(clf.history_[-1, "batches"]) == 2  # 40 texts, batches of 16, the last 8 dropped
