@@ -85,3 +85,14 @@ def fast_params(tiny_model_dir) -> dict:
         random_state=0,
         train_split=None,
     )
+
+
+@pytest.fixture(scope="module")
+def one_epoch_model(tiny_model_dir):
+    """The tiny model after one epoch on 64 synthetic texts (weights barely trained)."""
+    from sklearn_bert_multilabel import BertMultiLabelClassifier
+
+    X, Y = make_texts(64, seed=11)
+    return BertMultiLabelClassifier(
+        model_name=tiny_model_dir, max_epochs=1, lr=1e-3, train_split=None, random_state=0
+    ).fit(X, Y)

@@ -11,7 +11,7 @@ import torch
 from conftest import make_texts
 from torch import nn
 
-from sklearn_bert_multilabel import BertMultiLabelClassifier, _inference
+from sklearn_bert_multilabel import _inference
 from sklearn_bert_multilabel._inference import PackedLinears, pack_linear_weights, run_batches
 
 CPU = torch.device("cpu")
@@ -105,30 +105,24 @@ def test_an_error_in_a_worker_or_in_the_stream_reaches_the_caller(two_threads):
     assert torch.get_num_threads() == 2
 
 
-@pytest.fixture(scope="module")
-def fitted(tiny_model_dir):
-    X, Y = make_texts(64, seed=11)
-    return BertMultiLabelClassifier(
-        model_name=tiny_model_dir, max_epochs=1, lr=1e-3, train_split=None, random_state=0
-    ).fit(X, Y)
-
-
-def test_estimator_predictions_do_not_depend_on_the_worker_threads(fitted):
+def test_estimator_predictions_do_not_depend_on_the_worker_threads(one_epoch_model):
     X, _ = make_texts(300, seed=41)
     names = []
-    hook = fitted.module_.register_forward_hook(lambda *_: names.append(threading.current_thread().name))
+    hook = one_epoch_model.module_.register_forward_hook(
+        lambda *_: names.append(threading.current_thread().name)
+    )
     before = torch.get_num_threads()
-    fitted.set_params(predict_batch_size=16)
+    one_epoch_model.set_params(predict_batch_size=16)
     try:
         torch.set_num_threads(1)
-        one = fitted.predict_proba(X)
+        one = one_epoch_model.predict_proba(X)
         sequential, names[:] = set(names), []
         torch.set_num_threads(2)
-        two = fitted.predict_proba(X)
+        two = one_epoch_model.predict_proba(X)
     finally:
         hook.remove()
         torch.set_num_threads(before)
-        fitted.set_params(predict_batch_size=128)
+        one_epoch_model.set_params(predict_batch_size=128)
     assert sequential == {threading.current_thread().name}
     assert len(names) == 19  # 300 texts in batches of 16
     assert all(name.startswith("sklearn-bert-multilabel-predict-") for name in names)  # in workers
@@ -187,7 +181,7 @@ def test_packed_products_stay_in_their_own_thread():
     torch.testing.assert_close(other[0], torch.nn.functional.linear(x, layer.weight, layer.bias).detach())
 
 
-def test_estimator_packs_long_fp32_calls_only_and_never_uses_stale_weights(fitted, monkeypatch):
+def test_estimator_packs_long_fp32_calls_only_and_never_uses_stale_weights(one_epoch_model, monkeypatch):
     calls = []
     real = _inference.pack_linear_weights
 
@@ -197,29 +191,29 @@ def test_estimator_packs_long_fp32_calls_only_and_never_uses_stale_weights(fitte
 
     monkeypatch.setattr(_inference, "pack_linear_weights", spy)
     X, _ = make_texts(300, seed=43)
-    packed = fitted.predict_proba(X)
-    assert calls == [fitted.module_]
-    fitted.predict_proba(X[:10])
-    fitted.set_params(precision="bf16")
+    packed = one_epoch_model.predict_proba(X)
+    assert calls == [one_epoch_model.module_]
+    one_epoch_model.predict_proba(X[:10])
+    one_epoch_model.set_params(precision="bf16")
     try:
-        fitted.predict_proba(X)
+        one_epoch_model.predict_proba(X)
     finally:
-        fitted.set_params(precision="fp32")
+        one_epoch_model.set_params(precision="fp32")
     assert len(calls) == 1  # neither the short call nor bf16 packs
     monkeypatch.setattr(_inference, "PACK_MIN_ROWS", 10**9)
-    plain = fitted.predict_proba(X)
+    plain = one_epoch_model.predict_proba(X)
     np.testing.assert_allclose(packed, plain, rtol=0, atol=1e-5)
 
     # Weights changed in place after a packed call are seen by the next one.
     monkeypatch.setattr(_inference, "PACK_MIN_ROWS", 256)
-    layer = [m for m in fitted.module_.encoder.modules() if isinstance(m, nn.Linear)][-2]
+    layer = [m for m in one_epoch_model.module_.encoder.modules() if isinstance(m, nn.Linear)][-2]
     saved = layer.weight.detach().clone()
     try:
         with torch.no_grad():
             layer.weight.mul_(-5.0)
-        changed = fitted.predict_proba(X)
+        changed = one_epoch_model.predict_proba(X)
         monkeypatch.setattr(_inference, "PACK_MIN_ROWS", 10**9)
-        changed_plain = fitted.predict_proba(X)
+        changed_plain = one_epoch_model.predict_proba(X)
     finally:
         with torch.no_grad():
             layer.weight.copy_(saved)

@@ -58,24 +58,16 @@ texts_strategy = st.lists(
 )
 
 
-@pytest.fixture(scope="module")
-def fitted(tiny_model_dir):
-    X, Y = make_texts(64, seed=11)
-    return BertMultiLabelClassifier(
-        model_name=tiny_model_dir, max_epochs=1, lr=1e-3, train_split=None, random_state=0
-    ).fit(X, Y)
-
-
 # ---------------------------------------------------------------- property-based
 @settings(FAST, max_examples=40)
 @given(texts=texts_strategy)
-def test_any_unicode_predicts_finite_probabilities_in_order(fitted, texts):
-    proba = fitted.predict_proba(texts)
+def test_any_unicode_predicts_finite_probabilities_in_order(one_epoch_model, texts):
+    proba = one_epoch_model.predict_proba(texts)
     assert proba.shape == (len(texts), 3)
     assert np.isfinite(proba).all() and (proba >= 0).all() and (proba <= 1).all()
     # Order is preserved: each row equals that text predicted alone.
     j = len(texts) - 1
-    np.testing.assert_allclose(proba[j], fitted.predict_proba([texts[j]])[0], atol=1e-5)
+    np.testing.assert_allclose(proba[j], one_epoch_model.predict_proba([texts[j]])[0], atol=1e-5)
 
 
 @st.composite
@@ -376,14 +368,14 @@ def test_two_estimators_fit_in_two_threads(fast_params):
         assert f1_score(Y, clf.predict(X), average="macro") > 0.8  # each learned its own task
 
 
-def test_predict_from_several_threads_matches_single_thread(fitted):
+def test_predict_from_several_threads_matches_single_thread(one_epoch_model):
     X, _ = make_texts(300, seed=31)
-    expected = fitted.predict_proba(X)
+    expected = one_epoch_model.predict_proba(X)
     outputs, errors = [None] * 4, []
 
     def work(i):
         try:
-            outputs[i] = fitted.predict_proba(X)
+            outputs[i] = one_epoch_model.predict_proba(X)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
