@@ -63,10 +63,15 @@ def text_keys(texts: list[str]) -> np.ndarray:
 
 
 def model_fingerprint(path: str) -> str:
-    """Identify the pretrained files: their names, sizes and config for a folder."""
+    """Identify the pretrained files: their names, sizes, modification times and config.
+
+    The times make weights rewritten in place (a fine-tuned model saved over
+    the folder it came from has the same file sizes) miss the cache; a copy of
+    the folder misses it too, which only costs recomputation.
+    """
     if not os.path.isdir(path):
         return path
-    entries = [(name, info.st_size) for name, info in folder_files(path)]
+    entries = [(name, info.st_size, info.st_mtime_ns) for name, info in folder_files(path)]
     config = Path(path, "config.json")
     return stable_hash(entries, config.read_bytes() if config.is_file() else b"")
 

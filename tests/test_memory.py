@@ -339,3 +339,33 @@ def test_a_model_folder_rewritten_in_place_is_loaded_again(params, toy_data, tin
     os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 10**9))
     second = BertMultiLabelClassifier(**p).fit(X, Y)
     assert second.module_.encoder is not first.module_.encoder
+
+
+def test_weights_rewritten_in_place_miss_the_disk_cache(
+    params, toy_data, tiny_model_dir, tmp_path, count_trainings
+):
+    """Same file names and sizes, other weights: cached fits and features must not be reused."""
+    import shutil
+
+    from transformers import AutoModel
+
+    X, Y = toy_data
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    for freeze in (False, True):
+        p = dict(
+            params, model_name=str(folder), freeze_encoder=freeze, memory=str(tmp_path / f"cache{freeze}")
+        )
+        first = BertMultiLabelClassifier(**p).fit(X, Y).predict_proba(X)
+        before = {f.name: f.stat().st_size for f in folder.iterdir()}
+        encoder = AutoModel.from_pretrained(str(folder))
+        torch.manual_seed(int(freeze))
+        with torch.no_grad():
+            for param in encoder.parameters():
+                param.add_(torch.randn_like(param), alpha=0.5)
+        encoder.save_pretrained(str(folder))
+        assert {f.name: f.stat().st_size for f in folder.iterdir()} == before
+        n = len(count_trainings)
+        second = BertMultiLabelClassifier(**p).fit(X, Y).predict_proba(X)
+        assert len(count_trainings) == n + 1  # trained again, not loaded from the cache
+        assert not np.allclose(first, second, atol=1e-4)
