@@ -139,7 +139,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         then one linear layer; ``(256,)`` is dropout, Linear, ReLU, dropout,
         Linear.
     dropout : float, default=0.1
-        Dropout probability in the head, in [0, 1).
+        Dropout probability in the head, in [0, 1). On the CPU, dropout
+        (the encoder's too) uses 16-bit random draws: the probability is
+        rounded to a multiple of 1/65536.
     threshold : float, array-like of shape (n_labels,) or "auto", default=0.5
         Decision threshold(s) on the probabilities, used by :meth:`predict`.
         ``"auto"`` tunes one threshold per label on the validation data at the
