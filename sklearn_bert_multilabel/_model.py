@@ -53,12 +53,16 @@ class FastDropout(nn.Dropout):
 
 def use_fast_dropout(module: nn.Module) -> None:
     """Replace every plain :class:`torch.nn.Dropout` in ``module`` by a :class:`FastDropout`."""
-    for parent in module.modules():
-        for name, child in parent.named_children():
-            if type(child) is nn.Dropout:
-                fast = FastDropout(child.p, child.inplace)
-                fast.train(child.training)
-                setattr(parent, name, fast)
+    plain = [
+        (parent, name, child)
+        for parent in module.modules()
+        for name, child in parent.named_children()
+        if type(child) is nn.Dropout
+    ]
+    for parent, name, child in plain:
+        fast = FastDropout(child.p, child.inplace)
+        fast.train(child.training)
+        setattr(parent, name, fast)
 
 
 def has_pooler(encoder: nn.Module) -> bool:
