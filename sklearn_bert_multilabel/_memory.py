@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._pretrained import folder_files
+from ._pretrained import file_stamps
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +71,8 @@ def model_fingerprint(path: str) -> str:
     """
     if not os.path.isdir(path):
         return path
-    entries = [(name, info.st_size, info.st_mtime_ns) for name, info in folder_files(path)]
     config = Path(path, "config.json")
-    return stable_hash(entries, config.read_bytes() if config.is_file() else b"")
+    return stable_hash(file_stamps(path), config.read_bytes() if config.is_file() else b"")
 
 
 def _warn(what: str, where: Path, exc: BaseException) -> None:

@@ -151,13 +151,17 @@ def folder_stamp(model_name: str) -> tuple:
     path = resolve_model_path(os.path.expanduser(model_name))
     if not os.path.isdir(path):
         return (path,)
-    return (path, *((name, info.st_size, info.st_mtime_ns) for name, info in folder_files(path)))
+    return (path, *file_stamps(path))
 
 
-def folder_files(path: str) -> list[tuple[str, os.stat_result]]:
-    """The plain files directly in folder ``path``, by name, with their ``stat``."""
-    entries = sorted(os.scandir(path), key=lambda e: e.name)
-    return [(entry.name, entry.stat()) for entry in entries if entry.is_file()]
+def file_stamps(path: str) -> list[tuple[str, int, int]]:
+    """Name, size and modification time (ns) of each plain file directly in folder ``path``, by name."""
+    stamps = []
+    for entry in sorted(os.scandir(path), key=lambda e: e.name):
+        if entry.is_file():
+            info = entry.stat()
+            stamps.append((entry.name, info.st_size, info.st_mtime_ns))
+    return stamps
 
 
 def shared_frozen_encoder(key: Hashable, model_name: str, device: str, *, progress: bool = False, **kwargs):
