@@ -17,21 +17,31 @@ CHUNK_AGGREGATIONS = ("max", "mean", "attention")
 MASK_LEVELS = 1 << 16
 
 
-def dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor:
-    """A dropout mask for ``x``: 0 with probability ``p``, else ``1 / (1 - p)``.
+def keep_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
+    """Which elements of ``x`` dropout keeps (a bool tensor), and the scale of the kept ones.
 
     The random numbers come from the default generator 64 bits at a time and
     are split into four 16-bit draws, which costs a quarter of the generator
     calls that ``bernoulli_`` makes. ``p`` is rounded to the nearest multiple
     of 1/65536 (at most 7.6e-6 away) and the scale uses the rounded value, so
-    ``E[mask] == 1`` exactly.
+    the expected output equals the input exactly.
     """
     n = x.numel()
     cut = round(p * MASK_LEVELS)
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
     draws = words.random_(-(1 << 63), None).view(torch.int16)[:n].view(x.shape)
     keep = draws >= cut - MASK_LEVELS // 2  # signed draws are uniform on [-32768, 32767]
-    return keep.to(x.dtype).mul_(MASK_LEVELS / (MASK_LEVELS - cut))
+    return keep, MASK_LEVELS / (MASK_LEVELS - cut)
+
+
+def dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """A dropout mask for ``x``: 0 with probability ``p``, else ``1 / (1 - p)``.
+
+    Drawn by :func:`keep_mask`, so ``p`` is rounded to a multiple of 1/65536
+    and ``E[mask] == 1`` exactly.
+    """
+    keep, scale = keep_mask(x, p)
+    return keep.to(x.dtype).mul_(scale)
 
 
 class FastDropout(nn.Dropout):

@@ -18,6 +18,8 @@ from skorch.callbacks import Callback
 from skorch.utils import TeeGenerator
 from torch.utils.data import DataLoader
 
+from ._head import HeadStep
+from ._model import HeadOnly
 from ._text import (
     FeatureBatches,
     FeatureDataset,
@@ -199,6 +201,8 @@ class MultiLabelNet(NeuralNet):
         self._iterator_seed = self.seed
         self._pending = 0
         self.start_epoch_ = 0
+        self._head_step: HeadStep | None = None
+        self._head_step_known = False
         return self
 
     def initialize_optimizer(self, triggered_directly=None):
@@ -302,23 +306,55 @@ class MultiLabelNet(NeuralNet):
         if not self.module_.training:  # walking the module tree every step is not free
             self._set_training(True)
         Xi, yi = batch
-        y_pred = self.infer(Xi, **fit_params)
-        loss = self.get_loss(y_pred, yi, X=Xi, training=True)
-        self._check_loss(loss)
-        if self.accumulate_batches > 1:
-            loss_to_backprop = loss / self.accumulate_batches
+        head_step = self._fixed_feature_step()
+        if head_step is not None and isinstance(Xi, dict) and "features" in Xi:
+            y_true = yi.to(self.device, non_blocking=True)
+            loss, y_pred = head_step.forward(Xi["features"], y_true, self.criterion_.pos_weight)
+            self._check_loss(loss)
+            head_step.backward(1.0 / self.accumulate_batches)
         else:
-            loss_to_backprop = loss
-        if self.grad_scaler_.is_enabled():
-            loss_to_backprop = self.grad_scaler_.scale(loss_to_backprop)
-        if self.accelerator is not None:
-            self.accelerator.backward(loss_to_backprop)
-        else:
-            loss_to_backprop.backward()
+            y_pred = self.infer(Xi, **fit_params)
+            loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+            self._check_loss(loss)
+            if self.accumulate_batches > 1:
+                loss_to_backprop = loss / self.accumulate_batches
+            else:
+                loss_to_backprop = loss
+            if self.grad_scaler_.is_enabled():
+                loss_to_backprop = self.grad_scaler_.scale(loss_to_backprop)
+            if self.accelerator is not None:
+                self.accelerator.backward(loss_to_backprop)
+            else:
+                loss_to_backprop.backward()
         self._pending += 1
         if self._pending >= self.accumulate_batches:
             self._optimizer_step(batch)
         return {"loss": loss.detach(), "y_pred": y_pred.detach()}
+
+    def _fixed_feature_step(self) -> HeadStep | None:
+        """The hand-written step for a plain head on cached features, when it applies.
+
+        It applies to fp32 training on the CPU of a head that
+        :func:`~._model.build_head` built, with the loss this net builds
+        (binary cross-entropy, mean, optional ``pos_weight``). Everything
+        else, the optimizer and the callbacks included, is unchanged; only
+        forward hooks on the head's layers are not called on that path.
+        """
+        if not self._head_step_known:
+            criterion = self.criterion_
+            self._head_step_known = True
+            if (
+                isinstance(self.module_, HeadOnly)
+                and self.precision == "fp32"
+                and self.accelerator is None
+                and torch.device(self.device).type == "cpu"
+                and type(criterion) is torch.nn.BCEWithLogitsLoss
+                and criterion.weight is None
+                and criterion.reduction == "mean"
+            ):
+                self._head_step = HeadStep.for_head(self.module_.head)
+            logger.debug("hand-written head step: %s", self._head_step is not None)
+        return self._head_step
 
     def _check_loss(self, loss: torch.Tensor) -> None:
         """Stop on a non-finite loss: on every process at once when training is distributed.
@@ -335,8 +371,10 @@ class MultiLabelNet(NeuralNet):
                 culprit = accelerator.process_index if own else bad[0]
                 where = "" if own else f" on process {culprit}"
                 self._stop_non_finite("loss" + where, losses[culprit].item())
-        elif not torch.isfinite(loss.detach()).item():  # skorch reads loss.item() for every batch anyway
-            self._stop_non_finite("loss", loss.item())
+        else:
+            value = loss.item()  # one read: skorch reads it for every batch anyway
+            if not math.isfinite(value):
+                self._stop_non_finite("loss", value)
 
     def _optimizer_step(self, batch=None) -> None:
         scaler = self.grad_scaler_ if self.grad_scaler_.is_enabled() else None
@@ -351,11 +389,11 @@ class MultiLabelNet(NeuralNet):
         if self.max_grad_norm:
             if self.accelerator is not None:
                 # unscales fp16 gradients first
-                norm = self.accelerator.clip_grad_norm_(self.module_.parameters(), self.max_grad_norm)
+                norm = self.accelerator.clip_grad_norm_(self.module_.parameters(), self.max_grad_norm).item()
             else:
                 norm = self._clip_gradients()
-            if scaler is None and not torch.isfinite(norm).item():
-                self._stop_non_finite("gradient norm", norm.item())
+            if scaler is None and not math.isfinite(norm):
+                self._stop_non_finite("gradient norm", norm)
         if scaler is not None:
             scaler.step(self.optimizer_)
             scaler.update()
@@ -366,17 +404,26 @@ class MultiLabelNet(NeuralNet):
             self.lr_scheduler_.step()
         self._pending = 0
 
-    def _clip_gradients(self) -> torch.Tensor:
+    def _clip_gradients(self) -> float:
         """``clip_grad_norm_``, without its multiplication by 1 when nothing is clipped.
 
-        The rescaling is skipped exactly when ``clip_grad_norm_`` would multiply
-        by a factor clamped to 1, so the result is the same bit for bit.
+        Returns the total norm before clipping. The gradients are rescaled
+        (by ``clip_grad_norm_``'s own factor) only when that factor is below 1.
         """
-        params = [p for p in self.module_.parameters() if p.grad is not None]
+        params = [p for p in self._trained_parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        if (self.max_grad_norm / (norm + 1e-6)).item() < 1.0:  # the factor clip_grad_norm_ uses
+        value = norm.item()
+        if self.max_grad_norm / (value + 1e-6) < 1.0:  # NaN compares False: the caller stops on it
             torch.nn.utils.clip_grads_with_norm_(params, self.max_grad_norm, norm)
-        return norm
+        return value
+
+    def _trained_parameters(self) -> list[torch.nn.Parameter]:
+        """The module's parameters, listed once per module rather than walked every step."""
+        cached = getattr(self, "_parameters_of", None)
+        if cached is None or cached[0] is not self.module_:
+            cached = (self.module_, list(self.module_.parameters()))
+            self._parameters_of = cached
+        return cached[1]
 
     def _stop_non_finite(self, what: str, value: float) -> None:
         self.optimizer_.zero_grad(set_to_none=True)
