@@ -36,6 +36,7 @@ from ._memory import (
     stable_hash,
     state_for_cache,
     text_keys,
+    texts_digest,
 )
 from ._model import (
     CHUNK_AGGREGATIONS,
@@ -1039,9 +1040,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 self._encoder_fingerprint(),
                 torch.device(device).type,
                 processes,
-                texts,
+                texts_digest(texts),
                 Y,
-                val_texts,
+                texts_digest(val_texts),
                 Y_val,
             )
         except Exception as exc:  # noqa: BLE001 - e.g. a callback that cannot be pickled
@@ -1165,6 +1166,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             kwargs.update({f"{prefix}__{k}": v for k, v in self._prefixed(prefix).items()})
         if pos_weight is not None:
             kwargs["criterion__pos_weight"] = pos_weight
+        if not self.verbose and not any(k.split("__")[0] == "print_log" for k in self._prefixed("callbacks")):
+            # Silent: skorch's PrintLog would still format a table every epoch, only to drop it.
+            kwargs["callbacks__print_log"] = None
         return MultiLabelNet(
             module,
             criterion=torch.nn.BCEWithLogitsLoss,
@@ -1259,7 +1263,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         key = None
         if cache is not None and getattr(self, "cache_key_", None) is not None:
             # Everything besides the weights that shapes the logits is in the key.
-            key = stable_hash(self.cache_key_, self.max_length, self.precision, texts)
+            key = stable_hash(self.cache_key_, self.max_length, self.precision, texts_digest(texts))
             logits = cache.load_logits(key, (len(texts), self.n_labels_))
             if logits is not None:
                 return logits

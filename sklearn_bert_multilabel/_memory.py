@@ -22,6 +22,7 @@ import os
 import shutil
 import uuid
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,11 @@ def text_keys(texts: list[str]) -> np.ndarray:
         [hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=16).digest() for t in texts],
         dtype="S16",
     )
+
+
+def texts_digest(texts: Sequence[str] | None) -> bytes | None:
+    """The texts, in order, as one digest per text: a cheaper hash input than the strings."""
+    return None if texts is None else text_keys(list(texts)).tobytes()
 
 
 def model_fingerprint(path: str) -> str:

@@ -317,6 +317,13 @@ def test_silent_by_default(fast_params, toy_data, capsys):
     assert "train_loss" not in capsys.readouterr().out
 
 
+def test_a_print_log_sink_still_gets_the_table_when_silent(fast_params, toy_data):
+    lines = []
+    BertMultiLabelClassifier(**fast_params, callbacks__print_log__sink=lines.append).fit(*toy_data)
+    assert "train_loss" in lines[0]
+    assert len(lines) == 2 + fast_params["max_epochs"]  # header, rule, one row per epoch
+
+
 @pytest.mark.parametrize("precision", ["bf16"])
 def test_bf16_precision_on_cpu(precision, fast_params, toy_data):
     X, Y = toy_data

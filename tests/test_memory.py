@@ -88,7 +88,9 @@ def test_different_data_misses_the_cache(params, toy_data, count_trainings):
     Y2[0] = 1 - Y2[0]
     BertMultiLabelClassifier(**params).fit(X, Y2)
     BertMultiLabelClassifier(**params).fit(X[:-1], Y[:-1])
-    assert len(count_trainings) == 3
+    BertMultiLabelClassifier(**params).fit([X[1], X[0], *X[2:]], Y)  # the same texts, two swapped
+    BertMultiLabelClassifier(**params).fit([X[0] + X[1][:1], X[1][1:], *X[2:]], Y)  # a character moved
+    assert len(count_trainings) == 5
 
 
 def test_auto_thresholds_from_cached_validation_logits(params, toy_data, count_trainings):
