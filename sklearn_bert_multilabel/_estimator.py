@@ -27,7 +27,7 @@ from ._checkpoint import (
     restore_training,
 )
 from ._distributed import make_accelerator, shared_seed, wants_accelerate
-from ._inference import run_batches
+from ._inference import prediction_workers, run_batches
 from ._memory import (
     CacheWarning,
     FitCache,
@@ -191,9 +191,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
     predict_batch_size : int, default=128
         Batch size used by the predict methods. On CPU, the batches of one
         call are shared among ``torch.get_num_threads()`` single-threaded
-        workers, and fp32 calls of 256 texts or more use oneDNN-packed
-        copies of the linear weights made for that call (not for models
-        with more than 512 MiB of linear weights).
+        workers, and the last batches of a call shrink (down to 16 texts) so
+        that the workers finish together; fp32 calls of 256 texts or more use
+        oneDNN-packed copies of the linear weights made for that call (not
+        for models with more than 512 MiB of linear weights).
     weight_decay : float, default=0.01
         AdamW weight decay, not applied to biases and LayerNorm weights.
     lr_schedule : {"linear", "cosine", "constant"}, default="linear"
@@ -1086,6 +1087,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 self.max_length,
                 self.predict_batch_size,
                 self._pad_id,
+                self._prediction_workers,
             )
             computed = self._run(batches, self.module_.pool, hidden)
             out[todo] = computed
@@ -1209,11 +1211,17 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         return out
 
     @property
+    def _prediction_workers(self) -> int:
+        return prediction_workers(torch.device(getattr(self, "device_", None) or "cpu"))
+
+    @property
     def _pad_id(self) -> int:
         return self.tokenizer_.pad_token_id or 0
 
     def _logits_from_ids(self, ids: Sequence[np.ndarray]) -> np.ndarray:
-        return self._run(iter_id_batches(ids, self.predict_batch_size, self._pad_id))
+        return self._run(
+            iter_id_batches(ids, self.predict_batch_size, self._pad_id, self._prediction_workers)
+        )
 
     def _logits_from_windows(self, windows: list[list[np.ndarray]]) -> np.ndarray:
         """Per-text logits from the windows of each text, batched across texts.
@@ -1230,7 +1238,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             logits, scores = module.window_outputs(input_ids, attention_mask)
             return torch.cat([logits, scores], dim=1) if attention else logits
 
-        batches = iter_window_batches(windows, self.predict_batch_size, self._pad_id)
+        batches = iter_window_batches(
+            windows, self.predict_batch_size, self._pad_id, self._prediction_workers
+        )
         flat = self._run(batches, outputs, 2 * L if attention else L)
         doc_index = torch.from_numpy(np.repeat(np.arange(len(windows)), [len(w) for w in windows]))
         values = torch.from_numpy(flat)
@@ -1277,7 +1287,12 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             self._warn_cut(cut, len(texts), stacklevel=3)
         else:
             batches = iter_text_batches(
-                self.tokenizer_, texts, self.max_length, self.predict_batch_size, self._pad_id
+                self.tokenizer_,
+                texts,
+                self.max_length,
+                self.predict_batch_size,
+                self._pad_id,
+                self._prediction_workers,
             )
             logits = self._run(batches)
         if key is not None:

@@ -119,6 +119,12 @@ def _apply(forward: Callable[..., torch.Tensor], batch: Batch, device: torch.dev
     return rows, forward(**inputs).float().cpu().numpy()
 
 
+def prediction_workers(device: torch.device) -> int:
+    """How many worker threads :func:`run_batches` shares a call's batches among."""
+    # Per-thread team sizes are an OpenMP feature; other builds run batches in turn.
+    return torch.get_num_threads() if device.type == "cpu" and torch._C.has_openmp else 1
+
+
 def run_batches(
     batches: Iterable[Batch],
     forward: Callable[..., torch.Tensor],
@@ -138,8 +144,7 @@ def run_batches(
     :data:`PACK_MIN_ROWS` rows, the linear layers of ``module`` use packed
     weights.
     """
-    # Per-thread team sizes are an OpenMP feature; other builds run batches in turn.
-    threads = torch.get_num_threads() if device.type == "cpu" and torch._C.has_openmp else 1
+    threads = prediction_workers(device)
     batches = iter(batches)
     first: list[Batch] = []
     rows = 0

@@ -198,26 +198,39 @@ class LengthBucketBatchSampler(Sampler):
             yield batch.tolist()
 
 
+#: The shrinking last batches of a multi-worker prediction call hold at least this many rows.
+MIN_TAIL_ROWS = 16
+
+
 def iter_id_batches(
-    ids: Sequence[np.ndarray], batch_size: int, pad_id: int
+    ids: Sequence[np.ndarray], batch_size: int, pad_id: int, workers: int = 1
 ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
     """Yield ``(row_indices, padded_inputs)`` over ``ids`` sorted by length.
 
     Every row appears exactly once; the caller writes each batch's outputs at
-    ``row_indices``, which restores the original order.
+    ``row_indices``, which restores the original order. For ``workers``
+    sharing the batches, each batch holds at most ``1 / (2 * workers)`` of
+    the rows still to come (but at least :data:`MIN_TAIL_ROWS`), so the last,
+    longest texts come in small batches and the workers finish together
+    rather than one of them running a full batch alone at the end.
     """
     collate = PadCollator(pad_id)
     empty = np.zeros(0, dtype=np.float32)
     lengths = np.fromiter((len(t) for t in ids), dtype=np.int64, count=len(ids))
     order = np.argsort(lengths, kind="stable")
-    for i in range(0, len(order), batch_size):
-        rows = order[i : i + batch_size]
+    start, n = 0, len(order)
+    while start < n:
+        size = batch_size
+        if workers > 1:
+            size = min(batch_size, max(MIN_TAIL_ROWS, -(-(n - start) // (2 * workers))))
+        rows = order[start : start + size]
+        start += size
         inputs, _ = collate([(ids[r], empty) for r in rows])
         yield rows, inputs
 
 
 def iter_text_batches(
-    tokenizer, texts: Sequence[str], max_length: int, batch_size: int, pad_id: int
+    tokenizer, texts: Sequence[str], max_length: int, batch_size: int, pad_id: int, workers: int = 1
 ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
     """Like :func:`iter_id_batches`, tokenising ``PREDICT_CHUNK`` texts at a time.
 
@@ -226,7 +239,7 @@ def iter_text_batches(
     """
     for start in range(0, len(texts), PREDICT_CHUNK):
         ids = tokenize(tokenizer, texts[start : start + PREDICT_CHUNK], max_length)
-        for rows, inputs in iter_id_batches(ids, batch_size, pad_id):
+        for rows, inputs in iter_id_batches(ids, batch_size, pad_id, workers):
             yield rows + start, inputs
 
 
@@ -366,7 +379,7 @@ class WindowBudgetBatchSampler(Sampler):
 
 
 def iter_window_batches(
-    windows: list[list[np.ndarray]], batch_size: int, pad_id: int
+    windows: list[list[np.ndarray]], batch_size: int, pad_id: int, workers: int = 1
 ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
     """Like :func:`iter_id_batches` over all windows of all texts (flattened, length-sorted).
 
@@ -374,4 +387,4 @@ def iter_window_batches(
     land in different batches.
     """
     flat = [w for doc in windows for w in doc]
-    yield from iter_id_batches(flat, batch_size, pad_id)
+    yield from iter_id_batches(flat, batch_size, pad_id, workers)

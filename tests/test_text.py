@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from sklearn_bert_multilabel._text import (
+    MIN_TAIL_ROWS,
     FeatureBatches,
     FeatureDataset,
     LengthBucketBatchSampler,
@@ -74,6 +76,26 @@ def test_prediction_batches_cover_all_rows_in_length_order():
     rows = np.concatenate([r for r, _ in batches])
     assert sorted(rows.tolist()) == [0, 1, 2, 3, 4]
     assert [inp["input_ids"].shape[1] for _, inp in batches] == [3, 7, 9]
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 100, 1000])
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_prediction_batches_shrink_at_the_end_for_several_workers(n, workers):
+    lengths = np.random.default_rng(n).integers(1, 50, size=n)
+    ids = [np.zeros(k, dtype=np.int64) for k in lengths]
+    batches = list(iter_id_batches(ids, 128, 0, workers))
+    rows = np.concatenate([r for r, _ in batches])
+    assert sorted(rows.tolist()) == list(range(n))  # every row exactly once
+    assert np.all(np.diff(lengths[rows]) >= 0)  # still in length order
+    sizes = [len(r) for r, _ in batches]
+    assert max(sizes) <= 128
+    if workers == 1:
+        assert sizes[:-1] == [128] * (len(sizes) - 1)
+    else:
+        remaining = n - np.cumsum([0, *sizes[:-1]])
+        for size, left in zip(sizes, remaining, strict=True):
+            assert size == min(128, left, max(MIN_TAIL_ROWS, -(-left // (2 * workers))))
+        assert sizes == sorted(sizes, reverse=True)  # the last, longest texts in the smallest batches
 
 
 def test_text_batches_stream_in_chunks(monkeypatch, tiny_model_dir):
