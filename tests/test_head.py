@@ -130,3 +130,37 @@ def test_hand_written_step_only_for_fp32_cached_features(fast_params, toy_data, 
     X, Y = toy_data
     BertMultiLabelClassifier(**{**fast_params, "freeze_encoder": True, **params}).fit(X, Y)
     assert count_head_steps == []
+
+
+def test_a_non_finite_loss_stops_before_the_hand_written_update(fast_params, toy_data, monkeypatch):
+    from skorch.callbacks import Callback
+
+    from sklearn_bert_multilabel import NonFiniteLossError
+
+    X, Y = toy_data
+    real_forward = HeadStep.forward
+    calls = []
+
+    def forward(self, x, y, pos_weight=None):
+        calls.append(1)
+        loss, logits = real_forward(self, x, y, pos_weight)
+        return (loss * float("nan") if len(calls) == 3 else loss), logits
+
+    class Snapshot(Callback):
+        def on_batch_end(self, net, training=False, **kwargs):
+            if training:
+                self.state = {k: v.clone() for k, v in net.module_.state_dict().items()}
+
+    snapshot = Snapshot()
+    monkeypatch.setattr(HeadStep, "forward", forward)
+    clf = BertMultiLabelClassifier(
+        **{**fast_params, "freeze_encoder": True, "callbacks": [("snapshot", snapshot)]}
+    )
+    with pytest.raises(NonFiniteLossError, match=r"became nan in epoch 1, batch 3") as info:
+        clf.fit(X, Y)
+    assert (info.value.epoch, info.value.batch) == (1, 3)
+    head = {k: v for k, v in clf.module_.state_dict().items() if k.startswith("head.")}
+    assert head.keys() == snapshot.state.keys()
+    for key, value in head.items():  # the weights after batch 2, untouched since
+        torch.testing.assert_close(value, snapshot.state[key], rtol=0, atol=0)
+    assert all(p.grad is None for p in clf.module_.head.parameters())
