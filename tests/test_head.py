@@ -99,7 +99,7 @@ def count_head_steps(monkeypatch):
     "extra",
     [
         {},
-        {"pos_weight": "balanced", "accumulate_batches": 2, "dropout": 0.3},
+        {"pos_weight": "balanced", "accumulate_batches": 4, "dropout": 0.3},  # 6 batches: 4 + a partial 2
         {"hidden_layer_sizes": (8, 4), "max_grad_norm": 1e-3},  # every step clipped
     ],
 )
