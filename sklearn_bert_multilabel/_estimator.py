@@ -1098,7 +1098,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
 
     def _head_logits(self, features: np.ndarray) -> np.ndarray:
         head = self.module_.head
-        device = next(head.parameters()).device
+        device = self._module_device
         out = np.empty((len(features), self.n_labels_), dtype=np.float32)
         step = 4096
         with torch.inference_mode():
@@ -1201,9 +1201,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         """Apply ``forward`` (the whole module by default) to padded batches, in input order."""
         module = self.module_
         forward = module if forward is None else forward
-        device = next(module.parameters()).device
         module.eval()
-        chunks = run_batches(batches, forward, module, device, self.precision)
+        chunks = run_batches(batches, forward, module, self._module_device, self.precision)
         n = sum(len(rows) for rows, _ in chunks)
         out = np.empty((n, self.n_labels_ if width is None else width), dtype=np.float32)
         for rows, values in chunks:
@@ -1211,8 +1210,14 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         return out
 
     @property
+    def _module_device(self) -> torch.device:
+        """Where the fitted module's weights are: where prediction runs."""
+        return next(self.module_.parameters()).device
+
+    @property
     def _prediction_workers(self) -> int:
-        return prediction_workers(torch.device(getattr(self, "device_", None) or "cpu"))
+        """How many workers share a prediction call's batches (see ``iter_id_batches``)."""
+        return prediction_workers(self._module_device)
 
     @property
     def _pad_id(self) -> int:
