@@ -69,6 +69,18 @@ def make_texts(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
     return texts, np.asarray(Y)
 
 
+def weights_after_each_training_batch():
+    """A skorch callback whose ``state`` is a copy of the net's weights after the last training batch."""
+    from skorch.callbacks import Callback
+
+    class WeightsAfterEachTrainingBatch(Callback):
+        def on_batch_end(self, net, training=False, **kwargs):
+            if training:
+                self.state = {k: v.clone() for k, v in net.module_.state_dict().items()}
+
+    return WeightsAfterEachTrainingBatch()
+
+
 @pytest.fixture(scope="session")
 def toy_data() -> tuple[list[str], np.ndarray]:
     return make_texts(96, seed=0)

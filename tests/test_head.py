@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import weights_after_each_training_batch
 from torch import nn
 
 import sklearn_bert_multilabel._net as net_module
@@ -133,8 +134,6 @@ def test_hand_written_step_only_for_fp32_cached_features(fast_params, toy_data, 
 
 
 def test_a_non_finite_loss_stops_before_the_hand_written_update(fast_params, toy_data, monkeypatch):
-    from skorch.callbacks import Callback
-
     from sklearn_bert_multilabel import NonFiniteLossError
 
     X, Y = toy_data
@@ -146,12 +145,7 @@ def test_a_non_finite_loss_stops_before_the_hand_written_update(fast_params, toy
         loss, logits = real_forward(self, x, y, pos_weight)
         return (loss * float("nan") if len(calls) == 3 else loss), logits
 
-    class Snapshot(Callback):
-        def on_batch_end(self, net, training=False, **kwargs):
-            if training:
-                self.state = {k: v.clone() for k, v in net.module_.state_dict().items()}
-
-    snapshot = Snapshot()
+    snapshot = weights_after_each_training_batch()
     monkeypatch.setattr(HeadStep, "forward", forward)
     clf = BertMultiLabelClassifier(
         **{**fast_params, "freeze_encoder": True, "callbacks": [("snapshot", snapshot)]}

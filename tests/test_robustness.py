@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
-from conftest import make_texts
+from conftest import make_texts, weights_after_each_training_batch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import f1_score
@@ -150,7 +150,6 @@ def test_one_and_ten_thousand_labels(tiny_model_dir, n_labels):
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_weights(
     fast_params, toy_data, monkeypatch
 ):
-    from skorch.callbacks import Callback
 
     X, Y = toy_data  # 96 texts, batch 16: 6 batches an epoch
     real_get_loss = MultiLabelNet.get_loss
@@ -164,12 +163,7 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_weight
                 return loss * float("nan")
         return loss
 
-    class Snapshot(Callback):
-        def on_batch_end(self, net, training=False, **kwargs):
-            if training:
-                self.state = {k: v.clone() for k, v in net.module_.state_dict().items()}
-
-    snapshot = Snapshot()
+    snapshot = weights_after_each_training_batch()
     monkeypatch.setattr(MultiLabelNet, "get_loss", get_loss)
     clf = BertMultiLabelClassifier(callbacks=[("snapshot", snapshot)], **fast_params)
     with pytest.raises(NonFiniteLossError, match=r"became nan in epoch 2, batch 3.*lower lr") as info:
