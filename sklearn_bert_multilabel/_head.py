@@ -44,7 +44,7 @@ class HeadStep:
         """A step for ``head``, or None when its layers are not of the plain form."""
         if type(head) is not nn.Sequential or len(head) % 3 != 2:
             return None
-        layers = list(head)
+        layers = list(head)  # 3k + 2 layers: k + 1 dropouts and linears, k ReLUs
         dropouts = layers[0::3]
         linears = layers[1::3]
         relus = layers[2::3]
@@ -52,7 +52,7 @@ class HeadStep:
             return None
         if not all(type(lin) is nn.Linear and lin.bias is not None for lin in linears):
             return None
-        if not all(type(r) is nn.ReLU for r in relus) or len(dropouts) != len(linears):
+        if not all(type(r) is nn.ReLU for r in relus):
             return None
         return cls(dropouts, linears)
 
