@@ -16,6 +16,10 @@ continue exactly where training stopped::
     <checkpoint_dir>/<fit key>/epoch-0003/best.safetensors      with early stopping: the
                                                                 best epoch's weights
 
+In a distributed fit the main process writes the checkpoint, with the
+random-number state of every process, so that each one resumes its own
+stream of dropout masks.
+
 ``training.pt`` holds only tensors and plain values and is read with
 ``torch.load(weights_only=True)``. Each epoch is written to a temporary
 folder and renamed into place, so a crash mid-write leaves the previous
@@ -33,6 +37,8 @@ from pathlib import Path
 
 import torch
 from skorch.callbacks import Callback, EarlyStopping
+
+from ._distributed import process_seed
 
 logger = logging.getLogger(__name__)
 
@@ -171,19 +177,35 @@ class EpochCheckpoint(Callback):
         self.lower_is_better = lower_is_better
 
     def on_epoch_end(self, net, **kwargs):
+        accelerator = net.accelerator
+        process_rng = None
+        if accelerator is not None and accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            process_rng = gather_object([_own_rng_state(accelerator.device)])  # one collective, all join
         if self.write:
             module = net.module_
             module = getattr(module, "module", module)  # unwrap DistributedDataParallel
             best_epoch = None
             if self.monitor is not None:
                 best_epoch, _ = replay_best(net.history, self.monitor, self.lower_is_better)
-            save_checkpoint(Path(self.folder), net, self.trainable_state(module), best_epoch)
+            save_checkpoint(Path(self.folder), net, self.trainable_state(module), best_epoch, process_rng)
         if net.accelerator is not None:
             net.accelerator.wait_for_everyone()
 
 
+def _own_rng_state(device: torch.device) -> dict[str, torch.Tensor | None]:
+    """This process's CPU generator state, and that of its own GPU if it trains on one."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+
 def save_checkpoint(
-    folder: Path, net, weights: dict[str, torch.Tensor], best_epoch: int | None = None
+    folder: Path,
+    net,
+    weights: dict[str, torch.Tensor],
+    best_epoch: int | None = None,
+    process_rng: list[dict] | None = None,
 ) -> None:
     from safetensors.torch import save_file
 
@@ -208,6 +230,7 @@ def save_checkpoint(
             "scaler": net.grad_scaler_.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rng_processes": process_rng,  # distributed: each process's own state, by process index
         }
         torch.save(training, staging / "training.pt")
         progress = {"epochs": epoch, "history": _jsonable(net.history)}
@@ -263,6 +286,21 @@ def restore_training(net, checkpoint: dict, device: str) -> None:
             net.resumed_best_weights_ = state
         else:  # not this module's tensors: early stopping keeps the weights it ends with
             logger.warning("the best weights in %s do not fit the model; not used", checkpoint["path"])
+    accelerator = net.accelerator
+    processes = training.get("rng_processes")
+    if accelerator is not None and accelerator.num_processes > 1:
+        index = accelerator.process_index
+        if processes is not None and len(processes) == accelerator.num_processes:
+            own = processes[index]
+            torch.set_rng_state(own["cpu"])
+            if own["cuda"] is not None and accelerator.device.type == "cuda":
+                torch.cuda.set_rng_state(own["cuda"], accelerator.device)
+            return
+        if index:
+            # Written with another number of processes: a stream of this process's own.
+            if net.seed is not None:
+                torch.manual_seed(process_seed(net.seed + net.start_epoch_, index))
+            return
     torch.set_rng_state(training["rng_cpu"])
     if training["rng_cuda"] and torch.device(device).type == "cuda":
         torch.cuda.set_rng_state_all(training["rng_cuda"])

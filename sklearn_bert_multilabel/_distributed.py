@@ -4,6 +4,12 @@ A script that calls ``fit`` runs unchanged under ``accelerate launch`` or
 ``torchrun``: each process trains on its share of the batches, gradients
 are averaged across processes, and every process ends with the same fitted
 estimator (unwrapped, picklable, predicting on its own).
+
+All processes share the fit's seed up to the start of training (the same
+validation split, the same initial head, the same batch order); from there
+each process draws its own random numbers (:func:`process_seed`), so that
+their batches get different dropout masks, as one process's successive
+batches do.
 """
 
 from __future__ import annotations
@@ -74,3 +80,12 @@ def shared_seed(accelerator, seed: int | None) -> int | None:
     value = [seed if seed is not None else int(np.random.SeedSequence().entropy % 2**31)]
     broadcast_object_list(value, from_process=0)
     return value[0]
+
+
+def process_seed(seed: int, index: int) -> int:
+    """The seed of process ``index``'s random numbers during training (process 0 keeps ``seed``)."""
+    if index == 0:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)

@@ -18,6 +18,7 @@ from skorch.callbacks import Callback
 from skorch.utils import TeeGenerator
 from torch.utils.data import DataLoader
 
+from ._distributed import process_seed
 from ._head import HeadStep
 from ._model import HeadOnly
 from ._text import (
@@ -195,6 +196,11 @@ class MultiLabelNet(NeuralNet):
             # processes) and the optimizer handles Accelerate's loss scaling.
             self.module_ = self.accelerator.prepare_model(self.module_)
             self.optimizer_ = self.accelerator.prepare_optimizer(self.optimizer_)
+            index = self.accelerator.process_index
+            if index and self.seed is not None:
+                # Same start everywhere (split, weights, batch order); from here on each
+                # process draws its own dropout masks. Process 0 goes on with the fit's stream.
+                torch.manual_seed(process_seed(self.seed, index))
         enabled = self.precision == "fp16" and self.accelerator is None
         self.grad_scaler_ = torch.amp.GradScaler(torch.device(self.device).type, enabled=enabled)
         self.lr_scheduler_ = None

@@ -5,6 +5,7 @@ Usage: python -m torch.distributed.run --nproc_per_node 2 distributed_fit.py MOD
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -69,11 +70,55 @@ def nan_on_process_1(model_dir: str, out_dir: str, rank: int) -> None:
         torch.distributed.destroy_process_group()
 
 
+def rng_params(model_dir: str) -> dict:
+    """With dropout: each process must draw its own masks, and resume its own stream."""
+    return {**params(model_dir), "dropout": 0.2, "callbacks": None}
+
+
+def traced_fit(clf, X, Y, stop_at: int | None = None) -> list[str]:
+    """Fit ``clf``; return a digest of the CPU generator's state at the start of each training
+    batch. With ``stop_at``, training is interrupted (Ctrl-C) at that batch."""
+    from sklearn_bert_multilabel._net import MultiLabelNet
+
+    train_step, digests = MultiLabelNet.train_step, []
+
+    def traced(self, batch, **fit_params):
+        if len(digests) + 1 == stop_at:
+            raise KeyboardInterrupt
+        digests.append(hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest())
+        return train_step(self, batch, **fit_params)
+
+    MultiLabelNet.train_step = traced
+    try:
+        clf.fit(X, Y)
+    finally:
+        MultiLabelNet.train_step = train_step
+    return digests
+
+
+def random_streams(model_dir: str, out_dir: str, rank: int) -> None:
+    """An uninterrupted fit, then the same fit stopped at the start of epoch 2 and resumed."""
+    X, Y = make_texts(96, seed=0)
+    full = BertMultiLabelClassifier(**rng_params(model_dir))
+    report = {"full": traced_fit(full, X, Y)}
+    folder = os.path.join(out_dir, "checkpoints")
+    stopped = BertMultiLabelClassifier(**rng_params(model_dir), checkpoint_dir=folder)
+    report["stopped"] = traced_fit(stopped, X, Y, stop_at=4)  # 3 batches an epoch: the first of epoch 2
+    resumed = BertMultiLabelClassifier(**rng_params(model_dir), checkpoint_dir=folder, warm_start=True)
+    report["resumed"] = traced_fit(resumed, X, Y)
+    report["max_difference"] = float(np.abs(resumed.predict_proba(X) - full.predict_proba(X)).max())
+    with open(os.path.join(out_dir, f"rng-{rank}.json"), "w") as fh:
+        json.dump(report, fh)
+
+
 def main() -> None:
     model_dir, out_dir = sys.argv[1:3]
     rank = int(os.environ["RANK"])
     if sys.argv[3:] == ["nan"]:
         nan_on_process_1(model_dir, out_dir, rank)
+        return
+    if sys.argv[3:] == ["rng"]:
+        random_streams(model_dir, out_dir, rank)
         return
     X, Y = make_texts(96, seed=0)
     clf = BertMultiLabelClassifier(**params(model_dir)).fit(X, Y)

@@ -60,6 +60,38 @@ def test_a_non_finite_loss_on_one_process_stops_every_process(tiny_model_dir, tm
     assert outcomes[1].startswith("1 3 the training loss became nan in epoch 1, batch 3")
 
 
+def test_each_process_draws_its_own_dropout_masks_and_resumes_its_own_stream(tiny_model_dir, tmp_path):
+    pytest.importorskip("accelerate")
+    sys.path.insert(0, HERE)
+    from conftest import make_texts
+    from distributed_fit import rng_params, traced_fit
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29575",
+        os.path.join(HERE, "distributed_fit.py"), tiny_model_dir, str(tmp_path), "rng",
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=420)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"rng-{r}.json").read_text()) for r in (0, 1)]
+
+    full = [r["full"] for r in reports]
+    assert [len(f) for f in full] == [6, 6]  # 2 epochs x 3 batches on each process
+    assert all(a != b for a, b in zip(*full, strict=True))  # never the same masks on both
+    assert len(set(full[0] + full[1])) == 12
+    for report in reports:
+        # Stopped at the start of epoch 2, resumed from the checkpoint of epoch 1: each
+        # process goes on with its own stream exactly where it was.
+        assert report["stopped"] == report["full"][:3]
+        assert report["resumed"] == report["full"][3:]
+        assert report["max_difference"] <= 1e-6
+
+    # The main process draws what a fit in one process draws.
+    X, Y = make_texts(96, seed=0)
+    single = traced_fit(BertMultiLabelClassifier(**rng_params(tiny_model_dir)), X, Y)
+    assert single[0] == full[0][0]
+
+
 def test_distributed_parameter_is_checked(tiny_model_dir):
     from sklearn_bert_multilabel import InvalidInputError
 
