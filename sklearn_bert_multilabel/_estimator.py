@@ -1074,13 +1074,12 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         cache = self._cache()
         hidden = self.module_.encoder.config.hidden_size
         out = np.empty((len(texts), hidden), dtype=np.float32)
-        keys = text_keys(list(texts))
-        found = cache.load_features(self._feature_key()) if cache is not None else {}
-        todo = [i for i, k in enumerate(keys.tolist()) if k not in found]
-        for i, k in enumerate(keys.tolist()):
-            if k in found:
-                out[i] = found[k]
-        if todo:
+        todo = np.arange(len(texts))
+        if cache is not None:
+            keys = text_keys(list(texts))
+            found = cache.load_features(self._feature_key(), hidden).fill(keys, out)
+            todo = np.flatnonzero(~found)
+        if len(todo):
             batches = iter_text_batches(
                 self.tokenizer_,
                 [texts[i] for i in todo],

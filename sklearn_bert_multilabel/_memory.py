@@ -115,6 +115,42 @@ def _write_file(final: Path, write) -> None:
             tmp.unlink()
 
 
+class FeatureStore:
+    """Feature rows by text key, looked up for many texts at once.
+
+    The rows stay in the arrays they were read into (one per chunk file);
+    the keys are sorted once, with one row per key (the first one read, when
+    processes that shared a cache stored the same text twice), so a lookup
+    is a binary search in NumPy rather than a Python loop over the texts.
+    """
+
+    def __init__(self, keys: list[np.ndarray], features: list[np.ndarray], width: int):
+        self.width = width
+        self.features = features
+        all_keys = np.concatenate(keys) if keys else np.empty(0, dtype="S16")
+        self.keys, first = np.unique(all_keys, return_index=True)
+        chunk = np.repeat(np.arange(len(keys)), [len(k) for k in keys])
+        row = np.concatenate([np.arange(len(k)) for k in keys]) if keys else np.empty(0, dtype=np.intp)
+        self._chunk, self._row = chunk[first], row[first]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def fill(self, keys: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Copy the stored row of each of ``keys`` into ``out``; return where one was found."""
+        if len(self.keys) == 0:
+            return np.zeros(len(keys), dtype=bool)
+        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        found = self.keys[at] == keys
+        at = at[found]
+        targets = np.flatnonzero(found)
+        chunks = self._chunk[at]
+        for c in np.unique(chunks):
+            mine = chunks == c
+            out[targets[mine]] = self.features[c][self._row[at[mine]]]
+        return found
+
+
 class FitCache:
     """Read and write the cache entries under one location."""
 
@@ -194,24 +230,28 @@ class FitCache:
             warnings.warn(f"could not write logits to the cache: {exc}", CacheWarning, stacklevel=3)
 
     # ---------------------------------------------------------------- features
-    def load_features(self, key: str) -> dict[bytes, np.ndarray]:
-        """All cached feature rows of one encoder setting, by text key."""
-        found: dict[bytes, np.ndarray] = {}
+    def load_features(self, key: str, width: int) -> FeatureStore:
+        """All cached feature rows of one encoder setting (``width`` values a row)."""
+        keys, features = [], []
         folder = self.root / "features" / key
         if not folder.is_dir():
-            return found
+            return FeatureStore([], [], width)
         for chunk in sorted(folder.glob("chunk-*.npz")):
             try:
                 with np.load(chunk, allow_pickle=False) as data:
-                    keys, feats = data["keys"], data["features"]
-                if len(keys) != len(feats):
-                    raise ValueError("keys and features differ in length")
+                    chunk_keys, chunk_features = data["keys"], data["features"]
+                if chunk_keys.dtype != np.dtype("S16") or chunk_features.shape != (len(chunk_keys), width):
+                    raise ValueError(
+                        f"{len(chunk_keys)} keys of type {chunk_keys.dtype}, features of shape "
+                        f"{chunk_features.shape}; expected S16 keys and {width} values a row"
+                    )
             except Exception as exc:  # noqa: BLE001
                 _warn("features", chunk, exc)
                 chunk.unlink(missing_ok=True)
                 continue
-            found.update(zip(keys.tolist(), feats, strict=True))
-        return found
+            keys.append(chunk_keys)
+            features.append(chunk_features)
+        return FeatureStore(keys, features, width)
 
     def save_features(self, key: str, keys: np.ndarray, features: np.ndarray) -> None:
         if len(keys) == 0:

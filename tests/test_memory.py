@@ -239,6 +239,44 @@ def test_corrupt_logits_and_features_are_ignored(params, toy_data, tmp_path):
         np.testing.assert_allclose(frozen.predict_proba(X[:10]), expected, atol=1e-5)
 
 
+def test_feature_store_finds_every_stored_text_and_no_other(tmp_path):
+    from sklearn_bert_multilabel._memory import FitCache, text_keys
+
+    cache = FitCache(tmp_path)
+    texts = [f"text {i}" for i in range(300)]
+    keys = text_keys(texts)
+    # Digests ending in zero bytes, which NumPy's bytes arrays treat specially.
+    keys[:3] = [b"a" * 15 + b"\x00", b"a" * 14 + b"\x00\x01", b"\x00" * 16]
+    rows = np.random.default_rng(0).random((300, 8)).astype(np.float32)
+    cache.save_features("k", keys[:200], rows[:200])
+    cache.save_features("k", keys[150:], rows[150:])  # 50 texts stored twice, by two fits
+    assert len(cache.load_features("other", 8)) == 0
+
+    store = cache.load_features("k", 8)
+    assert len(store) == 300
+    order = np.random.default_rng(1).permutation(300)
+    queried = np.concatenate([keys[order], text_keys(["never stored", "text 3000"])])
+    out = np.full((302, 8), -1.0, dtype=np.float32)
+    found = store.fill(queried, out)
+    np.testing.assert_array_equal(found, [True] * 300 + [False] * 2)
+    np.testing.assert_array_equal(out[:300], rows[order])
+    assert (out[300:] == -1).all()  # rows not found are left alone
+    assert not FitCache(tmp_path / "none").load_features("k", 8).fill(keys, out).any()
+
+
+def test_feature_chunks_of_another_shape_are_ignored_and_removed(tmp_path):
+    from sklearn_bert_multilabel._memory import FitCache, text_keys
+
+    cache = FitCache(tmp_path)
+    keys = text_keys(["a", "b", "c"])
+    cache.save_features("k", keys[:2], np.ones((2, 8), dtype=np.float32))
+    cache.save_features("k", keys[2:], np.ones((1, 4), dtype=np.float32))  # another width
+    with pytest.warns(CacheWarning, match="expected S16 keys and 8 values a row"):
+        store = cache.load_features("k", 8)
+    np.testing.assert_array_equal(store.fill(keys, np.zeros((3, 8), dtype=np.float32)), [True, True, False])
+    assert len(list((tmp_path / "features" / "k").glob("chunk-*.npz"))) == 1
+
+
 def test_unwritable_cache_does_not_break_fit(fast_params, toy_data, tmp_path):
     X, Y = toy_data
     blocker = tmp_path / "file"
