@@ -124,8 +124,7 @@ class FeatureStore:
     is a binary search in NumPy rather than a Python loop over the texts.
     """
 
-    def __init__(self, keys: list[np.ndarray], features: list[np.ndarray], width: int):
-        self.width = width
+    def __init__(self, keys: list[np.ndarray], features: list[np.ndarray]):
         self.features = features
         all_keys = np.concatenate(keys) if keys else np.empty(0, dtype="S16")
         self.keys, first = np.unique(all_keys, return_index=True)
@@ -235,7 +234,7 @@ class FitCache:
         keys, features = [], []
         folder = self.root / "features" / key
         if not folder.is_dir():
-            return FeatureStore([], [], width)
+            return FeatureStore([], [])
         for chunk in sorted(folder.glob("chunk-*.npz")):
             try:
                 with np.load(chunk, allow_pickle=False) as data:
@@ -251,7 +250,7 @@ class FitCache:
                 continue
             keys.append(chunk_keys)
             features.append(chunk_features)
-        return FeatureStore(keys, features, width)
+        return FeatureStore(keys, features)
 
     def save_features(self, key: str, keys: np.ndarray, features: np.ndarray) -> None:
         if len(keys) == 0:
