@@ -121,3 +121,27 @@ def test_grid_search_on_a_dask_cluster_shares_the_cache(fast_params, toy_data, t
     assert len(list(fits.iterdir())) == 2  # the workers' cache entries serve this process too
     np.testing.assert_allclose(search.cv_results_["mean_test_score"], serial.cv_results_["mean_test_score"])
     assert len(threads) == 2 and all(2 * t <= max(2, os.cpu_count()) for t in threads.values()), threads
+
+
+def test_grid_search_on_ray_shares_the_cache(fast_params, toy_data, tmp_path):
+    """Ray's joblib backend, where Ray is installed (it is not among the test dependencies)."""
+    ray = pytest.importorskip("ray")
+    from joblib import parallel_backend
+    from ray.util.joblib import register_ray
+
+    X, Y = toy_data
+    cache = tmp_path / "cache"
+    fits = cache / "sklearn_bert_multilabel" / "fits"
+    estimator = BertMultiLabelClassifier(**{**fast_params, "max_epochs": 1, "memory": str(cache)})
+    grid = {"threshold": [0.3, 0.5, 0.7]}
+    register_ray()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        with parallel_backend("ray"):
+            search = GridSearchCV(estimator, grid, cv=2, scoring="f1_macro", refit=False, n_jobs=2).fit(X, Y)
+    finally:
+        ray.shutdown()
+    assert len(list(fits.iterdir())) == 2  # 6 candidate fits, one training per fold
+    serial = GridSearchCV(estimator, grid, cv=2, scoring="f1_macro", refit=False).fit(X, Y)
+    assert len(list(fits.iterdir())) == 2
+    np.testing.assert_allclose(search.cv_results_["mean_test_score"], serial.cv_results_["mean_test_score"])
