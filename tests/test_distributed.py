@@ -99,27 +99,36 @@ def test_distributed_parameter_is_checked(tiny_model_dir):
         BertMultiLabelClassifier(model_name=tiny_model_dir, distributed="yes").fit(["a"], [[1]])
 
 
+def _check_search_shares_the_cache(params, toy_data, tmp_path, backend, n_jobs) -> None:
+    """A 3-threshold search with ``memory`` under ``backend``: its 6 candidate fits train 2
+    models (one per fold) and score as a serial search does, which trains nothing more."""
+    X, Y = toy_data
+    cache = tmp_path / "cache"
+    fits = cache / "sklearn_bert_multilabel" / "fits"
+    estimator = BertMultiLabelClassifier(**{**params, "max_epochs": 1, "memory": str(cache)})
+
+    def search(**kwargs):
+        grid = {"threshold": [0.3, 0.5, 0.7]}
+        return GridSearchCV(estimator, grid, cv=2, scoring="f1_macro", refit=False, **kwargs).fit(X, Y)
+
+    with backend:
+        parallel = search(n_jobs=n_jobs)
+    assert len(list(fits.iterdir())) == 2  # thresholds share the weights of their fold
+    serial = search()
+    assert len(list(fits.iterdir())) == 2  # the workers' cache entries serve this process too
+    np.testing.assert_allclose(parallel.cv_results_["mean_test_score"], serial.cv_results_["mean_test_score"])
+
+
 def test_grid_search_on_a_dask_cluster_shares_the_cache(fast_params, toy_data, tmp_path):
     distributed = pytest.importorskip("distributed")
     from joblib import parallel_backend
 
-    X, Y = toy_data
-    cache = tmp_path / "cache"
-    fits = cache / "sklearn_bert_multilabel" / "fits"
-    estimator = BertMultiLabelClassifier(**{**fast_params, "max_epochs": 1, "memory": str(cache)})
-    grid = {"threshold": [0.3, 0.5, 0.7]}
     cluster = distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=50
     )
     with cluster, distributed.Client(cluster) as client:
         threads = client.run(lambda: __import__("torch").get_num_threads())
-        with parallel_backend("dask"):
-            search = GridSearchCV(estimator, grid, cv=2, scoring="f1_macro", refit=False, n_jobs=-1).fit(X, Y)
-    # 6 candidate fits on the workers trained 2 models (one per fold): thresholds share weights.
-    assert len(list(fits.iterdir())) == 2
-    serial = GridSearchCV(estimator, grid, cv=2, scoring="f1_macro", refit=False).fit(X, Y)
-    assert len(list(fits.iterdir())) == 2  # the workers' cache entries serve this process too
-    np.testing.assert_allclose(search.cv_results_["mean_test_score"], serial.cv_results_["mean_test_score"])
+        _check_search_shares_the_cache(fast_params, toy_data, tmp_path, parallel_backend("dask"), -1)
     assert len(threads) == 2 and all(2 * t <= max(2, os.cpu_count()) for t in threads.values()), threads
 
 
@@ -129,19 +138,9 @@ def test_grid_search_on_ray_shares_the_cache(fast_params, toy_data, tmp_path):
     from joblib import parallel_backend
     from ray.util.joblib import register_ray
 
-    X, Y = toy_data
-    cache = tmp_path / "cache"
-    fits = cache / "sklearn_bert_multilabel" / "fits"
-    estimator = BertMultiLabelClassifier(**{**fast_params, "max_epochs": 1, "memory": str(cache)})
-    grid = {"threshold": [0.3, 0.5, 0.7]}
     register_ray()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        with parallel_backend("ray"):
-            search = GridSearchCV(estimator, grid, cv=2, scoring="f1_macro", refit=False, n_jobs=2).fit(X, Y)
+        _check_search_shares_the_cache(fast_params, toy_data, tmp_path, parallel_backend("ray"), 2)
     finally:
         ray.shutdown()
-    assert len(list(fits.iterdir())) == 2  # 6 candidate fits, one training per fold
-    serial = GridSearchCV(estimator, grid, cv=2, scoring="f1_macro", refit=False).fit(X, Y)
-    assert len(list(fits.iterdir())) == 2
-    np.testing.assert_allclose(search.cv_results_["mean_test_score"], serial.cv_results_["mean_test_score"])
