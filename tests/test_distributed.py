@@ -16,21 +16,26 @@ from sklearn_bert_multilabel import BertMultiLabelClassifier
 HERE = os.path.dirname(__file__)
 
 
+def _torchrun(model_dir: str, out_dir, port: int, *mode: str, timeout: int = 420) -> None:
+    """Run ``distributed_fit.py`` (in ``mode``) in two processes; it writes its reports to ``out_dir``."""
+    pytest.importorskip("accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+        os.path.join(HERE, "distributed_fit.py"), model_dir, str(out_dir), *mode,
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_two_process_training_equals_one_process_with_the_same_batches(tiny_model_dir, tmp_path):
     """2 processes x batch 16 average the gradients of the batches that one process
     accumulates two at a time (accumulate_batches=2): the same updates, the same model."""
-    pytest.importorskip("accelerate")
     sys.path.insert(0, HERE)
     from conftest import make_texts
     from distributed_fit import params
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29571",
-        os.path.join(HERE, "distributed_fit.py"), tiny_model_dir, str(tmp_path),
-    ]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=420)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _torchrun(tiny_model_dir, tmp_path, 29571)
     reports = [json.loads((tmp_path / f"report-{r}.json").read_text()) for r in (0, 1)]
     probas = [np.load(tmp_path / f"proba-{r}.npy") for r in (0, 1)]
 
@@ -47,32 +52,18 @@ def test_two_process_training_equals_one_process_with_the_same_batches(tiny_mode
 
 
 def test_a_non_finite_loss_on_one_process_stops_every_process(tiny_model_dir, tmp_path):
-    pytest.importorskip("accelerate")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29573",
-        os.path.join(HERE, "distributed_fit.py"), tiny_model_dir, str(tmp_path), "nan",
-    ]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _torchrun(tiny_model_dir, tmp_path, 29573, "nan", timeout=300)
     outcomes = [(tmp_path / f"nan-{r}.txt").read_text() for r in (0, 1)]
     assert outcomes[0].startswith("1 3 the training loss on process 1 became nan in epoch 1, batch 3")
     assert outcomes[1].startswith("1 3 the training loss became nan in epoch 1, batch 3")
 
 
 def test_each_process_draws_its_own_dropout_masks_and_resumes_its_own_stream(tiny_model_dir, tmp_path):
-    pytest.importorskip("accelerate")
     sys.path.insert(0, HERE)
     from conftest import make_texts
     from distributed_fit import rng_params, traced_fit
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29575",
-        os.path.join(HERE, "distributed_fit.py"), tiny_model_dir, str(tmp_path), "rng",
-    ]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=420)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _torchrun(tiny_model_dir, tmp_path, 29575, "rng")
     reports = [json.loads((tmp_path / f"rng-{r}.json").read_text()) for r in (0, 1)]
 
     full = [r["full"] for r in reports]
