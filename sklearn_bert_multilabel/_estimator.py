@@ -1077,7 +1077,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         todo = np.arange(len(texts))
         if cache is not None:
             keys = text_keys(list(texts))
-            found = cache.load_features(self._feature_key(), hidden).fill(keys, out)
+            feature_key = self._feature_key()  # reads the model folder's file stamps: once
+            found = cache.load_features(feature_key, hidden).fill(keys, out)
             todo = np.flatnonzero(~found)
         if len(todo):
             batches = iter_text_batches(
@@ -1091,7 +1092,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             computed = self._run(batches, self.module_.pool, hidden)
             out[todo] = computed
             if cache is not None:
-                cache.save_features(self._feature_key(), keys[todo], computed)
+                cache.save_features(feature_key, keys[todo], computed)
         logger.debug("features: %d cached, %d computed", len(texts) - len(todo), len(todo))
         return out
 
