@@ -6,7 +6,8 @@ Layout under ``<location>/sklearn_bert_multilabel/``::
     fits/<key>/meta.json             history, pos_weight, label count
     fits/<key>/valid.npz             validation logits and labels (for threshold="auto")
     logits/<key>.npy                 logits of one fitted model on one set of texts
-    features/<key>/chunk-*.npz       pooled features of a frozen encoder, by text hash
+    features/<key>/chunk-*/          pooled features of a frozen encoder: keys.npy (text
+                                     hashes, sorted) and features.npy (rows, same order)
 
 Every entry is written to a temporary name and renamed into place, so
 processes sharing a cache (``GridSearchCV(n_jobs=...)``) never see a partial
@@ -116,38 +117,65 @@ def _write_file(final: Path, write) -> None:
 
 
 class FeatureStore:
-    """Feature rows by text key, looked up for many texts at once.
+    """Cached feature rows of one encoder setting, looked up by text key.
 
-    The rows stay in the arrays they were read into (one per chunk file);
-    the keys are sorted once, with one row per key (the first one read, when
-    processes that shared a cache stored the same text twice), so a lookup
-    is a binary search in NumPy rather than a Python loop over the texts.
+    Each chunk holds its keys sorted, with its rows in the same order, and
+    both are memory-mapped: a lookup binary-searches every chunk's keys and
+    reads only the rows it returns, so its cost grows with the number of
+    texts asked for and of chunks, not with the number of texts cached. A
+    text stored by several chunks (processes that shared a cache) is read
+    from the first chunk, in name order, that has it.
     """
 
-    def __init__(self, keys: list[np.ndarray], features: list[np.ndarray]):
-        self.features = features
-        all_keys = np.concatenate(keys) if keys else np.empty(0, dtype="S16")
-        self.keys, first = np.unique(all_keys, return_index=True)
-        chunk = np.repeat(np.arange(len(keys)), [len(k) for k in keys])
-        row = np.concatenate([np.arange(len(k)) for k in keys]) if keys else np.empty(0, dtype=np.intp)
-        self._chunk, self._row = chunk[first], row[first]
-
-    def __len__(self) -> int:
-        return len(self.keys)
+    def __init__(self, chunks: list[tuple[np.ndarray, np.ndarray]]):
+        self.chunks = chunks  # (sorted S16 keys, rows in the same order)
 
     def fill(self, keys: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Copy the stored row of each of ``keys`` into ``out``; return where one was found."""
-        if len(self.keys) == 0:
-            return np.zeros(len(keys), dtype=bool)
-        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-        found = self.keys[at] == keys
-        at = at[found]
-        targets = np.flatnonzero(found)
-        chunks = self._chunk[at]
-        for c in np.unique(chunks):
-            mine = chunks == c
-            out[targets[mine]] = self.features[c][self._row[at[mine]]]
+        found = np.zeros(len(keys), dtype=bool)
+        for chunk_keys, rows in self.chunks:
+            todo = np.flatnonzero(~found)
+            if len(todo) == 0:
+                break
+            wanted = keys[todo]
+            at = np.minimum(np.searchsorted(chunk_keys, wanted), len(chunk_keys) - 1)
+            hit = np.asarray(chunk_keys[at]) == wanted
+            if not hit.any():
+                continue
+            at, targets = at[hit], todo[hit]
+            order = np.argsort(at, kind="stable")  # read the mapped rows front to back
+            out[targets[order]] = rows[at[order]]
+            found[targets] = True
         return found
+
+
+def _sorted_chunk(keys: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keys sorted and unique, with their rows: the order a chunk is stored and searched in."""
+    keys, first = np.unique(keys, return_index=True)
+    return keys, features[first]
+
+
+def _check_chunk(keys: np.ndarray, features: np.ndarray, width: int) -> None:
+    if keys.ndim != 1 or keys.dtype != np.dtype("S16") or features.shape != (len(keys), width):
+        raise ValueError(
+            f"{len(keys)} keys of type {keys.dtype}, features of shape {features.shape}; "
+            f"expected S16 keys and {width} values a row"
+        )
+    if features.dtype != np.float32:
+        raise ValueError(f"features of type {features.dtype}, expected float32")
+
+
+def _read_chunk(chunk: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A chunk's keys and rows: mapped from a folder, or read whole from an ``.npz`` file."""
+    if chunk.is_dir():
+        keys = np.load(chunk / "keys.npy", mmap_mode="r", allow_pickle=False)
+        return keys, np.load(chunk / "features.npy", mmap_mode="r", allow_pickle=False)
+    # One file, as earlier versions wrote each chunk, in the order it was computed.
+    with np.load(chunk, allow_pickle=False) as data:
+        keys, features = data["keys"], data["features"]
+    if len(keys) != len(features):
+        raise ValueError(f"{len(keys)} keys for {len(features)} rows")
+    return _sorted_chunk(keys, features)
 
 
 class FitCache:
@@ -230,41 +258,44 @@ class FitCache:
 
     # ---------------------------------------------------------------- features
     def load_features(self, key: str, width: int) -> FeatureStore:
-        """All cached feature rows of one encoder setting (``width`` values a row)."""
-        keys, features = [], []
+        """All cached feature chunks of one encoder setting (``width`` values a row), mapped."""
         folder = self.root / "features" / key
         if not folder.is_dir():
-            return FeatureStore([], [])
-        for chunk in sorted(folder.glob("chunk-*.npz")):
+            return FeatureStore([])
+        chunks = []
+        for chunk in sorted(folder.glob("chunk-*")):
             try:
-                with np.load(chunk, allow_pickle=False) as data:
-                    chunk_keys, chunk_features = data["keys"], data["features"]
-                if chunk_keys.dtype != np.dtype("S16") or chunk_features.shape != (len(chunk_keys), width):
-                    raise ValueError(
-                        f"{len(chunk_keys)} keys of type {chunk_keys.dtype}, features of shape "
-                        f"{chunk_features.shape}; expected S16 keys and {width} values a row"
-                    )
+                keys, features = _read_chunk(chunk)
+                _check_chunk(keys, features, width)
             except Exception as exc:  # noqa: BLE001
+                if not chunk.exists():
+                    continue  # removed by another process since the listing
                 _warn("features", chunk, exc)
-                chunk.unlink(missing_ok=True)
+                if chunk.is_dir():
+                    shutil.rmtree(chunk, ignore_errors=True)
+                else:
+                    chunk.unlink(missing_ok=True)
                 continue
-            keys.append(chunk_keys)
-            features.append(chunk_features)
-        return FeatureStore(keys, features)
+            if len(keys):
+                chunks.append((keys, features))
+        return FeatureStore(chunks)
 
     def save_features(self, key: str, keys: np.ndarray, features: np.ndarray) -> None:
+        """Store rows as a new chunk: a folder of sorted keys and rows, renamed into place."""
         if len(keys) == 0:
             return
-        final = self.root / "features" / key / f"chunk-{uuid.uuid4().hex}.npz"
-
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.savez(f, keys=keys, features=features)
-
+        keys, features = _sorted_chunk(keys, np.ascontiguousarray(features, dtype=np.float32))
+        folder = self.root / "features" / key
+        name = f"chunk-{uuid.uuid4().hex}"
+        tmp = folder / f".{name}.tmp"
         try:
-            _write_file(final, write)
+            tmp.mkdir(parents=True)
+            np.save(tmp / "features.npy", features, allow_pickle=False)
+            np.save(tmp / "keys.npy", keys, allow_pickle=False)
+            os.rename(tmp, folder / name)
         except OSError as exc:
             warnings.warn(f"could not write features to the cache: {exc}", CacheWarning, stacklevel=3)
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def state_for_cache(module: torch.nn.Module, frozen: bool) -> dict[str, torch.Tensor]:

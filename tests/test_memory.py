@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import threading
+import warnings
 
 import joblib
 import numpy as np
@@ -233,8 +234,10 @@ def test_corrupt_logits_and_features_are_ignored(params, toy_data, tmp_path):
 
     frozen = BertMultiLabelClassifier(**dict(params, freeze_encoder=True)).fit(X, Y)
     expected = frozen.predict_proba(X[:10])
-    for f in (tmp_path / "cache" / "sklearn_bert_multilabel" / "features").rglob("chunk-*.npz"):
-        f.write_bytes(b"PK garbage")
+    chunks = list((tmp_path / "cache" / "sklearn_bert_multilabel" / "features").rglob("chunk-*"))
+    assert chunks
+    for chunk in chunks:
+        (chunk / "features.npy").write_bytes(b"\x93NUMPY garbage")
     with pytest.warns(CacheWarning):
         np.testing.assert_allclose(frozen.predict_proba(X[:10]), expected, atol=1e-5)
 
@@ -250,10 +253,10 @@ def test_feature_store_finds_every_stored_text_and_no_other(tmp_path):
     rows = np.random.default_rng(0).random((300, 8)).astype(np.float32)
     cache.save_features("k", keys[:200], rows[:200])
     cache.save_features("k", keys[150:], rows[150:])  # 50 texts stored twice, by two fits
-    assert len(cache.load_features("other", 8)) == 0
+    assert not cache.load_features("other", 8).fill(keys, np.zeros((300, 8), dtype=np.float32)).any()
 
     store = cache.load_features("k", 8)
-    assert len(store) == 300
+    assert len(store.chunks) == 2
     order = np.random.default_rng(1).permutation(300)
     queried = np.concatenate([keys[order], text_keys(["never stored", "text 3000"])])
     out = np.full((302, 8), -1.0, dtype=np.float32)
@@ -274,7 +277,69 @@ def test_feature_chunks_of_another_shape_are_ignored_and_removed(tmp_path):
     with pytest.warns(CacheWarning, match="expected S16 keys and 8 values a row"):
         store = cache.load_features("k", 8)
     np.testing.assert_array_equal(store.fill(keys, np.zeros((3, 8), dtype=np.float32)), [True, True, False])
-    assert len(list((tmp_path / "features" / "k").glob("chunk-*.npz"))) == 1
+    assert len(list((tmp_path / "features" / "k").glob("chunk-*"))) == 1
+
+
+def test_feature_lookup_reads_only_the_rows_it_returns(tmp_path):
+    import tracemalloc
+
+    from sklearn_bert_multilabel._memory import FitCache, text_keys
+
+    cache = FitCache(tmp_path)
+    keys = text_keys([f"text {i}" for i in range(20_000)])
+    rows = np.random.default_rng(0).random((20_000, 64)).astype(np.float32)  # 5 MB
+    cache.save_features("k", keys[:10_000], rows[:10_000])
+    cache.save_features("k", keys[10_000:], rows[10_000:])
+    wanted = np.array([5, 17_000, 3, 9_999, 10_000])
+    out = np.zeros((5, 64), dtype=np.float32)
+    tracemalloc.start()
+    try:
+        found = cache.load_features("k", 64).fill(keys[wanted], out)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found.all()
+    np.testing.assert_array_equal(out, rows[wanted])
+    assert peak < 200_000  # neither the 5 MB of rows nor the 320 kB of keys were read into memory
+
+
+def test_feature_chunks_written_as_one_file_are_still_read(tmp_path):
+    from sklearn_bert_multilabel._memory import FitCache, text_keys
+
+    keys = text_keys(["c", "a", "b", "a"])  # unsorted, one text twice: as a fit computed them
+    rows = np.arange(16, dtype=np.float32).reshape(4, 4)
+    folder = tmp_path / "features" / "k"
+    folder.mkdir(parents=True)
+    np.savez(folder / "chunk-0.npz", keys=keys, features=rows)
+    out = np.zeros((3, 4), dtype=np.float32)
+    found = FitCache(tmp_path).load_features("k", 4).fill(text_keys(["a", "b", "z"]), out)
+    np.testing.assert_array_equal(found, [True, True, False])
+    np.testing.assert_array_equal(out[:2], rows[[1, 2]])
+
+
+def test_feature_chunk_removed_while_reading_is_skipped_quietly(tmp_path, monkeypatch):
+    import shutil
+
+    from sklearn_bert_multilabel import _memory
+
+    cache = _memory.FitCache(tmp_path)
+    keys = _memory.text_keys(["a", "b"])
+    cache.save_features("k", keys[:1], np.ones((1, 4), dtype=np.float32))
+    cache.save_features("k", keys[1:], np.full((1, 4), 2.0, dtype=np.float32))
+    read = _memory._read_chunk
+    gone = sorted((tmp_path / "features" / "k").glob("chunk-*"))[0]
+
+    def read_after_another_process_removed_one(chunk):
+        if chunk == gone:
+            shutil.rmtree(chunk)
+        return read(chunk)
+
+    monkeypatch.setattr(_memory, "_read_chunk", read_after_another_process_removed_one)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        store = cache.load_features("k", 4)
+    assert len(store.chunks) == 1
+    assert store.fill(keys, np.zeros((2, 4), dtype=np.float32)).sum() == 1
 
 
 def test_unwritable_cache_does_not_break_fit(fast_params, toy_data, tmp_path):
