@@ -254,7 +254,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         of the (never trained) encoder per process, so a search over heads
         does not reload it per candidate. Unreadable entries are ignored with a
         ``CacheWarning``. With ``random_state=None``, a cached fit is reused
-        as if it were deterministic.
+        as if it were deterministic. Prediction calls write to the cache
+        too (the logits of each new set of texts, and the features of each
+        new text with a frozen encoder), so set ``memory=None`` on a model
+        that serves predictions; :meth:`save` does not keep it.
     warm_start : bool, default=False
         If True, :meth:`fit` continues instead of starting from the
         pretrained encoder: from the last completed epoch of a checkpoint of
@@ -1421,7 +1424,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         folder. A folder that already holds a saved model is replaced.
         Parameters that JSON cannot hold (callables, callback objects, a
         ``RandomState``) are saved as their defaults, with a warning; they
-        only matter for refitting. No optimizer state is ever saved.
+        only matter for refitting. No optimizer state is ever saved, and
+        ``memory`` is saved as None: a cache folder belongs to the machine
+        and the search that made it.
 
         Parameters
         ----------

@@ -154,7 +154,9 @@ def save_estimator(estimator, path: str | os.PathLike) -> Path:
             f"path={os.fspath(path)!r} is a folder with other files in it; save into a new or empty "
             "folder (a folder holding a saved model is replaced)."
         )
-    params, dropped = _encode_params(estimator.get_params(deep=False))
+    # The cache folder belongs to this machine and to model selection; a loaded model that
+    # kept it would write the logits and features of every prediction call into it.
+    params, dropped = _encode_params(dict(estimator.get_params(deep=False), memory=None))
     if dropped:
         warnings.warn(
             f"these parameters cannot be written as JSON and are saved as their defaults: "

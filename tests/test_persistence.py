@@ -172,6 +172,24 @@ def test_parameters_json_cannot_hold_warn_at_save(fast_params, toy_data, tmp_pat
     np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
 
 
+@pytest.mark.parametrize("freeze_encoder", [False, True])
+def test_saved_model_does_not_keep_the_cache_folder(fast_params, toy_data, tmp_path, freeze_encoder):
+    X, Y = toy_data
+    cache = tmp_path / "cache"
+    params = dict(fast_params, max_epochs=1, memory=str(cache), freeze_encoder=freeze_encoder)
+    clf = BertMultiLabelClassifier(**params).fit(X, Y)
+    clf.predict_proba(X[:5])
+    entries = sorted(p for p in cache.rglob("*"))
+    assert any(p.parent.name in ("logits", "features") or p.name.startswith("chunk-") for p in entries)
+    clf.save(tmp_path / "m")
+    loaded = BertMultiLabelClassifier.load(tmp_path / "m")
+    assert loaded.memory is None
+    np.testing.assert_allclose(loaded.predict_proba(X[5:]), clf.predict_proba(X[5:]), atol=1e-6)
+    entries = sorted(p for p in cache.rglob("*"))  # the original model's call just wrote here
+    loaded.predict_proba(X[:3] + ["a text never seen before"])
+    assert sorted(p for p in cache.rglob("*")) == entries
+
+
 def test_save_refuses_a_folder_with_other_files_and_replaces_a_saved_model(tuned, tmp_path):
     clf, X = tuned
     (tmp_path / "busy").mkdir()
