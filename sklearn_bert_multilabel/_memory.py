@@ -165,11 +165,21 @@ def _check_chunk(keys: np.ndarray, features: np.ndarray, width: int) -> None:
         raise ValueError(f"features of type {features.dtype}, expected float32")
 
 
+def _map_npy(path: Path) -> np.ndarray:
+    """An ``.npy`` array mapped from its file, or read whole where the file cannot be mapped."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # a file system without mmap: the file itself is fine
+        logger.debug("cannot map %s (%s); reading it whole", path, exc)
+        return np.load(path, allow_pickle=False)
+
+
 def _read_chunk(chunk: Path) -> tuple[np.ndarray, np.ndarray]:
     """A chunk's keys and rows: mapped from a folder, or read whole from an ``.npz`` file."""
     if chunk.is_dir():
-        keys = np.load(chunk / "keys.npy", mmap_mode="r", allow_pickle=False)
-        return keys, np.load(chunk / "features.npy", mmap_mode="r", allow_pickle=False)
+        return _map_npy(chunk / "keys.npy"), _map_npy(chunk / "features.npy")
     # One file, as earlier versions wrote each chunk, in the order it was computed.
     with np.load(chunk, allow_pickle=False) as data:
         keys, features = data["keys"], data["features"]

@@ -303,6 +303,28 @@ def test_feature_lookup_reads_only_the_rows_it_returns(tmp_path):
     assert peak < 200_000  # neither the 5 MB of rows nor the 320 kB of keys were read into memory
 
 
+def test_feature_chunks_are_read_whole_where_files_cannot_be_mapped(tmp_path, monkeypatch):
+    import mmap
+
+    from sklearn_bert_multilabel._memory import FitCache, text_keys
+
+    cache = FitCache(tmp_path)
+    keys = text_keys(["a", "b"])
+    rows = np.arange(8, dtype=np.float32).reshape(2, 4)
+    cache.save_features("k", keys, rows)
+
+    def no_mmap(*args, **kwargs):
+        raise OSError(19, "No such device")
+
+    monkeypatch.setattr(mmap, "mmap", no_mmap)
+    out = np.zeros((2, 4), dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a file that cannot be mapped is not a damaged entry
+        assert cache.load_features("k", 4).fill(keys, out).all()
+    np.testing.assert_array_equal(out, rows)
+    assert len(list((tmp_path / "features" / "k").glob("chunk-*"))) == 1
+
+
 def test_feature_chunks_written_as_one_file_are_still_read(tmp_path):
     from sklearn_bert_multilabel._memory import FitCache, text_keys
 
