@@ -75,7 +75,7 @@ from ._text import (
     tokenize,
     window_text_ids,
 )
-from ._thresholds import THRESHOLD_METRICS, tune_thresholds
+from ._thresholds import parse_metric, tune_thresholds
 from ._validation import (
     InvalidInputError,
     Problems,
@@ -148,9 +148,13 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         ``"auto"`` tunes one threshold per label on the validation data at the
         end of :meth:`fit` (see ``threshold_metric``). Changing it with
         ``set_params`` after fitting changes :meth:`predict` without refitting.
-    threshold_metric : {"f1", "f0.5", "f2"}, default="f1"
-        Score that ``threshold="auto"`` and :meth:`fit_thresholds` maximise
-        for each label.
+    threshold_metric : str, default="f1"
+        What ``threshold="auto"`` and :meth:`fit_thresholds` maximise for
+        each label: ``"f1"``, ``"f0.5"`` or ``"f2"`` (F-beta),
+        ``"precision@recall=R"`` (the highest precision with recall at least
+        R, e.g. ``"precision@recall=0.9"``) or ``"recall@precision=P"`` (the
+        highest recall with precision at least P; a label that never reaches
+        P gets the threshold of its highest precision, with a warning).
     pos_weight : None, "balanced" or array-like of shape (n_labels,), default=None
         Weight of positive examples in the loss, per label. ``"balanced"``
         uses negatives / positives of each label in this fit's training data,
@@ -479,10 +483,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 )
             else:
                 check_per_label(self.threshold, "threshold", problems, low=0.0, high=1.0)
-        if self.threshold_metric not in THRESHOLD_METRICS:
-            problems.append(
-                f"threshold_metric must be one of {list(THRESHOLD_METRICS)}, got {self.threshold_metric!r}."
-            )
+        try:
+            parse_metric(self.threshold_metric)
+        except ValueError as exc:
+            problems.append(f"threshold_metric {exc}.")
         if self.pos_weight is not None and not (
             isinstance(self.pos_weight, str) and self.pos_weight == "balanced"
         ):
@@ -855,7 +859,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 self.tuned_thresholds_ = np.full(n_labels, 0.5)
             else:
                 logits, Y_valid = valid
-                self.tuned_thresholds_ = tune_thresholds(expit(logits), Y_valid, self.threshold_metric)
+                self.tuned_thresholds_ = tune_thresholds(
+                    expit(logits), Y_valid, self.threshold_metric, label_names=self.label_names_
+                )
 
     def _starting_point(self, module, fit_key, before) -> dict:
         """Where training starts: a checkpoint to resume, a previous fit's weights, or nothing."""
@@ -1373,8 +1379,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             Tuning texts, ideally not seen in training.
         y : array-like of shape (n_samples, n_labels)
             Their binary labels.
-        metric : {"f1", "f0.5", "f2"}, optional
-            Defaults to ``threshold_metric``.
+        metric : str, optional
+            One of the ``threshold_metric`` choices; defaults to
+            ``threshold_metric``.
 
         Returns
         -------
@@ -1383,9 +1390,13 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         """
         texts, Y = self._check_eval_labels(X, y)
         metric = self.threshold_metric if metric is None else metric
-        if metric not in THRESHOLD_METRICS:
-            raise InvalidInputError([f"metric must be one of {list(THRESHOLD_METRICS)}, got {metric!r}."])
-        self.tuned_thresholds_ = tune_thresholds(self.predict_proba(texts), Y, metric)
+        try:
+            parse_metric(metric)
+        except ValueError as exc:
+            raise InvalidInputError([f"metric {exc}."]) from None
+        self.tuned_thresholds_ = tune_thresholds(
+            self.predict_proba(texts), Y, metric, label_names=self.label_names_
+        )
         self.threshold = "auto"
         return self
 

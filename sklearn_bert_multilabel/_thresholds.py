@@ -1,13 +1,59 @@
-"""Per-label decision thresholds chosen to maximise an F-beta score."""
+"""Per-label decision thresholds chosen to maximise an F-beta score or a constrained rate."""
 
 from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
 
 import numpy as np
 
 #: Threshold metrics by name, each an F-beta score with this beta.
 THRESHOLD_METRICS = {"f1": 1.0, "f0.5": 0.5, "f2": 2.0}
+#: Constrained metrics: ``"precision@recall=R"`` maximises precision among the
+#: thresholds whose recall is at least R; ``"recall@precision=P"`` the reverse.
+CONSTRAINED_METRICS = ("precision@recall", "recall@precision")
 #: Threshold kept by a label that has no positive example in the tuning data.
 DEFAULT_THRESHOLD = 0.5
+
+_CONSTRAINED = re.compile(r"(precision@recall|recall@precision)=(.*)")
+METRIC_CHOICES = '"f1", "f0.5", "f2", "precision@recall=R" or "recall@precision=P" (R, P in (0, 1])'
+
+
+def parse_metric(metric: object) -> tuple[str, float]:
+    """``(kind, value)`` of a threshold metric: ``("fbeta", beta)`` or ``(constraint, level)``.
+
+    Raises ValueError, with a message that lists the choices, for anything else.
+    """
+    if isinstance(metric, str):
+        if metric in THRESHOLD_METRICS:
+            return "fbeta", THRESHOLD_METRICS[metric]
+        match = _CONSTRAINED.fullmatch(metric)
+        if match:
+            try:
+                level = float(match.group(2))
+            except ValueError:
+                level = float("nan")
+            if 0.0 < level <= 1.0:
+                return match.group(1), level
+    raise ValueError(f"must be one of {METRIC_CHOICES}; got {metric!r}")
+
+
+def _cuts(scores: np.ndarray, y: np.ndarray):
+    """Scores sorted high to low, true positives and predicted positives after each cut, valid cuts."""
+    order = np.argsort(-scores, kind="stable")
+    s = scores[order]
+    tp = np.cumsum(y[order])
+    k = np.arange(1, len(s) + 1)  # number predicted positive when cutting after k
+    # A cut is valid only where the score changes (ties go the same side).
+    valid = np.append(s[1:] < s[:-1], True)
+    return s, tp, k, valid
+
+
+def _threshold_at(s: np.ndarray, best: int) -> float:
+    """Halfway between the lowest score predicted positive and the next lower score."""
+    lower = s[best + 1] if best + 1 < len(s) else max(s[best] - 1e-6, 0.0)
+    return float((s[best] + lower) / 2)
 
 
 def best_threshold(scores: np.ndarray, y: np.ndarray, beta: float = 1.0) -> float:
@@ -22,26 +68,112 @@ def best_threshold(scores: np.ndarray, y: np.ndarray, beta: float = 1.0) -> floa
     n_pos = int(y.sum())
     if n_pos == 0 or len(scores) == 0:
         return DEFAULT_THRESHOLD
-    order = np.argsort(-scores, kind="stable")
-    s = scores[order]
-    tp = np.cumsum(y[order])
-    k = np.arange(1, len(s) + 1)  # number predicted positive when cutting after k
-    # A cut is valid only where the score changes (ties go the same side).
-    valid = np.append(s[1:] < s[:-1], True)
+    s, tp, k, valid = _cuts(scores, y)
     b2 = beta * beta
     fbeta = (1 + b2) * tp / ((1 + b2) * tp + b2 * (n_pos - tp) + (k - tp))
     fbeta = np.where(valid, fbeta, -1.0)
     best = int(np.argmax(fbeta))
     if fbeta[best] <= 0:
         return DEFAULT_THRESHOLD
-    lower = s[best + 1] if best + 1 < len(s) else max(s[best] - 1e-6, 0.0)
-    return float((s[best] + lower) / 2)
+    return _threshold_at(s, best)
 
 
-def tune_thresholds(proba: np.ndarray, Y: np.ndarray, metric: str = "f1") -> np.ndarray:
-    """One threshold per label (column) maximising ``metric`` on ``(proba, Y)``."""
-    beta = THRESHOLD_METRICS[metric]
-    return np.array(
-        [best_threshold(proba[:, j], Y[:, j], beta) for j in range(proba.shape[1])],
-        dtype=np.float64,
-    )
+def constrained_threshold(scores: np.ndarray, y: np.ndarray, kind: str, level: float) -> tuple[float, bool]:
+    """Threshold maximising one rate while the other stays at or above ``level``.
+
+    ``kind="precision@recall"``: the highest precision among the cuts with
+    recall >= ``level`` (ties: the higher recall). ``kind="recall@precision"``:
+    the highest recall among the cuts with precision >= ``level`` (ties: the
+    higher precision). Every distinct cut is tried, as in
+    :func:`best_threshold`. Returns the threshold and whether the constraint
+    was met; when no cut meets it (precision ``level`` is out of reach), the
+    cut of highest precision is used. A label with no positive in ``y`` gets
+    :data:`DEFAULT_THRESHOLD` (and counts as met).
+    """
+    if kind not in CONSTRAINED_METRICS:
+        raise ValueError(f"kind must be one of {CONSTRAINED_METRICS}, got {kind!r}")
+    y = np.asarray(y, dtype=bool)
+    n_pos = int(y.sum())
+    if n_pos == 0 or len(scores) == 0:
+        return DEFAULT_THRESHOLD, True
+    s, tp, k, valid = _cuts(scores, y)
+    precision, recall = tp / k, tp / n_pos
+    # Small tolerance: a level such as 0.7 must accept 7 / 10 computed in floating point.
+    if kind == "precision@recall":
+        objective, constraint = precision, recall
+    else:
+        objective, constraint = recall, precision
+    feasible = valid & (constraint >= level - 1e-12)
+    met = bool(feasible.any())
+    if not met:  # only recall@precision can miss: the last cut has recall 1
+        feasible, objective, constraint = valid, precision, recall
+    # Lexicographic: the objective first, then the constraint's rate.
+    candidates = np.flatnonzero(feasible)
+    best = candidates[np.lexsort((constraint[candidates], objective[candidates]))[-1]]
+    return _threshold_at(s, int(best)), met
+
+
+def tune_thresholds(
+    proba: np.ndarray,
+    Y: np.ndarray,
+    metric: str = "f1",
+    *,
+    label_names: Sequence[str] | None = None,
+) -> np.ndarray:
+    """One threshold per label (column) maximising ``metric`` on ``(proba, Y)``.
+
+    Parameters
+    ----------
+    proba : ndarray of shape (n_samples, n_labels)
+        Scores, usually probabilities.
+    Y : ndarray of shape (n_samples, n_labels)
+        Binary labels.
+    metric : str, default="f1"
+        ``"f1"``, ``"f0.5"`` or ``"f2"`` (the F-beta score of each label),
+        ``"precision@recall=R"`` (the highest precision with recall at
+        least R) or ``"recall@precision=P"`` (the highest recall with
+        precision at least P). A label whose precision never reaches P on
+        this data gets the threshold of its highest precision, with a
+        warning.
+    label_names : sequence of str, optional
+        Names used in that warning; column numbers otherwise.
+
+    Returns
+    -------
+    thresholds : ndarray of shape (n_labels,)
+        Labels with no positive example keep 0.5.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_bert_multilabel import tune_thresholds
+    >>> proba = np.array([[0.9], [0.8], [0.7], [0.6], [0.3]])
+    >>> Y = np.array([[1], [0], [1], [1], [0]])
+    >>> tune_thresholds(proba, Y).round(3)  # best F1: 3 of the 4 texts above 0.45 are positive
+    array([0.45])
+    >>> tune_thresholds(proba, Y, "recall@precision=1").round(3)  # no false positive allowed
+    array([0.85])
+    """
+    try:
+        kind, value = parse_metric(metric)
+    except ValueError as exc:
+        raise ValueError(f"metric {exc}") from None
+    if kind == "fbeta":
+        return np.array(
+            [best_threshold(proba[:, j], Y[:, j], value) for j in range(proba.shape[1])],
+            dtype=np.float64,
+        )
+    thresholds, missed = [], []
+    for j in range(proba.shape[1]):
+        threshold, met = constrained_threshold(proba[:, j], Y[:, j], kind, value)
+        thresholds.append(threshold)
+        if not met:
+            missed.append(str(label_names[j]) if label_names is not None else str(j))
+    if missed:
+        warnings.warn(
+            f"{metric}: no threshold reaches precision {value:g} on the tuning data for "
+            f"label(s) {', '.join(missed)}; they use the threshold of their highest precision.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return np.array(thresholds, dtype=np.float64)

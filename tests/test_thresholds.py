@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import make_texts
-from sklearn.metrics import fbeta_score
+from sklearn.metrics import fbeta_score, precision_score, recall_score
 
 from sklearn_bert_multilabel import BertMultiLabelClassifier, tune_thresholds
-from sklearn_bert_multilabel._thresholds import DEFAULT_THRESHOLD, best_threshold
+from sklearn_bert_multilabel._thresholds import DEFAULT_THRESHOLD, best_threshold, constrained_threshold
 
 
 def brute_force(scores, y, beta):
@@ -25,6 +25,62 @@ def test_best_threshold_matches_brute_force(beta, seed):
     t = best_threshold(scores, y, beta)
     achieved = fbeta_score(y, scores >= t, beta=beta, zero_division=0)
     assert achieved == pytest.approx(brute_force(scores, y, beta))
+
+
+def rates(scores, y, t):
+    predicted = scores >= t
+    return precision_score(y, predicted, zero_division=0), recall_score(y, predicted)
+
+
+def brute_force_constrained(scores, y, kind, level):
+    """Best (objective, constraint) over every threshold that predicts at least one positive."""
+    best = None
+    for t in np.unique(scores):
+        precision, recall = rates(scores, y, t)
+        objective, constraint = (precision, recall) if kind == "precision@recall" else (recall, precision)
+        if constraint >= level - 1e-12 and (best is None or (objective, constraint) > best):
+            best = (objective, constraint)
+    return best
+
+
+@pytest.mark.parametrize(
+    "kind, level",
+    [
+        ("precision@recall", 0.5),
+        ("precision@recall", 0.9),
+        ("precision@recall", 1.0),
+        ("recall@precision", 0.7),
+    ],
+)
+@pytest.mark.parametrize("seed", range(5))
+def test_constrained_threshold_matches_brute_force(kind, level, seed):
+    rng = np.random.default_rng(seed)
+    y = rng.random(200) < 0.2
+    scores = np.clip(rng.normal(0.3 + 0.3 * y, 0.2), 0, 1).round(2)  # with ties
+    t, met = constrained_threshold(scores, y, kind, level)
+    precision, recall = rates(scores, y, t)
+    objective, constraint = (precision, recall) if kind == "precision@recall" else (recall, precision)
+    best = brute_force_constrained(scores, y, kind, level)
+    assert met and best is not None
+    assert constraint >= level - 1e-12
+    assert (objective, constraint) == pytest.approx(best)
+
+
+def test_recall_at_precision_out_of_reach_warns_and_takes_the_highest_precision():
+    proba = np.array([[0.9, 0.9], [0.8, 0.8], [0.7, 0.1], [0.6, 0.2]])
+    Y = np.array([[0, 1], [1, 1], [1, 0], [0, 0]])  # label "a": precision never above 2/3
+    with pytest.warns(UserWarning, match=r"precision 0.9 .* label\(s\) a; they use"):
+        t = tune_thresholds(proba, Y, "recall@precision=0.9", label_names=["a", "b"])
+    assert rates(proba[:, 0], Y[:, 0], t[0]) == pytest.approx((2 / 3, 1.0))  # the best precision on offer
+    assert rates(proba[:, 1], Y[:, 1], t[1]) == (1.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    "metric", ["precision@recall=1.5", "recall@precision=", "recall@precision=0", "precision@recall=x", "f3"]
+)
+def test_unknown_threshold_metrics_are_refused(metric):
+    with pytest.raises(ValueError, match="metric must be one of .*precision@recall=R"):
+        tune_thresholds(np.array([[0.5]]), np.array([[1]]), metric)
 
 
 def test_no_positive_keeps_default():
@@ -85,6 +141,21 @@ def test_fit_thresholds_metric_choice(skewed):
     assert (high_precision >= high_recall).all() and (high_precision > high_recall).any()
     with pytest.raises(ValueError, match="metric must be one of"):
         skewed.fit_thresholds(Xv, Yv, metric="auc")
+
+
+def test_fit_thresholds_with_a_recall_or_precision_floor(skewed):
+    Xv, Yv = make_texts(150, seed=23)
+    proba = skewed.predict_proba(Xv)
+    skewed.fit_thresholds(Xv, Yv, metric="precision@recall=0.95")
+    for j in range(Yv.shape[1]):
+        assert recall_score(Yv[:, j], proba[:, j] >= skewed.thresholds_[j]) >= 0.95
+    floor = skewed.thresholds_.copy()
+    skewed.fit_thresholds(Xv, Yv, metric="recall@precision=0.8")
+    for j in range(Yv.shape[1]):
+        assert precision_score(Yv[:, j], proba[:, j] >= skewed.thresholds_[j], zero_division=0) >= 0.8
+    assert (skewed.thresholds_ >= floor).all() and (skewed.thresholds_ > floor).any()
+    with pytest.raises(ValueError, match="metric must be one of"):
+        skewed.fit_thresholds(Xv, Yv, metric="recall@precision=2")
 
 
 def test_auto_threshold_tunes_on_validation_split(tiny_model_dir):
