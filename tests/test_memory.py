@@ -393,6 +393,26 @@ def test_parallel_grid_search_shares_the_cache(params, toy_data):
     assert torch.get_num_threads() >= 1
 
 
+def test_parallel_frozen_search_shares_feature_chunks(params, toy_data, tmp_path):
+    """Worker processes write and read each other's feature chunks; scores match a search without memory."""
+    X, Y = toy_data
+    grid = {"hidden_layer_sizes": [(), (8,)]}
+    p = dict(params, freeze_encoder=True, lr=1e-2, max_epochs=2)
+    plain = BertMultiLabelClassifier(**dict(p, memory=None))
+    serial = GridSearchCV(plain, grid, scoring="f1_macro", cv=2, refit=False).fit(X, Y)
+    cached = BertMultiLabelClassifier(**dict(p, memory=str(tmp_path / "cache")))
+    parallel = GridSearchCV(cached, grid, scoring="f1_macro", cv=2, refit=False, n_jobs=2).fit(X, Y)
+    np.testing.assert_allclose(
+        parallel.cv_results_["mean_test_score"], serial.cv_results_["mean_test_score"], atol=1e-5
+    )
+    folder = tmp_path / "cache" / "sklearn_bert_multilabel" / "features"
+    chunks = list(folder.rglob("chunk-*"))
+    assert chunks and all(sorted(f.name for f in c.iterdir()) == ["features.npy", "keys.npy"] for c in chunks)
+    assert not list(folder.rglob(".*"))  # no temporary folder left behind
+    stored = np.concatenate([np.load(c / "keys.npy") for c in chunks])
+    assert len(np.unique(stored)) == len(set(X))  # every text's features were stored
+
+
 class _RecordThreads(Callback):
     def on_epoch_end(self, net, **kwargs):
         net.history.record("torch_threads", torch.get_num_threads())
