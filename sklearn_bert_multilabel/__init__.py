@@ -5,6 +5,7 @@ from ._memory import CacheWarning
 from ._model import MultiLabelTextModule
 from ._net import NonFiniteLossError
 from ._persistence import ModelFileError
+from ._split import MultilabelStratifiedKFold
 from ._text import LongTextWarning
 from ._thresholds import tune_thresholds
 from ._validation import InvalidInputError, UnusedLabelWarning
@@ -18,6 +19,7 @@ __all__ = [
     "LongTextWarning",
     "ModelFileError",
     "MultiLabelTextModule",
+    "MultilabelStratifiedKFold",
     "NonFiniteLossError",
     "UnusedLabelWarning",
     "__version__",

@@ -63,6 +63,7 @@ from ._pretrained import (
     reused_tokenizer,
     shared_frozen_encoder,
 )
+from ._split import stratified_validation_split
 from ._text import (
     PREDICT_CHUNK,
     FeatureDataset,
@@ -231,8 +232,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
     optimizer : type, default=torch.optim.AdamW
         Optimizer class; its keyword arguments are passed as ``optimizer__*``.
     train_split : float, callable or None, default=0.1
-        Validation data held out of training: a fraction drawn at random
-        (with ``random_state``), a skorch-style callable
+        Validation data held out of training: a fraction of the rows, drawn
+        (with ``random_state``) so that every label's positives are split in
+        the same proportion as far as they go (iterative stratification, as
+        in :class:`MultilabelStratifiedKFold`), a skorch-style callable
         ``(dataset, y) -> (train, valid)`` such as ``skorch.dataset.ValidSplit``,
         or None for no validation. ``fit(..., validation_data=...)`` overrides it.
     callbacks : list or None, default=None
@@ -736,7 +739,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         if val_texts is not None:  # validation_data replaces train_split
             train_idx = valid_idx = None
         else:
-            train_idx, valid_idx = self._split_indices(len(texts), seed)
+            train_idx, valid_idx = self._split_indices(Y, seed)
         if valid_idx is not None:
             val_texts, Y_val = [texts[i] for i in valid_idx], Y[valid_idx]
         train_texts = texts if train_idx is None else [texts[i] for i in train_idx]
@@ -1014,9 +1017,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             logits = self._logits_from_ids(valid_set.ids)
         return (logits, Y_val), complete
 
-    def _split_indices(self, n: int, seed: int | None):
+    def _split_indices(self, Y: np.ndarray, seed: int | None):
         """(train rows, validation rows) of the fit data; None means all / none."""
         split = self.train_split
+        n = len(Y)
         if split is None or n < 2:
             return None, None
         if callable(split):
@@ -1029,9 +1033,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                     ]
                 )
             return np.asarray(train.indices), None if valid is None else np.asarray(valid.indices)
-        n_valid = max(1, int(round(n * split)))
-        perm = np.random.default_rng(seed).permutation(n)
-        return np.sort(perm[n_valid:]), np.sort(perm[:n_valid])
+        return stratified_validation_split(Y, split, seed)
 
     # ------------------------------------------------------------------ memory
     def _cache(self) -> FitCache | None:
