@@ -2,7 +2,8 @@
 
 With ``freeze_encoder=True`` and ``memory=...``, only the head is trained and
 the encoder's features are computed once, so the search takes seconds per
-candidate.
+candidate. The folds share out every label's positives in proportion
+(``MultilabelStratifiedKFold``).
 
     python examples/grid_search.py
 """
@@ -11,7 +12,7 @@ import tempfile
 
 from sklearn.model_selection import GridSearchCV
 
-from sklearn_bert_multilabel import BertMultiLabelClassifier, load_goemotions
+from sklearn_bert_multilabel import BertMultiLabelClassifier, MultilabelStratifiedKFold, load_goemotions
 
 X, Y, names = load_goemotions("train")
 labels = [names.index(n) for n in ("admiration", "gratitude", "love", "neutral")]
@@ -30,7 +31,7 @@ with tempfile.TemporaryDirectory() as cache:
         ),
         {"hidden_layer_sizes": [(), (256,)], "threshold": [0.2, 0.3, 0.5]},
         scoring="f1_macro",
-        cv=3,
+        cv=MultilabelStratifiedKFold(3, random_state=0),
     )
     search.fit(X, Y)
 
