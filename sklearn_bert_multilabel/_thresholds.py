@@ -16,7 +16,7 @@ CONSTRAINED_METRICS = ("precision@recall", "recall@precision")
 #: Threshold kept by a label that has no positive example in the tuning data.
 DEFAULT_THRESHOLD = 0.5
 
-_CONSTRAINED = re.compile(r"(precision@recall|recall@precision)=(.*)")
+_CONSTRAINED = re.compile(f"({'|'.join(CONSTRAINED_METRICS)})=(.*)")
 METRIC_CHOICES = '"f1", "f0.5", "f2", "precision@recall=R" or "recall@precision=P" (R, P in (0, 1])'
 
 
