@@ -113,3 +113,20 @@ def test_grid_search_accepts_the_splitter(fast_params, toy_data):
     ).fit(X, Y)
     assert search.n_splits_ == 2
     assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+
+
+def test_out_of_fold_probabilities_tune_thresholds(fast_params, toy_data):
+    """The README's recipe: thresholds tuned on cross_val_predict's out-of-fold probabilities."""
+    from sklearn.model_selection import cross_val_predict
+
+    from sklearn_bert_multilabel import tune_thresholds
+
+    X, Y = toy_data
+    clf = BertMultiLabelClassifier(**dict(fast_params, max_epochs=1))
+    P = cross_val_predict(clf, X, Y, cv=MultilabelStratifiedKFold(2, random_state=0), method="predict_proba")
+    assert P.shape == np.shape(Y) and ((P >= 0) & (P <= 1)).all()
+    thresholds = tune_thresholds(P, np.asarray(Y))
+    assert not np.allclose(thresholds, 0.5)
+    clf.fit(X, Y).set_params(threshold=thresholds)
+    np.testing.assert_array_equal(clf.thresholds_, thresholds)
+    np.testing.assert_array_equal(clf.predict(X), clf.predict_proba(X) >= thresholds)
