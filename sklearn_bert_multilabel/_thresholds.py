@@ -124,10 +124,10 @@ def tune_thresholds(
 
     Parameters
     ----------
-    proba : ndarray of shape (n_samples, n_labels)
+    proba : array-like of shape (n_samples, n_labels)
         Scores, usually probabilities.
-    Y : ndarray of shape (n_samples, n_labels)
-        Binary labels.
+    Y : array-like of shape (n_samples, n_labels)
+        Binary labels (an array, a list of lists or a DataFrame).
     metric : str, default="f1"
         ``"f1"``, ``"f0.5"`` or ``"f2"`` (the F-beta score of each label),
         ``"precision@recall=R"`` (the highest precision with recall at
@@ -158,6 +158,12 @@ def tune_thresholds(
         kind, value = parse_metric(metric)
     except ValueError as exc:
         raise ValueError(f"metric {exc}") from None
+    proba, Y = np.asarray(proba), np.asarray(Y)
+    if proba.ndim != 2 or proba.shape != Y.shape:
+        raise ValueError(
+            f"proba and Y must be 2-D arrays of the same shape (n_samples, n_labels); "
+            f"got {proba.shape} and {Y.shape}"
+        )
     if kind == "fbeta":
         return np.array(
             [best_threshold(proba[:, j], Y[:, j], value) for j in range(proba.shape[1])],

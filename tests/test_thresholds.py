@@ -83,6 +83,16 @@ def test_unknown_threshold_metrics_are_refused(metric):
         tune_thresholds(np.array([[0.5]]), np.array([[1]]), metric)
 
 
+def test_tune_thresholds_takes_array_likes_and_checks_shapes():
+    import pandas as pd
+
+    proba = [[0.9, 0.2], [0.6, 0.1], [0.4, 0.3], [0.1, 0.05]]
+    Y = pd.DataFrame({"a": [1, 1, 0, 0], "b": [0, 0, 1, 0]})
+    np.testing.assert_allclose(tune_thresholds(proba, Y), [0.5, 0.25])
+    with pytest.raises(ValueError, match=r"same shape .* got \(4, 2\) and \(4, 1\)"):
+        tune_thresholds(proba, Y[["a"]])
+
+
 def test_no_positive_keeps_default():
     assert best_threshold(np.array([0.1, 0.9]), np.array([0, 0]), 1.0) == DEFAULT_THRESHOLD
 
