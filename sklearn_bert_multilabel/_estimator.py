@@ -155,7 +155,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         ``"precision@recall=R"`` (the highest precision with recall at least
         R, e.g. ``"precision@recall=0.9"``) or ``"recall@precision=P"`` (the
         highest recall with precision at least P; a label that never reaches
-        P gets the threshold of its highest precision, with a warning).
+        P on the tuning data is then predicted for none of its texts, with a
+        warning).
     pos_weight : None, "balanced" or array-like of shape (n_labels,), default=None
         Weight of positive examples in the loss, per label. ``"balanced"``
         uses negatives / positives of each label in this fit's training data,

@@ -86,8 +86,10 @@ def constrained_threshold(scores: np.ndarray, y: np.ndarray, kind: str, level: f
     the highest recall among the cuts with precision >= ``level`` (ties: the
     higher precision). Every distinct cut is tried, as in
     :func:`best_threshold`. Returns the threshold and whether the constraint
-    was met; when no cut meets it (precision ``level`` is out of reach), the
-    cut of highest precision is used. A label with no positive in ``y`` gets
+    was met. When no cut meets it (precision ``level`` is out of reach), the
+    threshold lies just above the highest score, so the label is predicted
+    for no row of this data: recall at precision ``level`` is 0. For
+    probabilities it is at most 1. A label with no positive in ``y`` gets
     :data:`DEFAULT_THRESHOLD` (and counts as met).
     """
     if kind not in CONSTRAINED_METRICS:
@@ -104,13 +106,13 @@ def constrained_threshold(scores: np.ndarray, y: np.ndarray, kind: str, level: f
     else:
         objective, constraint = recall, precision
     feasible = valid & (constraint >= level - 1e-12)
-    met = bool(feasible.any())
-    if not met:  # only recall@precision can miss: the last cut has recall 1
-        feasible, objective, constraint = valid, precision, recall
+    if not feasible.any():  # only recall@precision can miss: the last cut has recall 1
+        above = float(np.nextafter(s[0], np.inf))
+        return (min(above, 1.0) if 0.0 <= s[-1] and s[0] <= 1.0 else above), False
     # Lexicographic: the objective first, then the constraint's rate.
     candidates = np.flatnonzero(feasible)
     best = candidates[np.lexsort((constraint[candidates], objective[candidates]))[-1]]
-    return _threshold_at(s, int(best)), met
+    return _threshold_at(s, int(best)), True
 
 
 def tune_thresholds(
@@ -133,8 +135,8 @@ def tune_thresholds(
         ``"precision@recall=R"`` (the highest precision with recall at
         least R) or ``"recall@precision=P"`` (the highest recall with
         precision at least P). A label whose precision never reaches P on
-        this data gets the threshold of its highest precision, with a
-        warning.
+        this data gets a threshold above all its scores (it is predicted
+        for none of these rows), with a warning.
     label_names : sequence of str, optional
         Names used in that warning; column numbers otherwise.
 
@@ -178,7 +180,8 @@ def tune_thresholds(
     if missed:
         warnings.warn(
             f"{metric}: no threshold reaches precision {value:g} on the tuning data for "
-            f"label(s) {', '.join(missed)}; they use the threshold of their highest precision.",
+            f"label(s) {', '.join(missed)}; they get a threshold above all their scores, so they are "
+            "predicted for none of these texts. Lower the precision floor to predict them.",
             UserWarning,
             stacklevel=2,
         )

@@ -66,13 +66,19 @@ def test_constrained_threshold_matches_brute_force(kind, level, seed):
     assert (objective, constraint) == pytest.approx(best)
 
 
-def test_recall_at_precision_out_of_reach_warns_and_takes_the_highest_precision():
+def test_recall_at_precision_out_of_reach_warns_and_predicts_nothing():
     proba = np.array([[0.9, 0.9], [0.8, 0.8], [0.7, 0.1], [0.6, 0.2]])
     Y = np.array([[0, 1], [1, 1], [1, 0], [0, 0]])  # label "a": precision never above 2/3
-    with pytest.warns(UserWarning, match=r"precision 0.9 .* label\(s\) a; they use"):
+    with pytest.warns(UserWarning, match=r"precision 0.9 .* label\(s\) a; they get a threshold above"):
         t = tune_thresholds(proba, Y, "recall@precision=0.9", label_names=["a", "b"])
-    assert rates(proba[:, 0], Y[:, 0], t[0]) == pytest.approx((2 / 3, 1.0))  # the best precision on offer
+    assert 0.9 < t[0] <= 1.0 and not (proba[:, 0] >= t[0]).any()  # no false alarm, recall 0
     assert rates(proba[:, 1], Y[:, 1], t[1]) == (1.0, 1.0)
+    saturated = np.array([1.0, 1.0, 0.5])  # probabilities: the threshold stays at most 1
+    t, met = constrained_threshold(saturated, np.array([0, 1, 1]), "recall@precision", 0.9)
+    assert not met and t == 1.0
+    logits = np.array([3.0, -1.0, 2.0])  # other scores: just above the highest
+    t, met = constrained_threshold(logits, np.array([0, 1, 0]), "recall@precision", 0.9)
+    assert not met and 3.0 < t < 3.0 + 1e-9
 
 
 @pytest.mark.parametrize(
