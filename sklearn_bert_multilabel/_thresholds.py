@@ -100,11 +100,11 @@ def constrained_threshold(scores: np.ndarray, y: np.ndarray, kind: str, level: f
         return DEFAULT_THRESHOLD, True
     s, tp, k, valid = _cuts(scores, y)
     precision, recall = tp / k, tp / n_pos
-    # Small tolerance: a level such as 0.7 must accept 7 / 10 computed in floating point.
     if kind == "precision@recall":
         objective, constraint = precision, recall
     else:
         objective, constraint = recall, precision
+    # Small tolerance: a level such as 0.7 must accept 7 / 10 computed in floating point.
     feasible = valid & (constraint >= level - 1e-12)
     if not feasible.any():  # only recall@precision can miss: the last cut has recall 1
         above = float(np.nextafter(s[0], np.inf))
