@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.model_selection import BaseCrossValidator
 from sklearn.utils import check_random_state
 
-from ._validation import InvalidInputError, Problems, check_label_matrix
+from ._validation import InvalidInputError, Problems, check_label_matrix, is_int
 
 
 def iterative_stratification(Y: np.ndarray, proportions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -138,7 +138,7 @@ class MultilabelStratifiedKFold(BaseCrossValidator):
         test : ndarray
         """
         problems = Problems()
-        if not (isinstance(self.n_splits, (int, np.integer)) and self.n_splits >= 2):
+        if not (is_int(self.n_splits) and self.n_splits >= 2):
             problems.append(f"n_splits must be an integer of at least 2, got {self.n_splits!r}.")
         Y, _ = check_label_matrix(y, problems, name="y")
         n = len(X)
