@@ -8,16 +8,26 @@ and per dropout mask) costs more than the arithmetic, so for the heads that
 computes the binary cross-entropy and the gradients of every weight
 directly. It draws the same dropout masks from the same generator in the
 same order as the module's own forward pass, so both give the same model up
-to float rounding.
+to float rounding. :meth:`HeadStep.batch_masks` draws those masks for many
+batches in one call to the generator: the same numbers, at a fraction of the
+cost per batch.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._model import FastDropout, keep_mask
+from ._model import FastDropout, draw_words, dropout_mask, mask_cut, mask_words
+
+#: A dropout mask (:func:`~._model.dropout_mask`'s values) and the scale of its kept elements.
+Mask = tuple[torch.Tensor, float]
+
+#: At most about this many mask elements are drawn at once by :meth:`HeadStep.batch_masks`.
+MASK_BLOCK = 1 << 20
 
 
 def _plain_dropout(layer: nn.Module) -> bool:
@@ -57,32 +67,95 @@ class HeadStep:
         return cls(dropouts, linears)
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        pos_weight: torch.Tensor | None = None,
+        masks: Sequence[Mask | None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean BCE-with-logits loss and logits of a batch; keeps what :meth:`backward` needs."""
+        """Mean BCE-with-logits loss and logits of a batch; keeps what :meth:`backward` needs.
+
+        ``masks`` (one entry per dropout, None where it drops nothing), as
+        :meth:`batch_masks` yields them, replaces the masks drawn here.
+        """
         with torch.no_grad():
-            inputs = []  # (h, s): each linear layer reads s * h
-            h, scale = x, 1.0
+            inputs = []  # what each linear layer reads: its input times its dropout mask
+            scales = []  # the scale of the kept elements of that mask (1 without one)
+            h = x
             last = len(self.linears) - 1
             for i, (drop, lin) in enumerate(zip(self.dropouts, self.linears, strict=True)):
-                if drop.training and drop.p > 0:
-                    keep, scale = keep_mask(h, drop.p)
+                if masks is not None:
+                    mask = masks[i]
+                elif drop.training and drop.p > 0:
+                    mask = dropout_mask(h, drop.p), mask_cut(drop.p)[1]
+                else:
+                    mask = None
+                if mask is not None:
+                    values, scale = mask
                     # The first input is the caller's tensor: never write into it.
-                    h = h * keep if i == 0 else h.mul_(keep)
+                    h = h * values if i == 0 else h.mul_(values)
                 else:
                     scale = 1.0
-                inputs.append((h, scale))
-                z = torch.addmm(lin.bias, h, lin.weight.t(), alpha=scale)
+                inputs.append(h)
+                scales.append(scale)
+                z = torch.addmm(lin.bias, h, lin.weight.t())
                 h = z.relu_() if i < last else z
             loss = F.binary_cross_entropy_with_logits(z, y, pos_weight=pos_weight)
-        self._saved = (inputs, z, y, pos_weight)
+        self._saved = (inputs, scales, z, y, pos_weight)
         return loss, z
+
+    def batch_masks(self, batch_sizes: Sequence[int]) -> Iterator[list[Mask | None]]:
+        """The masks :meth:`forward` would draw for batches of these sizes, batch after batch.
+
+        The words for many batches come from one call to the default
+        generator (see :func:`~._model.draw_words`), in the order in which
+        per-batch calls would draw them, so feeding these to :meth:`forward`
+        gives the same results as letting it draw. Nothing else may draw
+        from the generator while the iterator is in use. CPU only.
+        """
+        active = [
+            (i, lin.in_features, *mask_cut(drop.p))
+            for i, (drop, lin) in enumerate(zip(self.dropouts, self.linears, strict=True))
+            if drop.training and drop.p > 0
+        ]
+        none: list[Mask | None] = [None] * len(self.dropouts)
+        row = sum(width for _, width, _, _ in active)
+        sizes = list(batch_sizes)
+        start = 0
+        while start < len(sizes):
+            if not active:
+                yield none
+                start += 1
+                continue
+            stop, elements = start + 1, sizes[start] * row
+            while stop < len(sizes) and elements + sizes[stop] * row <= MASK_BLOCK:
+                elements += sizes[stop] * row
+                stop += 1
+            # Where each (batch, layer) mask starts in the block's draws: one keep_mask call each.
+            places, words = [], 0
+            for size in sizes[start:stop]:
+                for i, width, lowest, scale in active:
+                    places.append((i, size, width, lowest, scale, 4 * words))
+                    words += mask_words(size * width)
+            draws = draw_words(words).view(torch.int16)
+            # dropout_mask's values: keep.to(float32) * scale, one tensor per distinct p.
+            values = {
+                lowest: (draws >= lowest).to(torch.float32).mul_(scale) for _, _, lowest, scale in active
+            }
+            places.reverse()
+            for _ in range(start, stop):
+                masks = none.copy()
+                for _ in active:
+                    i, size, width, lowest, scale, at = places.pop()
+                    masks[i] = (values[lowest][at : at + size * width].view(size, width), scale)
+                yield masks
+            start = stop
 
     def backward(self, loss_scale: float = 1.0) -> None:
         """Add the gradients of ``loss_scale`` times the last loss to the parameters' ``.grad``."""
         if self._saved is None:
             raise RuntimeError("HeadStep.backward needs a forward first")
-        inputs, z, y, pos_weight = self._saved
+        inputs, scales, z, y, pos_weight = self._saved
         self._saved = None
         with torch.no_grad():
             # d/dz of the mean loss: (sigmoid(z) * (1 + (w - 1) * y) - w * y) / z.numel()
@@ -95,14 +168,19 @@ class HeadStep:
             dz.mul_(loss_scale / z.numel())
             for i in range(len(self.linears) - 1, -1, -1):
                 lin = self.linears[i]
-                h, scale = inputs[i]
-                grad_w = torch.addmm(lin.weight, dz.t(), h, beta=0, alpha=scale)
+                h = inputs[i]
+                grad_w = torch.mm(dz.t(), h)
                 grad_b = dz.sum(0)
                 if i > 0:
-                    # h = relu(a) * keep, so h > 0 exactly where a gradient reaches a.
-                    dz = torch.addmm(h, dz, lin.weight, beta=0, alpha=scale).mul_(h > 0)
+                    # h = relu(a) * mask, so the gradient reaches a where h > 0, times the mask's scale.
+                    dz = _relu_backward(torch.addmm(h, dz, lin.weight, beta=0, alpha=scales[i]), h)
                 _accumulate(lin.weight, grad_w)
                 _accumulate(lin.bias, grad_b)
+
+
+def _relu_backward(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """``grad`` where ``output > 0``, else 0: what autograd computes for a ReLU, in one kernel."""
+    return torch.ops.aten.threshold_backward(grad, output, 0)
 
 
 def _accumulate(param: nn.Parameter, grad: torch.Tensor) -> None:

@@ -27,11 +27,31 @@ def keep_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
     the expected output equals the input exactly.
     """
     n = x.numel()
+    lowest, scale = mask_cut(p)
+    draws = draw_words(mask_words(n), x.device).view(torch.int16)[:n].view(x.shape)
+    return draws >= lowest, scale
+
+
+def mask_cut(p: float) -> tuple[int, float]:
+    """The smallest signed 16-bit draw that :func:`keep_mask` keeps, and the kept elements' scale."""
     cut = round(p * MASK_LEVELS)
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
-    draws = words.random_(-(1 << 63), None).view(torch.int16)[:n].view(x.shape)
-    keep = draws >= cut - MASK_LEVELS // 2  # signed draws are uniform on [-32768, 32767]
-    return keep, MASK_LEVELS / (MASK_LEVELS - cut)
+    # Signed draws are uniform on [-32768, 32767]: keeping those >= cut - 32768 drops cut / 65536.
+    return cut - MASK_LEVELS // 2, MASK_LEVELS / (MASK_LEVELS - cut)
+
+
+def mask_words(n: int) -> int:
+    """How many 64-bit words :func:`keep_mask` draws for a mask of ``n`` elements."""
+    return (n + 3) // 4
+
+
+def draw_words(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``n`` random 64-bit words from the default generator, as :func:`keep_mask` draws them.
+
+    On the CPU the words come one after the other from the generator, so one
+    call for ``a + b`` words gives the words of a call for ``a`` followed by a
+    call for ``b``: masks can be drawn for many batches at once.
+    """
+    return torch.empty(n, dtype=torch.int64, device=device).random_(-(1 << 63), None)
 
 
 def dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor:

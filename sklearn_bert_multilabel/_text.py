@@ -115,6 +115,11 @@ class FeatureBatches:
         n = len(self.features)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def batch_sizes(self) -> list[int]:
+        """The number of rows of each batch an epoch yields, in order."""
+        n, step = len(self.features), self.batch_size
+        return [min(step, n - start) for start in range(0, len(self) * step, step)]
+
     def __iter__(self):
         n = len(self.features)
         features, Y = self.features, self.Y

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import types
 
 import numpy as np
 import pytest
 import torch
 from conftest import weights_after_each_training_batch
+from skorch.callbacks import Callback
 from torch import nn
 
 import sklearn_bert_multilabel._net as net_module
@@ -158,3 +160,230 @@ def test_a_non_finite_loss_stops_before_the_hand_written_update(fast_params, toy
     for key, value in head.items():  # the weights after batch 2, untouched since
         torch.testing.assert_close(value, snapshot.state[key], rtol=0, atol=0)
     assert all(p.grad is None for p in clf.module_.head.parameters())
+
+
+# ------------------------------------------------------------ the lean epoch
+class CountTrainingBatches(Callback):
+    """Acts on training batches, so the net takes skorch's per-batch loop."""
+
+    def initialize(self):
+        self.count = 0
+        return self
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        self.count += training
+
+
+@pytest.fixture
+def lean_epochs(monkeypatch):
+    """How many epochs ran through the lean loop."""
+    epochs = []
+    original = net_module.MultiLabelNet._run_head_epoch
+
+    def counting(self, *args, **kwargs):
+        epochs.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(net_module.MultiLabelNet, "_run_head_epoch", counting)
+    return epochs
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"pos_weight": "balanced", "accumulate_batches": 4, "dropout": 0.3},  # 6 batches: 4 + a partial 2
+        {"hidden_layer_sizes": (8, 4), "max_grad_norm": 1e-3, "lr_schedule": "cosine"},  # every step clipped
+        {"hidden_layer_sizes": (8,), "dropout": 0.0, "batch_size": 40},  # no masks; a last batch of 16
+    ],
+)
+def test_lean_epoch_is_skorchs_loop_without_the_notifications(fast_params, toy_data, extra, lean_epochs):
+    X, Y = toy_data
+    params = {**fast_params, "freeze_encoder": True, "max_epochs": 3, "hidden_layer_sizes": (8,), **extra}
+    lean = BertMultiLabelClassifier(**params).fit(X, Y)
+    assert len(lean_epochs) == 3
+
+    counter = CountTrainingBatches()
+    skorch_loop = BertMultiLabelClassifier(**params, callbacks=[("count", counter)]).fit(X, Y)
+    assert len(lean_epochs) == 3  # a callback on training batches: skorch's own loop
+    assert counter.count == 3 * -(-len(X) // params["batch_size"])
+
+    # The same batches, masks, updates and schedule: the same model and the same history rows.
+    for (name, a), b in zip(
+        lean.module_.head.state_dict().items(), skorch_loop.module_.head.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+    for key in ("train_loss", "train_batch_count"):
+        np.testing.assert_allclose(lean.history_[:, key], skorch_loop.history_[:, key], rtol=1e-6)
+    assert (
+        lean.history_[:, "batches", :, "train_batch_size"]
+        == skorch_loop.history_[:, "batches", :, "train_batch_size"]
+    )
+    assert lean.history_[-1, "batches", -1].keys() == skorch_loop.history_[-1, "batches", -1].keys()
+    assert all(p.grad is None for p in lean.module_.head.parameters())
+
+
+def test_lean_epoch_with_validation_and_early_stopping(fast_params, toy_data, lean_epochs):
+    X, Y = toy_data
+    params = {
+        **fast_params,
+        "freeze_encoder": True,
+        "max_epochs": 4,
+        "train_split": 0.25,
+        "early_stopping": True,
+        "threshold": "auto",
+    }
+    clf = BertMultiLabelClassifier(**params).fit(X, Y)
+    assert len(lean_epochs) == len(clf.history_) > 0  # the validation scores do not need the batches
+    assert "valid_f1_macro" in clf.history_[-1]
+    slow = BertMultiLabelClassifier(**params, callbacks=[("count", CountTrainingBatches())]).fit(X, Y)
+    np.testing.assert_allclose(clf.predict_proba(X), slow.predict_proba(X), atol=1e-6)
+
+
+def test_a_non_finite_loss_stops_the_lean_epoch_before_the_update(
+    fast_params, toy_data, monkeypatch, lean_epochs
+):
+    from sklearn_bert_multilabel import NonFiniteLossError
+
+    X, Y = toy_data
+    real_forward = HeadStep.forward
+    calls, heads = [], []
+
+    def forward(self, x, y, pos_weight=None, masks=None):
+        calls.append(1)
+        if len(calls) == 3:
+            heads.append({k: v.clone() for k, v in self.linears[0].state_dict().items()})
+            return real_forward(self, x, y, pos_weight, masks)[0] * float("inf"), None
+        return real_forward(self, x, y, pos_weight, masks)
+
+    monkeypatch.setattr(HeadStep, "forward", forward)
+    clf = BertMultiLabelClassifier(**{**fast_params, "freeze_encoder": True})
+    with pytest.raises(NonFiniteLossError, match=r"became inf in epoch 1, batch 3") as info:
+        clf.fit(X, Y)
+    assert lean_epochs == [1]
+    assert (info.value.epoch, info.value.batch) == (1, 3)
+    for key, value in clf.module_.head[1].state_dict().items():  # the weights before batch 3
+        torch.testing.assert_close(value, heads[0][key], rtol=0, atol=0)
+    assert all(p.grad is None for p in clf.module_.head.parameters())
+
+
+@pytest.mark.parametrize("callback", ["print_log", "batch", "grad", "valid"])
+def test_which_callbacks_keep_the_lean_epoch(fast_params, toy_data, lean_epochs, callback):
+    from skorch.callbacks import EpochScoring, GradientNormClipping, PrintLog
+
+    X, Y = toy_data
+    chosen = {
+        "print_log": ("log", PrintLog(sink=lambda *_: None)),  # epoch ends only: stays lean
+        "batch": ("count", CountTrainingBatches()),
+        "grad": ("clip", GradientNormClipping(1.0)),  # on_grad_computed
+        "valid": ("scores", EpochScoring("neg_log_loss", on_train=False)),  # overrides on_batch_end
+    }[callback]
+    BertMultiLabelClassifier(**{**fast_params, "freeze_encoder": True}, callbacks=[chosen]).fit(X, Y)
+    assert len(lean_epochs) == (2 if callback == "print_log" else 0)
+
+
+def test_no_lean_epoch_when_verbose(fast_params, toy_data, lean_epochs, capsys):
+    X, Y = toy_data
+    BertMultiLabelClassifier(**{**fast_params, "freeze_encoder": True, "verbose": 1}).fit(X, Y)
+    assert lean_epochs == []  # the progress bar shows every batch
+
+
+@pytest.mark.parametrize("sizes", [(), (7,), (7, 5)])
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_batch_masks_are_the_masks_forward_draws(monkeypatch, sizes, p):
+    import sklearn_bert_multilabel._head as head_module
+    from sklearn_bert_multilabel._model import dropout_mask
+
+    monkeypatch.setattr(head_module, "MASK_BLOCK", 200)  # several blocks, one of a single batch
+    head = build_head(11, 2, sizes, p).train()
+    step = HeadStep.for_head(head)
+    batch_sizes = [4, 4, 9, 4, 3]
+    torch.manual_seed(1)
+    got = list(step.batch_masks(batch_sizes))
+    after = torch.rand(3)
+
+    torch.manual_seed(1)
+    assert len(got) == len(batch_sizes)
+    for size, masks in zip(batch_sizes, got, strict=True):
+        assert len(masks) == len(sizes) + 1
+        for mask, width in zip(masks, (11, *sizes), strict=True):
+            if p == 0:
+                assert mask is None
+                continue
+            values, scale = mask
+            expected = dropout_mask(torch.empty(size, width), p)
+            assert torch.equal(values, expected)
+            assert scale == pytest.approx(float(expected.max()))
+    assert torch.equal(torch.rand(3), after)  # the generator is left where per-batch draws leave it
+
+
+def test_direct_adamw_step_is_adamws_step():
+    from sklearn_bert_multilabel._net import HeadEpoch, param_groups
+
+    torch.manual_seed(0)
+    head = build_head(12, 3, (16,), 0.0).train()
+    twin = copy.deepcopy(head)
+    x, y = torch.randn(20, 12), (torch.rand(20, 3) < 0.4).float()
+    runs = []
+    for module, direct in ((head, True), (twin, False)):
+        optimizer = torch.optim.AdamW(param_groups(module, 1e-2, 0.05), lr=1e-2, fused=True)
+        calls = []
+
+        def counted(self, *args, calls=calls, **kwargs):
+            calls.append(1)
+            return type(self).step(self, *args, **kwargs)
+
+        optimizer.step = types.MethodType(counted, optimizer)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + step))
+        step = HeadStep.for_head(module)
+        lean = HeadEpoch(step, optimizer, list(module.parameters()))
+        assert lean._direct is not None
+        for _ in range(5):
+            step.forward(x, y)
+            step.backward()
+            if direct:
+                lean.step()
+            else:
+                optimizer.step()
+            lean.clear_gradients()
+            schedule.step()
+        runs.append(optimizer)
+        assert len(calls) == (1 if direct else 5)  # after the first, the lean steps bypass AdamW.step
+    for a, b in zip(head.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(runs[0].state.values(), runs[1].state.values(), strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda params: torch.optim.Adam(params, fused=True),
+        lambda params: torch.optim.AdamW(params),  # not fused
+        lambda params: torch.optim.AdamW(params, fused=True, amsgrad=True),
+        lambda params: torch.optim.AdamW(params, fused=True, maximize=True),
+        lambda params: torch.optim.AdamW(params, lr=torch.tensor(1e-3), fused=True),
+    ],
+)
+def test_other_optimizers_take_their_own_step(make):
+    from sklearn_bert_multilabel._net import HeadEpoch
+
+    head = build_head(4, 2, (), 0.0)
+    assert (
+        HeadEpoch(HeadStep.for_head(head), make(head.parameters()), list(head.parameters()))._direct is None
+    )
+
+
+def test_optimizer_hooks_are_honoured():
+    from sklearn_bert_multilabel._net import HeadEpoch
+
+    head = build_head(4, 2, (), 0.0)
+    optimizer = torch.optim.AdamW(head.parameters(), fused=True)
+    calls = []
+    optimizer.register_step_post_hook(lambda *args: calls.append(1))
+    lean = HeadEpoch(HeadStep.for_head(head), optimizer, list(head.parameters()))
+    assert lean._direct is None
+    for p in head.parameters():
+        p.grad = torch.ones_like(p)
+    lean.step()
+    assert calls == [1]
