@@ -13,12 +13,16 @@ Runs, in one process, on the same GoEmotions texts and the default encoder:
    cache, so it encodes every text again) and the median ratio is reported,
    since a single pair of timings moves by 20% or more on a shared machine.
 
+Each timed call starts after a full garbage collection, so
+that no run is charged for collecting what an earlier one left behind.
+
     python benchmarks/bench_search.py [--n-texts 1200] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import tempfile
 import time
@@ -29,6 +33,7 @@ from sklearn_bert_multilabel import BertMultiLabelClassifier, load_goemotions
 
 
 def timed(fn):
+    gc.collect()  # no run pays for collecting the garbage of the one before
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start

@@ -138,10 +138,8 @@ class HeadStep:
                     places.append((i, size, width, lowest, scale, 4 * words))
                     words += mask_words(size * width)
             draws = draw_words(words).view(torch.int16)
-            # dropout_mask's values: keep.to(float32) * scale, one tensor per distinct p.
-            values = {
-                lowest: (draws >= lowest).to(torch.float32).mul_(scale) for _, _, lowest, scale in active
-            }
+            # dropout_mask's values (kept: scale as a float32, dropped: 0), one tensor per distinct p.
+            values = {lowest: (draws >= lowest).mul(scale) for _, _, lowest, scale in active}
             places.reverse()
             for _ in range(start, stop):
                 masks = none.copy()

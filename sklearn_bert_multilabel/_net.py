@@ -195,17 +195,16 @@ class HeadEpoch:
                 self.optimizer.step()
                 return
             calls.append((group, params, states))
+        torch._foreach_add_([s["step"] for _, _, states in calls for s in states], 1)
         for group, params, states in calls:
             beta1, beta2 = group["betas"]
-            steps = [s["step"] for s in states]
-            torch._foreach_add_(steps, 1)
             torch._fused_adamw_(
                 params,
                 [p.grad for p in params],
                 [s["exp_avg"] for s in states],
                 [s["exp_avg_sq"] for s in states],
                 [],
-                steps,
+                [s["step"] for s in states],
                 amsgrad=False,
                 lr=group["lr"],
                 beta1=beta1,
