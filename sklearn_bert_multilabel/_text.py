@@ -126,7 +126,7 @@ class FeatureBatches:
         if self.shuffle:
             # One gather per epoch; the batches are then views of it.
             order = torch.from_numpy(_epoch_rng(self.seed, self.epoch).permutation(n))
-            features, Y = features[order], Y[order]
+            features, Y = features.index_select(0, order), Y.index_select(0, order)
             self.epoch += 1
         step = self.batch_size
         for start in range(0, len(self) * step, step):

@@ -288,14 +288,28 @@ def test_no_lean_epoch_when_verbose(fast_params, toy_data, lean_epochs, capsys):
     assert lean_epochs == []  # the progress bar shows every batch
 
 
-@pytest.mark.parametrize("sizes", [(), (7,), (7, 5)])
-@pytest.mark.parametrize("p", [0.0, 0.3])
-def test_batch_masks_are_the_masks_forward_draws(monkeypatch, sizes, p):
+@pytest.mark.parametrize(
+    "sizes, ps",
+    [
+        ((), (0.0,)),
+        ((), (0.3,)),
+        ((7,), (0.0, 0.0)),
+        ((7,), (0.3, 0.3)),
+        ((7, 5), (0.3, 0.3, 0.3)),
+        ((7, 5), (0.1, 0.0, 0.5)),  # one layer without a mask, two different cuts
+        ((7, 5), (0.5, 0.2, 0.5)),
+    ],
+)
+def test_batch_masks_are_the_masks_forward_draws(monkeypatch, sizes, ps):
     import sklearn_bert_multilabel._head as head_module
     from sklearn_bert_multilabel._model import dropout_mask
 
     monkeypatch.setattr(head_module, "MASK_BLOCK", 200)  # several blocks, one of a single batch
-    head = build_head(11, 2, sizes, p).train()
+    layers, width = [], 11
+    for size, p in zip(sizes, ps, strict=False):
+        layers += [FastDropout(p), nn.Linear(width, size), nn.ReLU()]
+        width = size
+    head = nn.Sequential(*layers, FastDropout(ps[-1]), nn.Linear(width, 2)).train()
     step = HeadStep.for_head(head)
     batch_sizes = [4, 4, 9, 4, 3]
     torch.manual_seed(1)
@@ -306,7 +320,7 @@ def test_batch_masks_are_the_masks_forward_draws(monkeypatch, sizes, p):
     assert len(got) == len(batch_sizes)
     for size, masks in zip(batch_sizes, got, strict=True):
         assert len(masks) == len(sizes) + 1
-        for mask, width in zip(masks, (11, *sizes), strict=True):
+        for mask, width, p in zip(masks, (11, *sizes), ps, strict=True):
             if p == 0:
                 assert mask is None
                 continue
