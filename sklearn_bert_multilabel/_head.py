@@ -104,6 +104,14 @@ class HeadStep:
         self._saved = (inputs, scales, z, y, pos_weight)
         return loss, z
 
+    def step_flops(self, batch_size: int) -> int:
+        """About how many floating-point operations a training step on ``batch_size`` rows takes.
+
+        Forward and backward matrix products: 2 each for the forward pass, the
+        weight gradient and the input gradient, per multiply-add.
+        """
+        return 6 * batch_size * sum(lin.in_features * lin.out_features for lin in self.linears)
+
     def batch_masks(self, batch_sizes: Sequence[int]) -> Iterator[list[Mask | None]]:
         """The masks :meth:`forward` would draw for batches of these sizes, batch after batch.
 

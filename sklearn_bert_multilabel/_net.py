@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import math
@@ -152,6 +153,24 @@ class ValidationScores(Callback):
 
 _BATCH_HOOKS = ("on_batch_begin", "on_batch_end", "on_grad_computed")
 
+#: Lean head epochs whose training steps take fewer floating-point operations
+#: than this (about 6 x batch x weights) run on one intra-op thread.
+SMALL_STEP_FLOPS = 50_000_000
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int | None):
+    """Run the block with ``n`` intra-op threads (None: as they are), then restore the count."""
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 
 def _acts_on_training_batches(callback: Callback) -> bool:
     """Whether ``callback`` may do something for a training batch or its gradients."""
@@ -171,30 +190,83 @@ class HeadEpoch:
     weights are the same. The epoch's first step, and every step of any
     other optimizer, is ``optimizer.step()`` itself: it creates the state,
     and learning-rate schedulers see that the optimizer stepped.
+
+    ``small`` epochs run on one intra-op thread. Their matrix products gain
+    little from a second thread (1.14x for a (256, 128) head on batches of
+    32, 25 MFLOP a step, on 2 cores), while every parallel region risks an
+    OpenMP wake-up: with GNU OpenMP, once it counts more threads than cores
+    (prediction's worker threads are one way to get there) idle workers
+    sleep at once, and such a head's steps took twice as long for the rest
+    of the process. One thread was never slowed down that way.
     """
 
-    def __init__(self, head_step: HeadStep, optimizer: torch.optim.Optimizer, params: list):
+    def __init__(
+        self, head_step: HeadStep, optimizer: torch.optim.Optimizer, params: list, *, small: bool = False
+    ):
         self.head_step = head_step
         self.optimizer = optimizer
         self.params = params
+        self.small = small
         self._direct = _direct_adamw_groups(optimizer)
         self._stepped = False
 
     def step(self) -> None:
         groups = self._direct
-        if groups is None or not self._stepped:
+        if groups is None or not self._stepped or not _fused_adamw_step(self.optimizer, groups):
             self.optimizer.step()
             self._stepped = True
-            return
-        state = self.optimizer.state
-        calls = []
-        for group in groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            states = [state.get(p) for p in params]
-            if not all(states):  # a parameter without a gradient so far: AdamW.step creates its state
-                self.optimizer.step()
-                return
-            calls.append((group, params, states))
+
+    def gradient_norm(self) -> torch.Tensor:
+        """``torch.nn.utils.get_total_norm`` of the head's gradients, as it computes it on a CPU."""
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in self.params])))
+
+    def clear_gradients(self) -> None:
+        """``optimizer.zero_grad(set_to_none=True)`` for the head's parameters."""
+        for param in self.params:
+            param.grad = None
+
+
+def _direct_adamw_groups(optimizer: torch.optim.Optimizer) -> list[dict] | None:
+    """The param groups :meth:`HeadEpoch.step` may update itself, or None when it must call ``step``."""
+    import torch.optim.optimizer as optim_module
+
+    if (
+        type(optimizer) is not torch.optim.AdamW
+        or optimizer._optimizer_step_pre_hooks
+        or optimizer._optimizer_step_post_hooks
+        or getattr(optim_module, "_global_optimizer_pre_hooks", None)
+        or getattr(optim_module, "_global_optimizer_post_hooks", None)
+    ):
+        return None
+    for group in optimizer.param_groups:
+        numbers = (group["lr"], *group["betas"], group["weight_decay"], group["eps"])
+        plain = (
+            group.get("fused") is True
+            and group.get("decoupled_weight_decay", True) is True
+            and not any(group.get(flag) for flag in ("amsgrad", "maximize", "capturable", "differentiable"))
+            and all(isinstance(n, float | int) for n in numbers)
+            and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in group["params"])
+        )
+        if not plain:
+            return None
+    return optimizer.param_groups if _fused_adamw_kernel_works() else None
+
+
+def _fused_adamw_step(optimizer: torch.optim.Optimizer, groups: list[dict]) -> bool:
+    """What ``AdamW.step`` does for ``groups`` with ``fused=True`` on a CPU, without its overhead.
+
+    Returns False, having changed nothing, when a parameter with a gradient
+    has no state yet (``AdamW.step`` creates it).
+    """
+    state = optimizer.state
+    calls = []
+    for group in groups:
+        params = [p for p in group["params"] if p.grad is not None]
+        states = [state.get(p) for p in params]
+        if not all(states):
+            return False
+        calls.append((group, params, states))
+    with torch.no_grad():  # as AdamW.step runs
         torch._foreach_add_([s["step"] for _, _, states in calls for s in states], 1)
         for group, params, states in calls:
             beta1, beta2 = group["betas"]
@@ -215,42 +287,36 @@ class HeadEpoch:
                 grad_scale=None,
                 found_inf=None,
             )
-
-    def gradient_norm(self) -> torch.Tensor:
-        """``torch.nn.utils.get_total_norm`` of the head's gradients, as it computes it on a CPU."""
-        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in self.params])))
-
-    def clear_gradients(self) -> None:
-        """``optimizer.zero_grad(set_to_none=True)`` for the head's parameters."""
-        for param in self.params:
-            param.grad = None
+    return True
 
 
-def _direct_adamw_groups(optimizer: torch.optim.Optimizer) -> list[dict] | None:
-    """The param groups :meth:`HeadEpoch.step` may update itself, or None when it must call ``step``."""
-    import torch.optim.optimizer as optim_module
+@functools.cache
+def _fused_adamw_kernel_works() -> bool:
+    """Whether :func:`_fused_adamw_step` gives ``AdamW.step``'s weights in this torch (checked once).
 
-    if (
-        type(optimizer) is not torch.optim.AdamW
-        or getattr(torch, "_fused_adamw_", None) is None
-        or optimizer._optimizer_step_pre_hooks
-        or optimizer._optimizer_step_post_hooks
-        or getattr(optim_module, "_global_optimizer_pre_hooks", None)
-        or getattr(optim_module, "_global_optimizer_post_hooks", None)
-    ):
-        return None
-    for group in optimizer.param_groups:
-        numbers = (group["lr"], *group["betas"], group["weight_decay"], group["eps"])
-        plain = (
-            group.get("fused") is True
-            and group.get("decoupled_weight_decay", True) is True
-            and not any(group.get(flag) for flag in ("amsgrad", "maximize", "capturable", "differentiable"))
-            and all(isinstance(n, float | int) for n in numbers)
-            and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in group["params"])
-        )
-        if not plain:
-            return None
-    return optimizer.param_groups
+    ``torch._fused_adamw_`` is the kernel ``AdamW(fused=True)`` calls, but
+    not a public API: should a torch release drop it or change its
+    arguments, training falls back to ``optimizer.step()``.
+    """
+    if getattr(torch, "_fused_adamw_", None) is None:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    start = torch.randn(5, generator=generator)
+    grads = [torch.randn(5, generator=generator) for _ in range(3)]
+    weights = []
+    for direct in (False, True):
+        param = torch.nn.Parameter(start.clone())
+        optimizer = torch.optim.AdamW([param], lr=0.01, betas=(0.8, 0.9), weight_decay=0.1, fused=True)
+        for k, grad in enumerate(grads):
+            param.grad = grad.clone()
+            try:
+                if not (direct and k > 0 and _fused_adamw_step(optimizer, optimizer.param_groups)):
+                    optimizer.step()
+            except (TypeError, RuntimeError) as exc:
+                logger.debug("fused AdamW kernel not usable directly (%s)", exc)
+                return False
+        weights.append(param.detach())
+    return torch.equal(*weights)
 
 
 class MultiLabelNet(NeuralNet):
@@ -567,14 +633,16 @@ class MultiLabelNet(NeuralNet):
         lean = None
         if training and not fit_params and step_fn == self.train_step:
             lean = self._head_epoch(iterator)
-        if lean is not None:
-            self._run_head_epoch(iterator, prefix, lean)
-        else:
+        if lean is None:
             super().run_single_epoch(iterator, training, prefix, step_fn, **fit_params)
-        if training and self._pending:
-            self._optimizer_step(lean=lean)  # the epoch's last, partial accumulation window
-        if lean is not None:
-            lean.clear_gradients()
+            if training and self._pending:
+                self._optimizer_step()  # the epoch's last, partial accumulation window
+            return
+        with intra_op_threads(1 if lean.small else None):
+            self._run_head_epoch(iterator, prefix, lean)
+            if self._pending:
+                self._optimizer_step(lean=lean)
+        lean.clear_gradients()
 
     def _head_epoch(self, iterator) -> HeadEpoch | None:
         """The lean training epoch of a plain head on cached features, when it applies.
@@ -585,13 +653,17 @@ class MultiLabelNet(NeuralNet):
         own do not; ``verbose``'s progress bar does). The epoch then runs
         without skorch's per-batch notifications, which cost more than a
         head's arithmetic; the history records the same rows.
+
+        An epoch whose steps are small (under :data:`SMALL_STEP_FLOPS`) runs
+        on one intra-op thread: see :class:`HeadEpoch`.
         """
         head_step = self._fixed_feature_step()
         if head_step is None or not isinstance(iterator, FeatureBatches):
             return None
         if any(_acts_on_training_batches(cb) for _, cb in self.callbacks_):
             return None
-        return HeadEpoch(head_step, self.optimizer_, self._trained_parameters())
+        small = head_step.step_flops(iterator.batch_size) < SMALL_STEP_FLOPS
+        return HeadEpoch(head_step, self.optimizer_, self._trained_parameters(), small=small)
 
     def _run_head_epoch(self, batches: FeatureBatches, prefix: str, lean: HeadEpoch) -> None:
         """skorch's ``run_single_epoch`` for :meth:`_head_epoch`: same steps, same history."""

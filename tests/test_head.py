@@ -401,3 +401,73 @@ def test_optimizer_hooks_are_honoured():
         p.grad = torch.ones_like(p)
     lean.step()
     assert calls == [1]
+
+
+def test_the_fused_kernel_is_checked_once_against_adamw(monkeypatch):
+    import sklearn_bert_multilabel._net as net
+
+    assert net._fused_adamw_kernel_works()  # this torch: the direct call gives AdamW.step's weights
+
+    def changed(*args, **kwargs):  # a torch whose private kernel takes other arguments
+        raise TypeError("_fused_adamw_() got an unexpected keyword argument 'grad_scale'")
+
+    head = build_head(4, 2, (), 0.0)
+    for kernel in (changed, None):  # or has none
+        monkeypatch.setattr(torch, "_fused_adamw_", kernel, raising=False)
+        net._fused_adamw_kernel_works.cache_clear()
+        try:
+            assert not net._fused_adamw_kernel_works()
+            optimizer = torch.optim.AdamW(head.parameters(), fused=True)
+            assert net.HeadEpoch(HeadStep.for_head(head), optimizer, list(head.parameters()))._direct is None
+        finally:
+            monkeypatch.undo()
+            net._fused_adamw_kernel_works.cache_clear()
+    assert net._fused_adamw_kernel_works()
+
+
+@pytest.mark.parametrize("hidden, small", [((8,), True), ((8192,), False)])
+def test_small_lean_epochs_run_on_one_thread(fast_params, toy_data, monkeypatch, hidden, small):
+    X, Y = toy_data
+    seen = []
+    original = net_module.MultiLabelNet._run_head_epoch
+
+    def recording(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(net_module.MultiLabelNet, "_run_head_epoch", recording)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        params = {**fast_params, "freeze_encoder": True, "hidden_layer_sizes": hidden, "batch_size": 64}
+        BertMultiLabelClassifier(**params).fit(X, Y)
+        assert seen == ([1, 1] if small else [2, 2])
+        assert torch.get_num_threads() == 2  # restored after every epoch
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_thread_count_is_restored_when_an_epoch_fails(fast_params, toy_data, monkeypatch):
+    from sklearn_bert_multilabel import NonFiniteLossError
+
+    X, Y = toy_data
+    real_forward = HeadStep.forward
+
+    def forward(self, x, y, pos_weight=None, masks=None):
+        loss, logits = real_forward(self, x, y, pos_weight, masks)
+        return loss * float("nan"), logits
+
+    monkeypatch.setattr(HeadStep, "forward", forward)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(NonFiniteLossError):
+            BertMultiLabelClassifier(**{**fast_params, "freeze_encoder": True}).fit(X, Y)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_step_flops():
+    step = HeadStep.for_head(build_head(384, 6, (256, 128), 0.1))
+    assert step.step_flops(32) == 6 * 32 * (384 * 256 + 256 * 128 + 128 * 6)
