@@ -626,6 +626,8 @@ class MultiLabelNet(NeuralNet):
         raise NonFiniteLossError(what, value, epoch, batch, self.precision)
 
     def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
+        if iterator is None:  # no validation data: nothing to run (skorch's own check)
+            return
         # Set the mode of every submodule once per epoch: a pretrained encoder
         # arrives in eval mode while a new module says training=True, so the
         # top-level flag alone cannot tell.
