@@ -194,10 +194,11 @@ class HeadEpoch:
     ``small`` epochs run on one intra-op thread. Their matrix products gain
     little from a second thread (1.14x for a (256, 128) head on batches of
     32, 25 MFLOP a step, on 2 cores), while every parallel region risks an
-    OpenMP wake-up: with GNU OpenMP, once it counts more threads than cores
-    (prediction's worker threads are one way to get there) idle workers
-    sleep at once, and such a head's steps took twice as long for the rest
-    of the process. One thread was never slowed down that way.
+    OpenMP wake-up: on two threads such a head's steps sometimes took twice
+    as long for the rest of the process (often from a prediction call on,
+    never with ``OMP_WAIT_POLICY=ACTIVE``; likely GNU OpenMP's short
+    spinning once it counts more threads than cores). One thread was never
+    slowed down that way.
     """
 
     def __init__(
