@@ -471,3 +471,30 @@ def test_the_thread_count_is_restored_when_an_epoch_fails(fast_params, toy_data,
 def test_step_flops():
     step = HeadStep.for_head(build_head(384, 6, (256, 128), 0.1))
     assert step.step_flops(32) == 6 * 32 * (384 * 256 + 256 * 128 + 128 * 6)
+
+
+def test_lean_epochs_resume_from_a_checkpoint_as_if_never_interrupted(
+    fast_params, toy_data, tmp_path, monkeypatch, lean_epochs
+):
+    X, Y = toy_data
+    params = {**fast_params, "freeze_encoder": True, "max_epochs": 3, "train_split": 0.25, "dropout": 0.3}
+    expected = BertMultiLabelClassifier(**params).fit(X, Y).predict_proba(X)
+    assert len(lean_epochs) == 3
+
+    real_backward, calls = HeadStep.backward, []
+
+    def backward(self, loss_scale=1.0):
+        calls.append(1)
+        if len(calls) == 2 * 5 + 2:  # 72 training texts, batches of 16: during epoch 3
+            raise KeyboardInterrupt
+        return real_backward(self, loss_scale)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(HeadStep, "backward", backward)
+        with pytest.warns(UserWarning, match="interrupted during epoch 3"):
+            BertMultiLabelClassifier(checkpoint_dir=tmp_path, **params).fit(X, Y)
+
+    resumed = BertMultiLabelClassifier(checkpoint_dir=tmp_path, warm_start=True, **params).fit(X, Y)
+    assert len(resumed.history_) == 3
+    assert len(lean_epochs) == 3 + 3 + 1  # the interrupted run's three, the resumed run's one
+    np.testing.assert_allclose(resumed.predict_proba(X), expected, rtol=0, atol=1e-6)
