@@ -164,8 +164,32 @@ class HeadStep:
                 yield masks
             start = stop
 
-    def backward(self, loss_scale: float = 1.0) -> None:
-        """Add the gradients of ``loss_scale`` times the last loss to the parameters' ``.grad``."""
+    def gradient_buffers(self) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """One flat tensor for every gradient of the head, and each linear layer's views of it.
+
+        The views, a ``(weight, bias)`` pair per layer, are what
+        :meth:`backward` writes into when given them; one norm or one
+        multiplication of the flat tensor then covers every gradient.
+        """
+        shapes = [t.shape for lin in self.linears for t in (lin.weight, lin.bias)]
+        sizes = [shape.numel() for shape in shapes]
+        weight = self.linears[0].weight
+        flat = torch.empty(sum(sizes), dtype=weight.dtype, device=weight.device)
+        views = [part.view(shape) for part, shape in zip(flat.split(sizes), shapes, strict=True)]
+        return flat, list(zip(views[0::2], views[1::2], strict=True))
+
+    def backward(
+        self,
+        loss_scale: float = 1.0,
+        into: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        *,
+        add: bool = False,
+    ) -> None:
+        """Add the gradients of ``loss_scale`` times the last loss to the parameters' ``.grad``.
+
+        With ``into`` (from :meth:`gradient_buffers`), they are written into
+        those tensors instead, or added to them with ``add=True``.
+        """
         if self._saved is None:
             raise RuntimeError("HeadStep.backward needs a forward first")
         inputs, scales, z, y, pos_weight = self._saved
@@ -182,13 +206,21 @@ class HeadStep:
             for i in range(len(self.linears) - 1, -1, -1):
                 lin = self.linears[i]
                 h = inputs[i]
-                grad_w = torch.mm(dz.t(), h)
-                grad_b = dz.sum(0)
+                if into is not None and not add:
+                    grad_w, grad_b = into[i]
+                    torch.mm(dz.t(), h, out=grad_w)
+                    torch.sum(dz, 0, out=grad_b)
+                else:
+                    grad_w, grad_b = torch.mm(dz.t(), h), dz.sum(0)
+                    if into is not None:
+                        into[i][0].add_(grad_w)
+                        into[i][1].add_(grad_b)
+                    else:
+                        _accumulate(lin.weight, grad_w)
+                        _accumulate(lin.bias, grad_b)
                 if i > 0:
                     # h = relu(a) * mask, so the gradient reaches a where h > 0, times the mask's scale.
                     dz = _relu_backward(torch.addmm(h, dz, lin.weight, beta=0, alpha=scales[i]), h)
-                _accumulate(lin.weight, grad_w)
-                _accumulate(lin.bias, grad_b)
 
 
 def _relu_backward(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:

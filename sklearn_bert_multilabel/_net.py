@@ -180,7 +180,13 @@ def _acts_on_training_batches(callback: Callback) -> bool:
 
 
 class HeadEpoch:
-    """The optimizer step and gradient reset of :meth:`MultiLabelNet._head_epoch`.
+    """The gradients, optimizer step and clipping of :meth:`MultiLabelNet._head_epoch`.
+
+    The head's gradients live in one flat buffer (see
+    :meth:`HeadStep.gradient_buffers`), attached as the parameters' ``.grad``
+    for the epoch: each step's backward pass overwrites them, so nothing is
+    allocated or reset per step, and the total norm and the clipping are one
+    operation each.
 
     ``torch.optim``'s ``step`` costs 50-100 µs per call in Python on a
     typical CPU (profiling hooks, grouping tensors by device and dtype,
@@ -193,12 +199,10 @@ class HeadEpoch:
 
     ``small`` epochs run on one intra-op thread. Their matrix products gain
     little from a second thread (1.14x for a (256, 128) head on batches of
-    32, 25 MFLOP a step, on 2 cores), while every parallel region risks an
-    OpenMP wake-up: on two threads such a head's steps sometimes took twice
-    as long for the rest of the process (often from a prediction call on,
-    never with ``OMP_WAIT_POLICY=ACTIVE``; likely GNU OpenMP's short
-    spinning once it counts more threads than cores). One thread was never
-    slowed down that way.
+    32, 25 MFLOP a step, on 2 cores), and the second thread's waiting
+    between products competes with the first for the machine: where two
+    busy threads slow each other down (virtual CPUs sharing a physical
+    core), such a head's steps took twice as long on two threads.
     """
 
     def __init__(
@@ -208,23 +212,40 @@ class HeadEpoch:
         self.optimizer = optimizer
         self.params = params
         self.small = small
+        self.flat, self.grads = head_step.gradient_buffers()
+        self._grad_of = {
+            id(param): grad
+            for lin, pair in zip(head_step.linears, self.grads, strict=True)
+            for param, grad in zip((lin.weight, lin.bias), pair, strict=True)
+        }
         self._direct = _direct_adamw_groups(optimizer)
-        self._stepped = False
+        self._kernel_calls: tuple | None = None
 
-    def step(self) -> None:
-        groups = self._direct
-        if groups is None or not self._stepped or not _fused_adamw_step(self.optimizer, groups):
-            self.optimizer.step()
-            self._stepped = True
-
-    def gradient_norm(self) -> torch.Tensor:
-        """``torch.nn.utils.get_total_norm`` of the head's gradients, as it computes it on a CPU."""
-        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in self.params])))
+    def attach_gradients(self) -> None:
+        """Make the gradient buffers the parameters' ``.grad`` (their values are not reset)."""
+        for param in self.params:
+            param.grad = self._grad_of[id(param)]
 
     def clear_gradients(self) -> None:
         """``optimizer.zero_grad(set_to_none=True)`` for the head's parameters."""
         for param in self.params:
             param.grad = None
+
+    def gradient_norm(self) -> torch.Tensor:
+        """The total 2-norm of the head's gradients (``torch.nn.utils.get_total_norm``'s)."""
+        return torch.linalg.vector_norm(self.flat)
+
+    def clip(self, max_norm: float, norm: torch.Tensor) -> None:
+        """``torch.nn.utils.clip_grads_with_norm_`` for the head's gradients."""
+        self.flat.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+
+    def step(self) -> None:
+        if self._kernel_calls is None:
+            self.optimizer.step()
+            if self._direct is not None:
+                self._kernel_calls = _fused_adamw_calls(self.optimizer, self._direct)
+        else:
+            _fused_adamw_step(self._kernel_calls)
 
 
 def _direct_adamw_groups(optimizer: torch.optim.Optimizer) -> list[dict] | None:
@@ -253,11 +274,12 @@ def _direct_adamw_groups(optimizer: torch.optim.Optimizer) -> list[dict] | None:
     return optimizer.param_groups if _fused_adamw_kernel_works() else None
 
 
-def _fused_adamw_step(optimizer: torch.optim.Optimizer, groups: list[dict]) -> bool:
-    """What ``AdamW.step`` does for ``groups`` with ``fused=True`` on a CPU, without its overhead.
+def _fused_adamw_calls(optimizer: torch.optim.Optimizer, groups: list[dict]) -> tuple | None:
+    """The arguments ``AdamW.step`` passes to its fused CPU kernel for ``groups``, gathered once.
 
-    Returns False, having changed nothing, when a parameter with a gradient
-    has no state yet (``AdamW.step`` creates it).
+    None when a parameter with a gradient has no state yet (``AdamW.step``
+    creates it). The lists hold the gradient and state tensors themselves,
+    so they stay valid while those are updated in place.
     """
     state = optimizer.state
     calls = []
@@ -265,19 +287,26 @@ def _fused_adamw_step(optimizer: torch.optim.Optimizer, groups: list[dict]) -> b
         params = [p for p in group["params"] if p.grad is not None]
         states = [state.get(p) for p in params]
         if not all(states):
-            return False
-        calls.append((group, params, states))
+            return None
+        tensors = [[s[key] for s in states] for key in ("exp_avg", "exp_avg_sq", "step")]
+        calls.append((group, params, [p.grad for p in params], *tensors))
+    return [step for *_, group_steps in calls for step in group_steps], calls
+
+
+def _fused_adamw_step(kernel_calls: tuple) -> None:
+    """What ``AdamW.step`` does with ``fused=True`` on a CPU, for :func:`_fused_adamw_calls`' lists."""
+    steps, calls = kernel_calls
     with torch.no_grad():  # as AdamW.step runs
-        torch._foreach_add_([s["step"] for _, _, states in calls for s in states], 1)
-        for group, params, states in calls:
+        torch._foreach_add_(steps, 1)
+        for group, params, grads, exp_avgs, exp_avg_sqs, group_steps in calls:
             beta1, beta2 = group["betas"]
             torch._fused_adamw_(
                 params,
-                [p.grad for p in params],
-                [s["exp_avg"] for s in states],
-                [s["exp_avg_sq"] for s in states],
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
                 [],
-                [s["step"] for s in states],
+                group_steps,
                 amsgrad=False,
                 lr=group["lr"],
                 beta1=beta1,
@@ -288,7 +317,6 @@ def _fused_adamw_step(optimizer: torch.optim.Optimizer, groups: list[dict]) -> b
                 grad_scale=None,
                 found_inf=None,
             )
-    return True
 
 
 @functools.cache
@@ -311,8 +339,11 @@ def _fused_adamw_kernel_works() -> bool:
         for k, grad in enumerate(grads):
             param.grad = grad.clone()
             try:
-                if not (direct and k > 0 and _fused_adamw_step(optimizer, optimizer.param_groups)):
+                calls = _fused_adamw_calls(optimizer, optimizer.param_groups) if direct and k > 0 else None
+                if calls is None:
                     optimizer.step()
+                else:
+                    _fused_adamw_step(calls)
             except (TypeError, RuntimeError) as exc:
                 logger.debug("fused AdamW kernel not usable directly (%s)", exc)
                 return False
@@ -558,8 +589,9 @@ class MultiLabelNet(NeuralNet):
         """Clip, step the optimizer and the schedule, and drop the gradients.
 
         With ``lean`` (see :meth:`_head_epoch`), no callback is told of the
-        gradients, since none listens, and the optimizer step and gradient
-        reset take ``lean``'s cheaper route.
+        gradients, since none listens, the optimizer step takes ``lean``'s
+        cheaper route, and the gradients stay in place for the next batch to
+        overwrite; the lean epoch keeps its own count of pending batches.
         """
         scaler = self.grad_scaler_ if self.grad_scaler_.is_enabled() else None
         if scaler is not None:
@@ -586,13 +618,11 @@ class MultiLabelNet(NeuralNet):
             lean.step()
         else:
             self.optimizer_.step()
-        if lean is not None:
-            lean.clear_gradients()
-        else:
+        if lean is None:
             self.optimizer_.zero_grad(set_to_none=True)
+            self._pending = 0
         if self.lr_scheduler_ is not None:
             self.lr_scheduler_.step()
-        self._pending = 0
 
     def _clip_gradients(self, lean: HeadEpoch | None = None) -> float:
         """``clip_grad_norm_``, without its multiplication by 1 when nothing is clipped.
@@ -601,14 +631,16 @@ class MultiLabelNet(NeuralNet):
         (by ``clip_grad_norm_``'s own factor) only when that factor is below 1.
         """
         if lean is not None:
-            params = lean.params  # every one has a gradient after a step of the head
             norm = lean.gradient_norm()
         else:
             params = [p for p in self._trained_parameters() if p.grad is not None]
             norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         value = norm.item()
         if self.max_grad_norm / (value + 1e-6) < 1.0:  # NaN compares False: the caller stops on it
-            torch.nn.utils.clip_grads_with_norm_(params, self.max_grad_norm, norm)
+            if lean is not None:
+                lean.clip(self.max_grad_norm, norm)
+            else:
+                torch.nn.utils.clip_grads_with_norm_(params, self.max_grad_norm, norm)
         return value
 
     def _trained_parameters(self) -> list[torch.nn.Parameter]:
@@ -641,11 +673,11 @@ class MultiLabelNet(NeuralNet):
             if training and self._pending:
                 self._optimizer_step()  # the epoch's last, partial accumulation window
             return
-        with intra_op_threads(1 if lean.small else None):
-            self._run_head_epoch(iterator, prefix, lean)
-            if self._pending:
-                self._optimizer_step(lean=lean)
-        lean.clear_gradients()
+        try:
+            with intra_op_threads(1 if lean.small else None), torch.no_grad():
+                self._run_head_epoch(iterator, prefix, lean)
+        finally:
+            lean.clear_gradients()
 
     def _head_epoch(self, iterator) -> HeadEpoch | None:
         """The lean training epoch of a plain head on cached features, when it applies.
@@ -671,21 +703,28 @@ class MultiLabelNet(NeuralNet):
     def _run_head_epoch(self, batches: FeatureBatches, prefix: str, lean: HeadEpoch) -> None:
         """skorch's ``run_single_epoch`` for :meth:`_head_epoch`: same steps, same history."""
         history = self.history
-        head_step = lean.head_step
+        head_step, grads = lean.head_step, lean.grads
         pos_weight = self.criterion_.pos_weight
-        loss_scale = 1.0 / self.accumulate_batches
+        window = self.accumulate_batches
         masks = head_step.batch_masks(batches.batch_sizes())
         rows = history[-1]["batches"]  # NeuralNet.on_batch_begin adds each batch's row here
         loss_key, size_key = prefix + "_loss", prefix + "_batch_size"
+        lean.attach_gradients()
+        pending = 0
         for (Xi, yi), batch_masks in zip(batches, masks, strict=True):
             row = {}
             rows.append(row)
             loss, _ = head_step.forward(Xi["features"], yi, pos_weight, batch_masks)
-            value = self._check_loss(loss)
-            head_step.backward(loss_scale)
-            self._pending += 1
-            if self._pending >= self.accumulate_batches:
+            value = loss.item()  # _check_loss without its distributed branch (no accelerator here)
+            if not math.isfinite(value):
+                self._stop_non_finite("loss", value)
+            head_step.backward(1.0 / window, grads, add=pending > 0)
+            pending += 1
+            if pending == window:
                 self._optimizer_step(lean=lean)
+                pending = 0
             row[loss_key] = value
             row[size_key] = len(yi)
         history.record(prefix + "_batch_count", len(batches))
+        if pending:
+            self._optimizer_step(lean=lean)  # the epoch's last, partial accumulation window

@@ -54,6 +54,30 @@ def test_loss_and_gradients_match_autograd(sizes, weighted, p):
         assert b.grad.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("sizes", [(), (16, 8)])
+def test_gradient_buffers_receive_what_backward_adds_to_grad(sizes):
+    torch.manual_seed(0)
+    head = build_head(12, 3, sizes, 0.3).train()
+    step = HeadStep.for_head(head)
+    flat, grads = step.gradient_buffers()
+    shapes = [(lin.weight.shape, lin.bias.shape) for lin in step.linears]
+    assert [(w.shape, b.shape) for w, b in grads] == shapes
+    assert flat.numel() == sum(p.numel() for p in head.parameters())
+    flat.fill_(float("nan"))  # overwritten, never read
+    x, y = torch.randn(9, 12), (torch.rand(9, 3) < 0.4).float()
+    for k, loss_scale in enumerate((0.5, 1.0)):  # the second batch adds to the first
+        torch.manual_seed(3 + k)
+        step.forward(x, y)
+        step.backward(loss_scale, grads, add=k > 0)
+        torch.manual_seed(3 + k)  # the same masks, gradients into .grad
+        step.forward(x, y)
+        step.backward(loss_scale)
+    for lin, (w, b) in zip(step.linears, grads, strict=True):
+        assert torch.equal(w, lin.weight.grad) and torch.equal(b, lin.bias.grad)
+    norm = torch.nn.utils.get_total_norm([p.grad for p in head.parameters()])
+    torch.testing.assert_close(torch.linalg.vector_norm(flat), norm)
+
+
 def test_eval_mode_dropouts_draw_no_mask():
     head = build_head(6, 2, (4,), 0.5).eval()
     x, y = torch.randn(5, 6), torch.ones(5, 2)
@@ -352,14 +376,17 @@ def test_direct_adamw_step_is_adamws_step():
         step = HeadStep.for_head(module)
         lean = HeadEpoch(step, optimizer, list(module.parameters()))
         assert lean._direct is not None
+        if direct:
+            lean.attach_gradients()
         for _ in range(5):
             step.forward(x, y)
-            step.backward()
             if direct:
+                step.backward(into=lean.grads)  # overwrites the attached buffers
                 lean.step()
             else:
+                step.backward()
                 optimizer.step()
-            lean.clear_gradients()
+                lean.clear_gradients()
             schedule.step()
         runs.append(optimizer)
         assert len(calls) == (1 if direct else 5)  # after the first, the lean steps bypass AdamW.step
@@ -483,16 +510,19 @@ def test_lean_epochs_resume_from_a_checkpoint_as_if_never_interrupted(
 
     real_backward, calls = HeadStep.backward, []
 
-    def backward(self, loss_scale=1.0):
+    def backward(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == 2 * 5 + 2:  # 72 training texts, batches of 16: during epoch 3
             raise KeyboardInterrupt
-        return real_backward(self, loss_scale)
+        return real_backward(self, *args, **kwargs)
 
+    interrupted = BertMultiLabelClassifier(checkpoint_dir=tmp_path, **params)
     with monkeypatch.context() as patch:
         patch.setattr(HeadStep, "backward", backward)
         with pytest.warns(UserWarning, match="interrupted during epoch 3"):
-            BertMultiLabelClassifier(checkpoint_dir=tmp_path, **params).fit(X, Y)
+            interrupted.fit(X, Y)
+    # The gradient buffers of the interrupted epoch are not left on the parameters.
+    assert all(p.grad is None for p in interrupted.module_.head.parameters())
 
     resumed = BertMultiLabelClassifier(checkpoint_dir=tmp_path, warm_start=True, **params).fit(X, Y)
     assert len(resumed.history_) == 3
