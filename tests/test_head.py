@@ -218,7 +218,8 @@ def lean_epochs(monkeypatch):
         {},
         {"pos_weight": "balanced", "accumulate_batches": 4, "dropout": 0.3},  # 6 batches: 4 + a partial 2
         {"hidden_layer_sizes": (8, 4), "max_grad_norm": 1e-3, "lr_schedule": "cosine"},  # every step clipped
-        {"hidden_layer_sizes": (8,), "dropout": 0.0, "batch_size": 40},  # no masks; a last batch of 16
+        # no masks, no clipping; a last batch of 16
+        {"hidden_layer_sizes": (8,), "dropout": 0.0, "batch_size": 40, "max_grad_norm": None},
     ],
 )
 def test_lean_epoch_is_skorchs_loop_without_the_notifications(fast_params, toy_data, extra, lean_epochs):
