@@ -201,8 +201,8 @@ class HeadEpoch:
     little from a second thread (1.14x for a (256, 128) head on batches of
     32, 25 MFLOP a step, on 2 cores), and the second thread's waiting
     between products competes with the first for the machine: where two
-    busy threads slow each other down (virtual CPUs sharing a physical
-    core), such a head's steps took twice as long on two threads.
+    busy threads slow each other down (as virtual CPUs on one physical core
+    do), such a head's steps took twice as long on two threads.
     """
 
     def __init__(
