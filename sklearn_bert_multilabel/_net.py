@@ -715,9 +715,7 @@ class MultiLabelNet(NeuralNet):
             row = {}
             rows.append(row)
             loss, _ = head_step.forward(Xi["features"], yi, pos_weight, batch_masks)
-            value = loss.item()  # _check_loss without its distributed branch (no accelerator here)
-            if not math.isfinite(value):
-                self._stop_non_finite("loss", value)
+            value = self._check_loss(loss)
             head_step.backward(1.0 / window, grads, add=pending > 0)
             pending += 1
             if pending == window:
