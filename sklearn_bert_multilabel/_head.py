@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ._model import FastDropout, draw_words, dropout_mask, mask_cut, mask_words
@@ -78,29 +77,36 @@ class HeadStep:
         ``masks`` (one entry per dropout, None where it drops nothing), as
         :meth:`batch_masks` yields them, replaces the masks drawn here.
         """
-        with torch.no_grad():
-            inputs = []  # what each linear layer reads: its input times its dropout mask
-            scales = []  # the scale of the kept elements of that mask (1 without one)
-            h = x
-            last = len(self.linears) - 1
-            for i, (drop, lin) in enumerate(zip(self.dropouts, self.linears, strict=True)):
-                if masks is not None:
-                    mask = masks[i]
-                elif drop.training and drop.p > 0:
-                    mask = dropout_mask(h, drop.p), mask_cut(drop.p)[1]
-                else:
-                    mask = None
-                if mask is not None:
-                    values, scale = mask
-                    # The first input is the caller's tensor: never write into it.
-                    h = h * values if i == 0 else h.mul_(values)
-                else:
-                    scale = 1.0
-                inputs.append(h)
-                scales.append(scale)
-                z = torch.addmm(lin.bias, h, lin.weight.t())
-                h = z.relu_() if i < last else z
-            loss = F.binary_cross_entropy_with_logits(z, y, pos_weight=pos_weight)
+        if torch.is_grad_enabled():  # a lean epoch runs under no_grad already: enter it only if needed
+            with torch.no_grad():
+                return self._forward(x, y, pos_weight, masks)
+        return self._forward(x, y, pos_weight, masks)
+
+    def _forward(self, x, y, pos_weight, masks):
+        inputs = []  # what each linear layer reads: its input times its dropout mask
+        scales = []  # the scale of the kept elements of that mask (1 without one)
+        h = x
+        last = len(self.linears) - 1
+        for i, (drop, lin) in enumerate(zip(self.dropouts, self.linears, strict=True)):
+            if masks is not None:
+                mask = masks[i]
+            elif drop.training and drop.p > 0:
+                mask = dropout_mask(h, drop.p), mask_cut(drop.p)[1]
+            else:
+                mask = None
+            if mask is not None:
+                values, scale = mask
+                # The first input is the caller's tensor: never write into it.
+                h = h * values if i == 0 else h.mul_(values)
+            else:
+                scale = 1.0
+            inputs.append(h)
+            scales.append(scale)
+            z = torch.addmm(lin.bias, h, lin.weight.t())
+            h = z.relu_() if i < last else z
+        # F.binary_cross_entropy_with_logits without its argument checks (same shapes by
+        # construction); reduction 1 is the mean.
+        loss = torch.binary_cross_entropy_with_logits(z, y, None, pos_weight, 1)
         self._saved = (inputs, scales, z, y, pos_weight)
         return loss, z
 
@@ -150,11 +156,13 @@ class HeadStep:
             for _, _, lowest, scale in active:
                 if lowest not in values:
                     # keep_mask keeps a draw d when d >= lowest, i.e. when d - lowest + 0.5 >= 0.5.
-                    # (d - lowest + 0.5) * 4 * scale is then >= 2 * scale (else <= -2 * scale), far
-                    # beyond float32 rounding at these magnitudes, so clamping it to [0, scale] gives
-                    # exactly dropout_mask's values, in one pass cheaper than an int16 comparison.
-                    offset = torch.tensor(-(lowest - 0.5) * 4 * scale, dtype=torch.float32)
-                    values[lowest] = torch.add(offset, draws, alpha=4 * scale).clamp_(0, scale)
+                    # d - lowest + 0.5 is exact in float32 (a half-integer below 2**17), and times
+                    # 4 * scale it is >= 2 * scale (else <= -2 * scale), far beyond float32 rounding
+                    # at these magnitudes, so clamping it to [0, scale] gives exactly dropout_mask's
+                    # values. These in-place passes on a float copy take a quarter of the time of
+                    # one out-of-place addition of the int16 draws to a float.
+                    shifted = draws.float().sub_(lowest - 0.5)
+                    values[lowest] = shifted.mul_(4 * scale).clamp_(0, scale)
             places.reverse()
             for _ in range(start, stop):
                 masks = none.copy()
@@ -192,35 +200,40 @@ class HeadStep:
         """
         if self._saved is None:
             raise RuntimeError("HeadStep.backward needs a forward first")
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                return self._backward(loss_scale, into, add)
+        return self._backward(loss_scale, into, add)
+
+    def _backward(self, loss_scale, into, add):
         inputs, scales, z, y, pos_weight = self._saved
         self._saved = None
-        with torch.no_grad():
-            # d/dz of the mean loss: (sigmoid(z) * (1 + (w - 1) * y) - w * y) / z.numel()
-            dz = torch.sigmoid(z)
-            if pos_weight is None:
-                dz.sub_(y)
+        # d/dz of the mean loss: (sigmoid(z) * (1 + (w - 1) * y) - w * y) / z.numel()
+        dz = torch.sigmoid(z)
+        if pos_weight is None:
+            dz.sub_(y)
+        else:
+            wy = y * pos_weight
+            dz.mul_(wy - y + 1).sub_(wy)
+        dz.mul_(loss_scale / z.numel())
+        for i in range(len(self.linears) - 1, -1, -1):
+            lin = self.linears[i]
+            h = inputs[i]
+            if into is not None and not add:
+                grad_w, grad_b = into[i]
+                torch.mm(dz.t(), h, out=grad_w)
+                torch.sum(dz, 0, out=grad_b)
             else:
-                wy = y * pos_weight
-                dz.mul_(wy - y + 1).sub_(wy)
-            dz.mul_(loss_scale / z.numel())
-            for i in range(len(self.linears) - 1, -1, -1):
-                lin = self.linears[i]
-                h = inputs[i]
-                if into is not None and not add:
-                    grad_w, grad_b = into[i]
-                    torch.mm(dz.t(), h, out=grad_w)
-                    torch.sum(dz, 0, out=grad_b)
+                grad_w, grad_b = torch.mm(dz.t(), h), dz.sum(0)
+                if into is not None:
+                    into[i][0].add_(grad_w)
+                    into[i][1].add_(grad_b)
                 else:
-                    grad_w, grad_b = torch.mm(dz.t(), h), dz.sum(0)
-                    if into is not None:
-                        into[i][0].add_(grad_w)
-                        into[i][1].add_(grad_b)
-                    else:
-                        _accumulate(lin.weight, grad_w)
-                        _accumulate(lin.bias, grad_b)
-                if i > 0:
-                    # h = relu(a) * mask, so the gradient reaches a where h > 0, times the mask's scale.
-                    dz = _relu_backward(torch.addmm(h, dz, lin.weight, beta=0, alpha=scales[i]), h)
+                    _accumulate(lin.weight, grad_w)
+                    _accumulate(lin.bias, grad_b)
+            if i > 0:
+                # h = relu(a) * mask, so the gradient reaches a where h > 0, times the mask's scale.
+                dz = _relu_backward(torch.addmm(h, dz, lin.weight, beta=0, alpha=scales[i]), h)
 
 
 def _relu_backward(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:

@@ -226,10 +226,13 @@ class HeadEpoch:
         for param in self.params:
             param.grad = self._grad_of[id(param)]
 
-    def clear_gradients(self) -> None:
-        """``optimizer.zero_grad(set_to_none=True)`` for the head's parameters."""
+    def finish(self) -> None:
+        """End the epoch: ``optimizer.zero_grad(set_to_none=True)`` for the head's parameters,
+        and the step count of :meth:`step`'s shared counter written into the optimizer's state."""
         for param in self.params:
             param.grad = None
+        if self._kernel_calls is not None:
+            _sync_step_counts(self._kernel_calls)
 
     def gradient_norm(self) -> torch.Tensor:
         """The total 2-norm of the head's gradients (``torch.nn.utils.get_total_norm``'s)."""
@@ -277,46 +280,65 @@ def _direct_adamw_groups(optimizer: torch.optim.Optimizer) -> list[dict] | None:
 def _fused_adamw_calls(optimizer: torch.optim.Optimizer, groups: list[dict]) -> tuple | None:
     """The arguments ``AdamW.step`` passes to its fused CPU kernel for ``groups``, gathered once.
 
+    The lists hold the gradient and state tensors themselves, so they stay
+    valid while those are updated in place. Every parameter's step count
+    goes up by one at each step, so where they are all equal the kernel
+    reads one shared counter in their place (on a CPU, ``AdamW.step`` adds 1
+    to each count in turn, as costly as the update of a small head's
+    biases); :func:`_sync_step_counts` writes it back into the state.
+
     None when a parameter with a gradient has no state yet (``AdamW.step``
-    creates it). The lists hold the gradient and state tensors themselves,
-    so they stay valid while those are updated in place.
+    creates it) or when the step counts differ.
     """
     state = optimizer.state
-    calls = []
+    calls, counts = [], []
     for group in groups:
         params = [p for p in group["params"] if p.grad is not None]
         states = [state.get(p) for p in params]
         if not all(states):
             return None
-        tensors = [[s[key] for s in states] for key in ("exp_avg", "exp_avg_sq", "step")]
+        counts += [s["step"] for s in states]
+        tensors = [[s[key] for s in states] for key in ("exp_avg", "exp_avg_sq")]
         calls.append((group, params, [p.grad for p in params], *tensors))
-    return [step for *_, group_steps in calls for step in group_steps], calls
+    if not counts or not all(torch.equal(counts[0], count) for count in counts):
+        return None
+    counter = counts[0].clone()
+    return counter, counts, [(*call, [counter] * len(call[1])) for call in calls]
+
+
+def _sync_step_counts(kernel_calls: tuple) -> None:
+    """Write the shared step counter of :func:`_fused_adamw_calls` into each parameter's state."""
+    counter, counts, _ = kernel_calls
+    for count in counts:
+        count.copy_(counter)
 
 
 def _fused_adamw_step(kernel_calls: tuple) -> None:
     """What ``AdamW.step`` does with ``fused=True`` on a CPU, for :func:`_fused_adamw_calls`' lists."""
-    steps, calls = kernel_calls
-    with torch.no_grad():  # as AdamW.step runs
-        torch._foreach_add_(steps, 1)
-        for group, params, grads, exp_avgs, exp_avg_sqs, group_steps in calls:
-            beta1, beta2 = group["betas"]
-            torch._fused_adamw_(
-                params,
-                grads,
-                exp_avgs,
-                exp_avg_sqs,
-                [],
-                group_steps,
-                amsgrad=False,
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                weight_decay=group["weight_decay"],
-                eps=group["eps"],
-                maximize=False,
-                grad_scale=None,
-                found_inf=None,
-            )
+    if torch.is_grad_enabled():  # AdamW.step runs under no_grad; a lean epoch already does
+        with torch.no_grad():
+            return _fused_adamw_step(kernel_calls)
+    counter, _, calls = kernel_calls
+    counter.add_(1)
+    for group, params, grads, exp_avgs, exp_avg_sqs, group_steps in calls:
+        beta1, beta2 = group["betas"]
+        torch._fused_adamw_(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            [],
+            group_steps,
+            amsgrad=False,
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            maximize=False,
+            grad_scale=None,
+            found_inf=None,
+        )
 
 
 @functools.cache
@@ -330,25 +352,32 @@ def _fused_adamw_kernel_works() -> bool:
     if getattr(torch, "_fused_adamw_", None) is None:
         return False
     generator = torch.Generator().manual_seed(0)
-    start = torch.randn(5, generator=generator)
-    grads = [torch.randn(5, generator=generator) for _ in range(3)]
-    weights = []
+    start = torch.randn(2, 5, generator=generator)
+    grads = [torch.randn(2, 5, generator=generator) for _ in range(3)]
+    weights, steps = [], []
     for direct in (False, True):
-        param = torch.nn.Parameter(start.clone())
-        optimizer = torch.optim.AdamW([param], lr=0.01, betas=(0.8, 0.9), weight_decay=0.1, fused=True)
-        for k, grad in enumerate(grads):
-            param.grad = grad.clone()
+        params = [torch.nn.Parameter(row.clone()) for row in start]  # two: one shared step counter
+        optimizer = torch.optim.AdamW(params, lr=0.01, betas=(0.8, 0.9), weight_decay=0.1, fused=True)
+        for param in params:
+            param.grad = torch.empty_like(param)  # the kernel's lists hold these very tensors
+        calls = None
+        for grad in grads:
+            for param, row in zip(params, grad, strict=True):
+                param.grad.copy_(row)
             try:
-                calls = _fused_adamw_calls(optimizer, optimizer.param_groups) if direct and k > 0 else None
                 if calls is None:
                     optimizer.step()
+                    calls = _fused_adamw_calls(optimizer, optimizer.param_groups) if direct else None
                 else:
                     _fused_adamw_step(calls)
             except (TypeError, RuntimeError) as exc:
                 logger.debug("fused AdamW kernel not usable directly (%s)", exc)
                 return False
-        weights.append(param.detach())
-    return torch.equal(*weights)
+        if calls is not None:
+            _sync_step_counts(calls)
+        weights.append(torch.stack([param.detach() for param in params]))
+        steps.append(torch.stack([optimizer.state[param]["step"] for param in params]))
+    return torch.equal(*weights) and torch.equal(*steps)
 
 
 class MultiLabelNet(NeuralNet):
@@ -677,7 +706,7 @@ class MultiLabelNet(NeuralNet):
             with intra_op_threads(1 if lean.small else None), torch.no_grad():
                 self._run_head_epoch(iterator, prefix, lean)
         finally:
-            lean.clear_gradients()
+            lean.finish()
 
     def _head_epoch(self, iterator) -> HeadEpoch | None:
         """The lean training epoch of a plain head on cached features, when it applies.
@@ -706,12 +735,13 @@ class MultiLabelNet(NeuralNet):
         head_step, grads = lean.head_step, lean.grads
         pos_weight = self.criterion_.pos_weight
         window = self.accumulate_batches
-        masks = head_step.batch_masks(batches.batch_sizes())
+        sizes = batches.batch_sizes()
+        masks = head_step.batch_masks(sizes)
         rows = history[-1]["batches"]  # NeuralNet.on_batch_begin adds each batch's row here
         loss_key, size_key = prefix + "_loss", prefix + "_batch_size"
         lean.attach_gradients()
         pending = 0
-        for (Xi, yi), batch_masks in zip(batches, masks, strict=True):
+        for (Xi, yi), batch_masks, size in zip(batches, masks, sizes, strict=True):
             row = {}
             rows.append(row)
             loss, _ = head_step.forward(Xi["features"], yi, pos_weight, batch_masks)
@@ -722,7 +752,7 @@ class MultiLabelNet(NeuralNet):
                 self._optimizer_step(lean=lean)
                 pending = 0
             row[loss_key] = value
-            row[size_key] = len(yi)
+            row[size_key] = size
         history.record(prefix + "_batch_count", len(batches))
         if pending:
             self._optimizer_step(lean=lean)  # the epoch's last, partial accumulation window

@@ -387,10 +387,20 @@ def test_direct_adamw_step_is_adamws_step():
             else:
                 step.backward()
                 optimizer.step()
-                lean.clear_gradients()
+                lean.finish()
             schedule.step()
+        if direct:
+            # The lean steps counted on a shared counter; the epoch's end writes it into the state.
+            assert all(state["step"].item() == 1 for state in optimizer.state.values())
+            lean.finish()
+            assert all(p.grad is None for p in module.parameters())
+        assert all(state["step"].item() == 5 for state in optimizer.state.values())
+        # The next epoch starts with AdamW.step itself, from the counts written back.
+        step.forward(x, y)
+        step.backward()
+        optimizer.step()
         runs.append(optimizer)
-        assert len(calls) == (1 if direct else 5)  # after the first, the lean steps bypass AdamW.step
+        assert len(calls) == (2 if direct else 6)  # after the first, the lean steps bypass AdamW.step
     for a, b in zip(head.parameters(), twin.parameters(), strict=True):
         assert torch.equal(a, b)
     for a, b in zip(runs[0].state.values(), runs[1].state.values(), strict=True):
