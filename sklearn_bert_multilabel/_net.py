@@ -20,7 +20,7 @@ from skorch.utils import TeeGenerator
 from torch.utils.data import DataLoader
 
 from ._distributed import process_seed
-from ._head import HeadStep
+from ._head import HeadStep, without_grad
 from ._model import HeadOnly
 from ._text import (
     FeatureBatches,
@@ -313,11 +313,9 @@ def _sync_step_counts(kernel_calls: tuple) -> None:
         count.copy_(counter)
 
 
+@without_grad  # as AdamW.step runs
 def _fused_adamw_step(kernel_calls: tuple) -> None:
     """What ``AdamW.step`` does with ``fused=True`` on a CPU, for :func:`_fused_adamw_calls`' lists."""
-    if torch.is_grad_enabled():  # AdamW.step runs under no_grad; a lean epoch already does
-        with torch.no_grad():
-            return _fused_adamw_step(kernel_calls)
     counter, _, calls = kernel_calls
     counter.add_(1)
     for group, params, grads, exp_avgs, exp_avg_sqs, group_steps in calls:
