@@ -8,7 +8,13 @@ also holds features of up to 300,000 other texts (a cache shared by several
 data sets or searches). Each lookup is timed 5 times (median), after the
 files are in the page cache.
 
-    python benchmarks/bench_feature_cache.py [--n-texts 800]
+It then predicts ``--n-calls`` new texts one call at a time with a fitted
+frozen model, with and without ``memory``: each such call stores one more
+chunk, and the chunks are merged as they accumulate, so the time of a call
+should not grow with the number of calls before it. Printed: the median
+time of the first and of the last 100 calls, and the chunks left.
+
+    python benchmarks/bench_feature_cache.py [--n-texts 800] [--n-calls 1000]
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from sklearn_bert_multilabel._memory import FitCache, text_keys
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-texts", type=int, default=800)
+    parser.add_argument("--n-calls", type=int, default=1000)
     args = parser.parse_args()
 
     X, Y, _ = load_goemotions("train")
@@ -65,6 +72,25 @@ def main() -> None:
                 assert found.all() and np.array_equal(out, features)
             lookup = statistics.median(times[1:])
             print(f"{cached:14,d} {chunks:7d} {lookup * 1000:8.1f} ms {encode / lookup:15.0f}x")
+
+    print(f"\n{args.n_calls} calls of predict_proba, one new text each, after a fit on {len(X)} texts:")
+    print(f"{'memory':>8s} {'first 100 calls':>16s} {'last 100 calls':>15s} {'chunks left':>12s}")
+    texts = [f"{X[i % len(X)]} (call {i})" for i in range(args.n_calls)]
+    with tempfile.TemporaryDirectory() as folder:
+        for memory in (None, folder):
+            model = BertMultiLabelClassifier(
+                freeze_encoder=True, max_epochs=1, max_length=64, train_split=None, memory=memory
+            )
+            model.fit(X, Y)
+            times = []
+            for text in texts:
+                start = time.perf_counter()
+                model.predict_proba([text])
+                times.append(time.perf_counter() - start)
+            first, last = statistics.median(times[:100]), statistics.median(times[-100:])
+            chunks = len(list(Path(folder).rglob("chunk-*"))) if memory else 0
+            label = "set" if memory else "None"
+            print(f"{label:>8s} {first * 1000:13.1f} ms {last * 1000:12.1f} ms {chunks:12d}")
 
 
 if __name__ == "__main__":

@@ -6,24 +6,37 @@ Layout under ``<location>/sklearn_bert_multilabel/``::
     fits/<key>/meta.json             history, pos_weight, label count
     fits/<key>/valid.npz             validation logits and labels (for threshold="auto")
     logits/<key>.npy                 logits of one fitted model on one set of texts
-    features/<key>/chunk-*/          pooled features of a frozen encoder: keys.npy (text
+    features/<key>/chunk-<rows>-*/   pooled features of a frozen encoder: keys.npy (text
                                      hashes, sorted) and features.npy (rows, same order)
 
 Every entry is written to a temporary name and renamed into place, so
 processes sharing a cache (``GridSearchCV(n_jobs=...)``) never see a partial
 entry. Unreadable entries are ignored with a :class:`CacheWarning`.
+
+Each call that computes features writes one chunk, so a model that keeps
+predicting new texts (one call per text, say) would leave ever more chunks
+for every look-up to open. Chunks of similar size are therefore merged, as
+a log-structured store does: once a size class holds :data:`MERGE_FAN_IN`
+chunks, they become one chunk (of the next class, unless they stored the
+same texts), so a folder keeps fewer than MERGE_FAN_IN chunks per class,
+that is per eightfold growth of its rows, and a row is rewritten once per
+class it climbs. The chunks a process has opened stay mapped for its later
+look-ups while their files are unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+import threading
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +46,20 @@ import torch
 from ._pretrained import file_stamps
 
 logger = logging.getLogger(__name__)
+
+
+#: A size class of feature chunks (rows from ``MERGE_FAN_IN**c`` to ``MERGE_FAN_IN**(c + 1) - 1``)
+#: that holds this many chunks has them merged into one.
+MERGE_FAN_IN = 8
+
+#: At most this many merges follow one saved chunk (a merge can fill the next class).
+MAX_MERGES_PER_SAVE = 16
+
+#: Rows copied at once when chunks are merged: the merge's memory stays bounded.
+MERGE_BLOCK_ROWS = 1 << 13
+
+#: At most this many memory-mapped chunks are kept for later look-ups in this process.
+MAPPED_CHUNKS = 64
 
 
 class CacheWarning(UserWarning):
@@ -176,6 +203,113 @@ def _map_npy(path: Path) -> np.ndarray:
         return np.load(path, allow_pickle=False)
 
 
+def _size_class(rows: int) -> int:
+    """The size class of a chunk of ``rows`` rows: how many times MERGE_FAN_IN fits in it."""
+    level = 0
+    while rows >= MERGE_FAN_IN:
+        rows //= MERGE_FAN_IN
+        level += 1
+    return level
+
+
+def _chunk_rows(chunk: Path) -> int:
+    """Rows of a chunk: from its name (``chunk-<rows>-<id>``), else from its keys' header."""
+    parts = chunk.name.split("-")
+    if len(parts) == 3 and parts[1].isdigit():
+        return int(parts[1])
+    if chunk.is_dir():  # named by an earlier version: the header alone is read
+        return len(np.load(chunk / "keys.npy", mmap_mode="r", allow_pickle=False))
+    with np.load(chunk, allow_pickle=False) as data:
+        return len(data["keys"])
+
+
+def _chunk_stamp(chunk: Path) -> tuple:
+    """Identity, size and modification time of a chunk's files: unchanged while the chunk is."""
+    files = (chunk / "keys.npy", chunk / "features.npy") if chunk.is_dir() else (chunk,)
+    return tuple((info.st_ino, info.st_size, info.st_mtime_ns) for info in map(os.stat, files))
+
+
+class _MappedChunks:
+    """Feature chunks this process has mapped, reused by later look-ups while their files are unchanged.
+
+    A look-up otherwise opens and maps every chunk of a folder again (about
+    0.1 ms a chunk). Chunks are never rewritten in place, so a changed stamp
+    means a damaged or replaced file, which is read again. Only mapped
+    chunks are kept (those read whole would hold their rows in memory), at
+    most :data:`MAPPED_CHUNKS`, the least recently used dropped first.
+    """
+
+    def __init__(self, size: int):
+        self._size = size
+        self._lock = threading.Lock()
+        self._chunks: OrderedDict[str, tuple[tuple, tuple[np.ndarray, np.ndarray]]] = OrderedDict()
+
+    def read(self, chunk: Path) -> tuple[np.ndarray, np.ndarray]:
+        stamp = _chunk_stamp(chunk)
+        name = str(chunk)
+        with self._lock:
+            known = self._chunks.get(name)
+            if known is not None and known[0] == stamp:
+                self._chunks.move_to_end(name)
+                return known[1]
+            self._chunks.pop(name, None)
+        arrays = _read_chunk(chunk)
+        if all(isinstance(a, np.memmap) for a in arrays):
+            with self._lock:
+                self._chunks[name] = (stamp, arrays)
+                while len(self._chunks) > self._size:
+                    self._chunks.popitem(last=False)
+        return arrays
+
+    def forget(self, chunk: Path) -> None:
+        with self._lock:
+            self._chunks.pop(str(chunk), None)
+
+    def keep_only(self, folder: Path, chunks: Sequence[Path]) -> None:
+        """Drop the mappings of ``folder``'s chunks that are no longer in it."""
+        prefix, listed = str(folder) + os.sep, {str(chunk) for chunk in chunks}
+        with self._lock:
+            for name in [n for n in self._chunks if n.startswith(prefix) and n not in listed]:
+                del self._chunks[name]
+
+
+_MAPPED = _MappedChunks(MAPPED_CHUNKS)
+
+
+def _publish_chunk(folder: Path, rows: int, write: Callable[[Path], None]) -> None:
+    """Write a chunk of ``rows`` rows into a temporary folder, then rename it into place.
+
+    Raises what a failed write raised, after removing what it wrote.
+    """
+    name = f"chunk-{rows}-{uuid.uuid4().hex}"
+    tmp = folder / f".{name}.tmp"
+    try:
+        tmp.mkdir(parents=True)
+        write(tmp)
+        os.rename(tmp, folder / name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _retire(chunk: Path) -> bool:
+    """Take a merged chunk out of every listing, then delete it. False where it has to stay."""
+    _MAPPED.forget(chunk)
+    trash = chunk.with_name(f".merged-{uuid.uuid4().hex}")
+    try:
+        os.rename(chunk, trash)
+    except FileNotFoundError:
+        return True  # another process merged it too
+    except OSError:  # e.g. still mapped where that forbids renaming: merged again later
+        return False
+    if trash.is_dir():
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            trash.unlink()
+    return True
+
+
 def _read_chunk(chunk: Path) -> tuple[np.ndarray, np.ndarray]:
     """A chunk's keys and rows: mapped from a folder, or read whole from an ``.npz`` file."""
     if chunk.is_dir():
@@ -272,12 +406,15 @@ class FitCache:
         folder = self.root / "features" / key
         if not folder.is_dir():
             return FeatureStore([])
+        listed = sorted(folder.glob("chunk-*"))
+        _MAPPED.keep_only(folder, listed)
         chunks = []
-        for chunk in sorted(folder.glob("chunk-*")):
+        for chunk in listed:
             try:
-                keys, features = _read_chunk(chunk)
+                keys, features = _MAPPED.read(chunk)
                 _check_chunk(keys, features, width)
             except Exception as exc:  # noqa: BLE001
+                _MAPPED.forget(chunk)
                 if not chunk.exists():
                     continue  # removed by another process since the listing
                 _warn("features", chunk, exc)
@@ -291,21 +428,79 @@ class FitCache:
         return FeatureStore(chunks)
 
     def save_features(self, key: str, keys: np.ndarray, features: np.ndarray) -> None:
-        """Store rows as a new chunk: a folder of sorted keys and rows, renamed into place."""
+        """Store rows as a new chunk (a folder of sorted keys and rows, renamed into place),
+        then merge the chunks of any size class that it fills."""
         if len(keys) == 0:
             return
         keys, features = _sorted_chunk(keys, np.ascontiguousarray(features, dtype=np.float32))
         folder = self.root / "features" / key
-        name = f"chunk-{uuid.uuid4().hex}"
-        tmp = folder / f".{name}.tmp"
-        try:
-            tmp.mkdir(parents=True)
+
+        def write(tmp: Path) -> None:
             np.save(tmp / "features.npy", features, allow_pickle=False)
             np.save(tmp / "keys.npy", keys, allow_pickle=False)
-            os.rename(tmp, folder / name)
+
+        try:
+            _publish_chunk(folder, len(keys), write)
         except OSError as exc:
             warnings.warn(f"could not write features to the cache: {exc}", CacheWarning, stacklevel=3)
-            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        for _ in range(MAX_MERGES_PER_SAVE):
+            if not _merge_a_full_class(folder, features.shape[1]):
+                break
+
+
+def _merge_a_full_class(folder: Path, width: int) -> bool:
+    """Merge the chunks of the smallest size class holding MERGE_FAN_IN of them into one chunk.
+
+    Returns whether it merged. Chunks that cannot be read are left to the
+    look-ups, which warn about them and remove them; a chunk removed
+    meanwhile (another process merging the same class) stops the merge,
+    and two processes that both merge a class only store its rows twice.
+    """
+    classes: dict[int, list[Path]] = {}
+    for chunk in sorted(folder.glob("chunk-*")):
+        try:
+            rows = _chunk_rows(chunk)
+        except Exception:  # noqa: BLE001 - damaged or removed: not this function's business
+            continue
+        classes.setdefault(_size_class(rows), []).append(chunk)
+    full = [chunks for _, chunks in sorted(classes.items()) if len(chunks) >= MERGE_FAN_IN]
+    if not full:
+        return False
+    chunks = full[0]
+    try:
+        parts = [_read_chunk(chunk) for chunk in chunks]
+        for part_keys, part_rows in parts:
+            _check_chunk(part_keys, part_rows, width)
+    except Exception:  # noqa: BLE001
+        return False
+    # Each text once, from the first chunk (in name order) that has it, as a look-up reads it.
+    keys, first = np.unique(np.concatenate([part_keys for part_keys, _ in parts]), return_index=True)
+    starts = np.cumsum([0] + [len(part_keys) for part_keys, _ in parts])
+    source = np.searchsorted(starts, first, side="right") - 1
+
+    def write(tmp: Path) -> None:
+        np.save(tmp / "keys.npy", keys, allow_pickle=False)
+        out = np.lib.format.open_memmap(
+            tmp / "features.npy", mode="w+", dtype=np.float32, shape=(len(keys), width)
+        )
+        for i, (_, part_rows) in enumerate(parts):
+            targets = np.flatnonzero(source == i)
+            at = first[targets] - starts[i]  # ascending, as each chunk's keys are sorted
+            for block in range(0, len(at), MERGE_BLOCK_ROWS):
+                cut = slice(block, block + MERGE_BLOCK_ROWS)
+                out[targets[cut]] = part_rows[at[cut]]
+        out.flush()
+        del out  # unmapped before the folder is renamed
+
+    try:
+        _publish_chunk(folder, len(keys), write)
+    except Exception as exc:  # noqa: BLE001 - a merge only tidies up: it never fails a call
+        logger.debug("could not merge %d feature chunks in %s: %s", len(chunks), folder, exc)
+        return False
+    parts.clear()  # the merged chunks' mappings, before they are removed
+    logger.debug("merged %d feature chunks (%d rows) in %s", len(chunks), len(keys), folder)
+    return all([_retire(chunk) for chunk in chunks])
 
 
 def state_for_cache(module: torch.nn.Module, frozen: bool) -> dict[str, torch.Tensor]:

@@ -364,6 +364,119 @@ def test_feature_chunk_removed_while_reading_is_skipped_quietly(tmp_path, monkey
     assert store.fill(keys, np.zeros((2, 4), dtype=np.float32)).sum() == 1
 
 
+def _one_text_chunks(cache, texts, width=4):
+    """Save each text's features as its own chunk, as one prediction per text would."""
+    from sklearn_bert_multilabel._memory import text_keys
+
+    keys = text_keys(texts)
+    rows = np.random.default_rng(0).random((len(texts), width)).astype(np.float32)
+    for i in range(len(texts)):
+        cache.save_features("k", keys[i : i + 1], rows[i : i + 1])
+    return keys, rows
+
+
+def test_feature_chunks_of_one_size_class_are_merged(tmp_path):
+    from sklearn_bert_multilabel._memory import MERGE_FAN_IN, FitCache
+
+    assert MERGE_FAN_IN == 8
+    cache = FitCache(tmp_path)
+    keys, rows = _one_text_chunks(cache, [f"text {i}" for i in range(100)])
+    # Like a base-8 counter: 100 = 1 x 64 + 4 x 8 + 4 x 1 rows.
+    folder = tmp_path / "features" / "k"
+    sizes = sorted(len(np.load(chunk / "keys.npy")) for chunk in folder.glob("chunk-*"))
+    assert sizes == [1] * 4 + [8] * 4 + [64]
+    assert all(chunk.name.startswith("chunk-") for chunk in folder.iterdir())  # nothing left over
+    order = np.random.default_rng(1).permutation(100)
+    out = np.zeros((100, 4), dtype=np.float32)
+    assert cache.load_features("k", 4).fill(keys[order], out).all()
+    np.testing.assert_array_equal(out, rows[order])
+
+
+def test_merging_keeps_the_rows_a_look_up_read(tmp_path, monkeypatch):
+    from sklearn_bert_multilabel import _memory
+
+    cache = _memory.FitCache(tmp_path)
+    keys = _memory.text_keys(["a", "b", "c"])
+    monkeypatch.setattr(_memory, "MERGE_FAN_IN", 100)  # no merging yet
+    for i in range(8):  # the same texts, with other rows each time (as by several "fits")
+        cache.save_features("k", keys[: 1 + i % 3], np.full((1 + i % 3, 4), float(i), dtype=np.float32))
+    folder = tmp_path / "features" / "k"
+    assert len(list(folder.glob("chunk-*"))) == 8
+    before = np.zeros((3, 4), dtype=np.float32)
+    assert cache.load_features("k", 4).fill(keys, before).all()
+    monkeypatch.undo()
+    assert _memory._merge_a_full_class(folder, 4)
+    assert len(list(folder.glob("chunk-*"))) == 1
+    after = np.zeros((3, 4), dtype=np.float32)
+    assert cache.load_features("k", 4).fill(keys, after).all()
+    np.testing.assert_array_equal(after, before)
+    assert len(np.unique(before)) > 1  # the rows came from several chunks
+
+
+def test_a_chunk_removed_during_a_merge_stops_it_quietly(tmp_path, monkeypatch):
+    import shutil
+
+    from sklearn_bert_multilabel import _memory
+
+    cache = _memory.FitCache(tmp_path)
+    keys, rows = _one_text_chunks(cache, [f"text {i}" for i in range(7)])
+    folder = tmp_path / "features" / "k"
+    read = _memory._read_chunk
+    removed = []
+
+    def read_after_another_process_merged_one(chunk):
+        if not removed:
+            removed.append(chunk)
+            shutil.rmtree(chunk)
+        return read(chunk)
+
+    monkeypatch.setattr(_memory, "_read_chunk", read_after_another_process_merged_one)
+    extra = _memory.text_keys(["text 7"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cache.save_features("k", extra, np.ones((1, 4), dtype=np.float32))
+    monkeypatch.undo()
+    assert len(list(folder.glob("chunk-*"))) == 7  # nothing merged, nothing else removed
+    out = np.zeros((8, 4), dtype=np.float32)
+    found = cache.load_features("k", 4).fill(np.concatenate([keys, extra]), out)
+    assert found.sum() == 7  # all but the chunk removed "by the other process"
+    stored = np.vstack([rows, np.ones((1, 4), dtype=np.float32)])
+    np.testing.assert_array_equal(out[found], stored[found])
+
+
+def test_later_look_ups_reuse_the_mapped_chunks(tmp_path, monkeypatch):
+    from sklearn_bert_multilabel import _memory
+
+    cache = _memory.FitCache(tmp_path)
+    keys, rows = _one_text_chunks(cache, ["a", "b", "c"])
+    reads = []
+    read = _memory._read_chunk
+    monkeypatch.setattr(_memory, "_read_chunk", lambda chunk: reads.append(chunk) or read(chunk))
+    out = np.zeros((3, 4), dtype=np.float32)
+    assert cache.load_features("k", 4).fill(keys, out).all()
+    assert len(reads) == 3
+    assert cache.load_features("k", 4).fill(keys, out).all()
+    assert len(reads) == 3  # all three mapped already
+    np.testing.assert_array_equal(out, rows)
+    damaged = sorted((tmp_path / "features" / "k").glob("chunk-*"))[0]
+    (damaged / "features.npy").write_bytes(b"\x93NUMPY garbage")  # changed: read again
+    with pytest.warns(CacheWarning, match="unreadable cache entry"):
+        store = cache.load_features("k", 4)
+    assert len(reads) == 4 and len(store.chunks) == 2 and not damaged.exists()
+
+
+def test_predicting_one_text_at_a_time_keeps_few_feature_chunks(params, toy_data, tmp_path):
+    X, Y = toy_data
+    clf = BertMultiLabelClassifier(**dict(params, freeze_encoder=True)).fit(X, Y)
+    plain = BertMultiLabelClassifier(**dict(params, freeze_encoder=True, memory=None)).fit(X, Y)
+    texts = [f"{X[i % len(X)]} again {i}" for i in range(70)]
+    proba = np.vstack([clf.predict_proba([text]) for text in texts])
+    np.testing.assert_allclose(proba, plain.predict_proba(texts), atol=1e-5)
+    folder = next((tmp_path / "cache" / "sklearn_bert_multilabel" / "features").iterdir())
+    # The fit's chunk, then 70 one-text chunks merged as 1 x 64 + 6 x 1.
+    assert len(list(folder.glob("chunk-*"))) == 8
+
+
 def test_unwritable_cache_does_not_break_fit(fast_params, toy_data, tmp_path):
     X, Y = toy_data
     blocker = tmp_path / "file"
