@@ -444,6 +444,36 @@ def test_a_chunk_removed_during_a_merge_stops_it_quietly(tmp_path, monkeypatch):
     np.testing.assert_array_equal(out[found], stored[found])
 
 
+def test_processes_saving_and_merging_chunks_at_once_lose_no_text(tmp_path):
+    import subprocess
+    import sys
+
+    from sklearn_bert_multilabel._memory import FitCache, text_keys
+
+    script = """
+import sys
+import numpy as np
+from pathlib import Path
+from sklearn_bert_multilabel._memory import FitCache, text_keys
+cache, name = FitCache(Path(sys.argv[1])), sys.argv[2]
+for i in range(60):
+    key = text_keys([f"{name} {i}"])
+    cache.save_features("k", key, np.full((1, 4), i, dtype=np.float32))
+"""
+    workers = [
+        subprocess.Popen([sys.executable, "-W", "error", "-c", script, str(tmp_path), name])
+        for name in ("first", "second")
+    ]
+    assert [worker.wait(timeout=120) for worker in workers] == [0, 0]
+    texts = [f"{name} {i}" for name in ("first", "second") for i in range(60)]
+    out = np.full((120, 4), -1.0, dtype=np.float32)
+    assert FitCache(tmp_path).load_features("k", 4).fill(text_keys(texts), out).all()
+    np.testing.assert_array_equal(out[:, 0], np.tile(np.arange(60), 2))
+    # 120 rows: one chunk of 64 or more, and fewer than 8 in each smaller class (some twice
+    # where both processes merged the same chunks).
+    assert len(list((tmp_path / "features" / "k").glob("chunk-*"))) < 24
+
+
 def test_later_look_ups_reuse_the_mapped_chunks(tmp_path, monkeypatch):
     from sklearn_bert_multilabel import _memory
 
