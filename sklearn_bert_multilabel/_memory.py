@@ -266,11 +266,16 @@ class _MappedChunks:
             self._chunks.pop(str(chunk), None)
 
     def keep_only(self, folder: Path, chunks: Sequence[Path]) -> None:
-        """Drop the mappings of ``folder``'s chunks that are no longer in it."""
-        prefix, listed = str(folder) + os.sep, {str(chunk) for chunk in chunks}
+        """Drop the mappings of ``folder``'s chunks that are no longer in it, and of folders
+        that are gone (a cache in a temporary folder, say), whose files they would keep on disk."""
+        folder_name, listed = str(folder), {str(chunk) for chunk in chunks}
         with self._lock:
-            for name in [n for n in self._chunks if n.startswith(prefix) and n not in listed]:
-                del self._chunks[name]
+            parents = {os.path.dirname(name) for name in self._chunks}
+            gone = {parent for parent in parents if parent != folder_name and not os.path.isdir(parent)}
+            for name in list(self._chunks):
+                parent = os.path.dirname(name)
+                if parent in gone or (parent == folder_name and name not in listed):
+                    del self._chunks[name]
 
 
 _MAPPED = _MappedChunks(MAPPED_CHUNKS)

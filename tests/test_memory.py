@@ -495,6 +495,25 @@ def test_later_look_ups_reuse_the_mapped_chunks(tmp_path, monkeypatch):
     assert len(reads) == 4 and len(store.chunks) == 2 and not damaged.exists()
 
 
+def test_mappings_of_removed_caches_are_dropped(tmp_path):
+    import shutil
+
+    from sklearn_bert_multilabel import _memory
+
+    def mapped_under(folder):
+        return [name for name in _memory._MAPPED._chunks if name.startswith(str(folder))]
+
+    removed, kept = _memory.FitCache(tmp_path / "removed"), _memory.FitCache(tmp_path / "kept")
+    for cache in (removed, kept):
+        keys, _ = _one_text_chunks(cache, ["a", "b"])
+        assert cache.load_features("k", 4).fill(keys, np.zeros((2, 4), dtype=np.float32)).all()
+    assert len(mapped_under(tmp_path / "removed")) == 2
+    shutil.rmtree(tmp_path / "removed")  # as a temporary folder is at the end of a search
+    assert kept.load_features("k", 4).fill(keys, np.zeros((2, 4), dtype=np.float32)).all()
+    assert mapped_under(tmp_path / "removed") == []
+    assert len(mapped_under(tmp_path / "kept")) == 2
+
+
 def test_predicting_one_text_at_a_time_keeps_few_feature_chunks(params, toy_data, tmp_path):
     X, Y = toy_data
     clf = BertMultiLabelClassifier(**dict(params, freeze_encoder=True)).fit(X, Y)
