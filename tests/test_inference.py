@@ -219,3 +219,21 @@ def test_estimator_packs_long_fp32_calls_only_and_never_uses_stale_weights(one_e
             layer.weight.copy_(saved)
     assert np.abs(changed - packed).max() > 1e-3
     np.testing.assert_allclose(changed, changed_plain, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("frozen, memory", [(False, False), (True, False), (True, True)])
+def test_prediction_runs_in_evaluation_mode_whatever_mode_the_module_was_left_in(
+    fast_params, toy_data, tmp_path, frozen, memory
+):
+    from sklearn_bert_multilabel import BertMultiLabelClassifier
+
+    X, Y = toy_data
+    params = dict(fast_params, freeze_encoder=frozen, dropout=0.5, memory=str(tmp_path) if memory else None)
+    clf = BertMultiLabelClassifier(**params).fit(X, Y)
+    expected = clf.predict_proba(X[:8])
+    if memory:  # the features of X[:8] are cached, the logits of X[:7] are not
+        X, expected = X[:7], expected[:7]
+    clf.module_.train()  # dropout on: predictions would differ from call to call
+    assert clf.module_.head[0].training
+    np.testing.assert_array_equal(clf.predict_proba(X[:8]), expected)
+    assert not any(module.training for module in clf.module_.modules())
