@@ -307,12 +307,17 @@ def _retire(chunk: Path) -> bool:
         return True  # another process merged it too
     except OSError:  # e.g. still mapped where that forbids renaming: merged again later
         return False
-    if trash.is_dir():
-        shutil.rmtree(trash, ignore_errors=True)
+    _remove_chunk(trash)
+    return True
+
+
+def _remove_chunk(chunk: Path) -> None:
+    """Delete a chunk, a folder or (as earlier versions wrote it) one file, as far as possible."""
+    if chunk.is_dir():
+        shutil.rmtree(chunk, ignore_errors=True)
     else:
         with contextlib.suppress(OSError):
-            trash.unlink()
-    return True
+            chunk.unlink()
 
 
 def _read_chunk(chunk: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -423,10 +428,7 @@ class FitCache:
                 if not chunk.exists():
                     continue  # removed by another process since the listing
                 _warn("features", chunk, exc)
-                if chunk.is_dir():
-                    shutil.rmtree(chunk, ignore_errors=True)
-                else:
-                    chunk.unlink(missing_ok=True)
+                _remove_chunk(chunk)
                 continue
             if len(keys):
                 chunks.append((keys, features))
