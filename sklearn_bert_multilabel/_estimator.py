@@ -812,7 +812,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                     module, tokenizer, train_texts, Y_train, val_texts, Y_val, pos_weight, seed, start
                 )
             except NonFiniteLossError as exc:
-                self._finish_after_error(exc)
+                self._keep_after_error(exc)
+                raise
             if cache is not None and fit_key is not None and complete and start["weights"] is None:
                 meta = {
                     "history": _jsonable(self.history_),
@@ -896,14 +897,19 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 )
         return start
 
-    def _finish_after_error(self, exc: NonFiniteLossError) -> None:
-        """Leave a usable model with the last good weights, then re-raise ``exc``."""
+    def _keep_after_error(self, exc: NonFiniteLossError) -> None:
+        """Leave a usable model with the last good weights; the caller re-raises ``exc``.
+
+        Raising it here would put this frame, which holds ``exc``, in the error's
+        own traceback: a reference cycle that keeps the failed fit's network (in a
+        distributed fit, its process-group wrapper) alive until the garbage
+        collector runs, possibly only while the interpreter shuts down.
+        """
         self.module_.eval()
         self.history_ = exc.history
         # Nothing was tuned: "auto" falls back to 0.5 until fit_thresholds is called.
         self.tuned_thresholds_ = np.full(self.n_labels_, 0.5) if isinstance(self.threshold, str) else None
         exc.model_kept = True
-        raise exc
 
     @staticmethod
     def _trainable_state(frozen: bool):

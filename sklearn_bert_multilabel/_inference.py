@@ -204,5 +204,10 @@ def run_batches(
         # later begin with; put back the caller's count.
         torch.set_num_threads(threads)
     if errors:
-        raise errors[0]
+        error = errors[0]
+        errors.clear()
+        try:
+            raise error
+        finally:
+            del error  # no cycle: error -> traceback -> this frame -> error
     return results

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -103,6 +105,26 @@ def test_an_error_in_a_worker_or_in_the_stream_reaches_the_caller(two_threads):
     with pytest.raises(RuntimeError, match="tokenizer failed"):
         run_batches(broken_stream(), lambda x: x, MODULE, CPU, "fp32")
     assert torch.get_num_threads() == 2
+
+
+class BadBatch(ValueError):
+    """Unlike ValueError itself, can be referenced weakly."""
+
+
+def test_an_error_from_a_worker_is_freed_once_the_caller_drops_it(two_threads):
+    def forward(x):
+        raise BadBatch("bad batch")
+
+    gc.collect()
+    gc.disable()  # only a reference cycle would keep the error alive below
+    try:
+        try:
+            run_batches(_batches(6), forward, MODULE, CPU, "fp32")
+        except BadBatch as exc:
+            error = weakref.ref(exc)
+        assert error() is None
+    finally:
+        gc.enable()
 
 
 def test_estimator_predictions_do_not_depend_on_the_worker_threads(one_epoch_model):

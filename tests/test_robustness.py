@@ -6,6 +6,7 @@ import gc
 import os
 import threading
 import warnings
+import weakref
 
 import numpy as np
 import pandas as pd
@@ -173,6 +174,35 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_weight
         torch.testing.assert_close(value, snapshot.state[key], rtol=0, atol=0)
     proba = clf.predict_proba(X)  # a usable model
     assert proba.shape == (96, 3) and np.isfinite(proba).all()
+
+
+def test_a_failed_fit_is_freed_as_soon_as_its_error_is_dropped(fast_params, toy_data, monkeypatch):
+    """No reference cycle through the error: in a distributed fit, the network it holds wraps
+    the process group, and one freed by the garbage collector while the interpreter shuts
+    down (after destroy_process_group) can abort the process."""
+    real_get_loss, nets = MultiLabelNet.get_loss, []
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        nets.append(weakref.ref(self))
+        loss = real_get_loss(self, y_pred, y_true, X=X, training=training)
+        return loss * float("nan") if training and len(nets) == 3 else loss
+
+    monkeypatch.setattr(MultiLabelNet, "get_loss", get_loss)
+    X, Y = toy_data
+    clf = BertMultiLabelClassifier(**fast_params)
+    gc.collect()
+    gc.disable()  # whatever is still alive below is kept alive by references, not by chance
+    try:
+        try:
+            clf.fit(X, Y)
+        except NonFiniteLossError as exc:
+            error = weakref.ref(exc)
+            assert exc.model_kept
+        assert error() is None
+        assert nets[-1]() is None
+    finally:
+        gc.enable()
+    assert np.isfinite(clf.predict_proba(X[:4])).all()  # the estimator kept its model
 
 
 def _interrupt_at(monkeypatch, call: int) -> None:
