@@ -63,11 +63,6 @@ def nan_on_process_1(model_dir: str, out_dir: str, rank: int) -> None:
         outcome = f"{exc.epoch} {exc.batch} {exc}"
     with open(os.path.join(out_dir, f"nan-{rank}.txt"), "w") as fh:
         fh.write(outcome)
-    # Both processes are still in step: leave the process group together, so that
-    # neither exits while the other's transport threads still talk to it.
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
 
 
 def rng_params(model_dir: str) -> dict:
@@ -111,15 +106,8 @@ def random_streams(model_dir: str, out_dir: str, rank: int) -> None:
         json.dump(report, fh)
 
 
-def main() -> None:
-    model_dir, out_dir = sys.argv[1:3]
-    rank = int(os.environ["RANK"])
-    if sys.argv[3:] == ["nan"]:
-        nan_on_process_1(model_dir, out_dir, rank)
-        return
-    if sys.argv[3:] == ["rng"]:
-        random_streams(model_dir, out_dir, rank)
-        return
+def fit_and_report(model_dir: str, out_dir: str, rank: int) -> None:
+    """Fit, pickle, predict; fit again with a validation split and tuned thresholds."""
     X, Y = make_texts(96, seed=0)
     clf = BertMultiLabelClassifier(**params(model_dir)).fit(X, Y)
     restored = pickle.loads(pickle.dumps(clf))  # unwrapped and picklable
@@ -137,6 +125,22 @@ def main() -> None:
     }
     with open(os.path.join(out_dir, f"report-{rank}.json"), "w") as fh:
         json.dump(report, fh)
+
+
+def main() -> None:
+    model_dir, out_dir = sys.argv[1:3]
+    rank = int(os.environ["RANK"])
+    if sys.argv[3:] == ["nan"]:
+        nan_on_process_1(model_dir, out_dir, rank)
+    elif sys.argv[3:] == ["rng"]:
+        random_streams(model_dir, out_dir, rank)
+    else:
+        fit_and_report(model_dir, out_dir, rank)
+    # The processes are in step: leave the process group together, so that neither
+    # exits while the other's transport threads still talk to it.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
