@@ -70,6 +70,20 @@ def make_accelerator(precision: str, device: str):
     return accelerator
 
 
+def release(accelerator) -> None:
+    """Drop what ``accelerator`` holds of a finished (or failed) fit: wrapped model, optimizer, loaders.
+
+    Accelerate keeps them as long as the Accelerator lives, and the wrapped
+    model holds the process group. A wrapper that outlives the fit, for
+    example in a reference cycle (a traceback caught during a first import
+    links to the fit's frames) that the garbage collector reaches only while
+    the interpreter shuts down, after ``destroy_process_group``, can abort the
+    process. ``free_memory`` collects such cycles first.
+    """
+    if accelerator is not None:
+        accelerator.free_memory()
+
+
 def shared_seed(accelerator, seed: int | None) -> int | None:
     """The main process's seed on every process, so that all draw the same split and batch order."""
     if accelerator is None or accelerator.num_processes == 1:

@@ -26,7 +26,7 @@ from ._checkpoint import (
     latest_checkpoint,
     restore_training,
 )
-from ._distributed import make_accelerator, shared_seed, wants_accelerate
+from ._distributed import make_accelerator, release, shared_seed, wants_accelerate
 from ._inference import prediction_workers, run_batches
 from ._memory import (
     CacheWarning,
@@ -733,6 +733,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             raise
         finally:
             self.__dict__.pop("_accelerator", None)  # never pickled with the model
+            release(accelerator)
         return self
 
     def _fit(self, texts, Y, val_texts, Y_val, label_names, device, seed, before) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -81,6 +82,36 @@ def test_each_process_draws_its_own_dropout_masks_and_resumes_its_own_stream(tin
     X, Y = make_texts(96, seed=0)
     single = traced_fit(BertMultiLabelClassifier(**rng_params(tiny_model_dir)), X, Y)
     assert single[0] == full[0][0]
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_fit_leaves_nothing_in_its_accelerator(tiny_model_dir, monkeypatch, fails):
+    """Accelerate keeps the wrapped model, optimizer and loaders while the Accelerator lives;
+    a fit drops them, finished or failed, so that no process-group wrapper outlives it."""
+    pytest.importorskip("accelerate")
+    from conftest import make_texts
+
+    from sklearn_bert_multilabel import NonFiniteLossError, _estimator
+    from sklearn_bert_multilabel._net import MultiLabelNet
+
+    made, make_accelerator = [], _estimator.make_accelerator
+
+    def recorded(*args):
+        made.append(make_accelerator(*args))
+        return made[-1]
+
+    monkeypatch.setattr(_estimator, "make_accelerator", recorded)
+    if fails:
+        get_loss = MultiLabelNet.get_loss
+        monkeypatch.setattr(MultiLabelNet, "get_loss", lambda *a, **k: get_loss(*a, **k) * float("nan"))
+    X, Y = make_texts(32, seed=0)
+    clf = BertMultiLabelClassifier(
+        model_name=tiny_model_dir, max_epochs=1, batch_size=16, train_split=None, distributed=True
+    )
+    with pytest.raises(NonFiniteLossError) if fails else contextlib.nullcontext():
+        clf.fit(X, Y)
+    (accelerator,) = made
+    assert (accelerator._models, accelerator._optimizers, accelerator._dataloaders) == ([], [], [])
 
 
 def test_distributed_parameter_is_checked(tiny_model_dir):
