@@ -11,6 +11,7 @@ same fitted estimator; the main process evaluates and saves it.
 
 import os
 
+import torch
 from sklearn.metrics import f1_score
 
 from sklearn_bert_multilabel import BertMultiLabelClassifier, load_goemotions
@@ -32,3 +33,7 @@ if int(os.environ.get("RANK", "0")) == 0:
     macro = f1_score(Y_dev[1000:3000], clf.predict(X_dev[1000:3000]), average="macro", zero_division=0)
     print(f"dev macro-F1 on held-out dev texts: {macro:.3f}")
     clf.save("goemotions-model")
+
+if torch.distributed.is_initialized():  # under a launcher: leave the process group together
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
