@@ -78,10 +78,15 @@ def release(accelerator) -> None:
     example in a reference cycle (a traceback caught during a first import
     links to the fit's frames) that the garbage collector reaches only while
     the interpreter shuts down, after ``destroy_process_group``, can abort the
-    process. ``free_memory`` collects such cycles first.
+    process. ``free_memory`` collects such cycles first. A failure here is
+    logged, never raised: it must not replace the fit's result or its error.
     """
-    if accelerator is not None:
+    if accelerator is None:
+        return
+    try:
         accelerator.free_memory()
+    except Exception:  # noqa: BLE001 - clean-up only
+        logger.debug("could not release the accelerator's references", exc_info=True)
 
 
 def shared_seed(accelerator, seed: int | None) -> int | None:
