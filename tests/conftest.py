@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import numpy as np
@@ -79,6 +80,16 @@ def weights_after_each_training_batch():
                 self.state = {k: v.clone() for k, v in net.module_.state_dict().items()}
 
     return WeightsAfterEachTrainingBatch()
+
+
+@pytest.fixture
+def collector_off():
+    """The garbage collector off for the test, after a collection: whatever stays alive in it
+    is kept alive by references (a reference cycle, say), not by when the collector runs."""
+    gc.collect()
+    gc.disable()
+    yield
+    gc.enable()
 
 
 @pytest.fixture(scope="session")
