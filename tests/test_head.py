@@ -506,6 +506,61 @@ def test_the_thread_count_is_restored_when_an_epoch_fails(fast_params, toy_data,
         torch.set_num_threads(before)
 
 
+def test_adamw_step_runs_once_per_fit_in_lean_epochs(fast_params, toy_data, monkeypatch, lean_epochs):
+    X, Y = toy_data
+    assert net_module._fused_adamw_kernel_works()  # its once-per-process check steps AdamW itself
+    optimizers = []
+    real_step = torch.optim.AdamW.step
+
+    def counted(self, *args, **kwargs):
+        optimizers.append(self)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", counted)
+    params = {**fast_params, "freeze_encoder": True, "max_epochs": 3, "hidden_layer_sizes": (8,)}
+    BertMultiLabelClassifier(**params).fit(X, Y)
+    assert len(lean_epochs) == 3
+    # The first step creates the state; later epochs step through the kernel from that state.
+    assert len(optimizers) == 1
+    steps = 3 * -(-len(X) // params["batch_size"])
+    counts = [state["step"].item() for state in optimizers[0].state.values()]
+    assert counts == [steps] * 4  # every parameter's count, written back at each epoch's end
+
+
+@pytest.mark.parametrize("flushing", [False, True])
+def test_lean_epochs_flush_denormals_and_restore_the_setting(fast_params, toy_data, monkeypatch, flushing):
+    from sklearn_bert_multilabel import NonFiniteLossError
+
+    X, Y = toy_data
+    seen = []
+    original = net_module.MultiLabelNet._run_head_epoch
+
+    def recording(self, *args, **kwargs):
+        seen.append(net_module.flushes_denormals())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(net_module.MultiLabelNet, "_run_head_epoch", recording)
+    assert torch.set_flush_denormal(flushing)  # x86 and arm64 CPUs support it
+    try:
+        assert net_module.flushes_denormals() is flushing
+        BertMultiLabelClassifier(**{**fast_params, "freeze_encoder": True}).fit(X, Y)
+        assert seen == [True, True]
+        assert net_module.flushes_denormals() is flushing  # restored after every epoch
+
+        real_forward = HeadStep.forward
+
+        def failing(self, x, y, pos_weight=None, masks=None):
+            loss, logits = real_forward(self, x, y, pos_weight, masks)
+            return loss * float("nan"), logits
+
+        monkeypatch.setattr(HeadStep, "forward", failing)
+        with pytest.raises(NonFiniteLossError):
+            BertMultiLabelClassifier(**{**fast_params, "freeze_encoder": True}).fit(X, Y)
+        assert net_module.flushes_denormals() is flushing  # also when the epoch fails
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def test_step_flops():
     step = HeadStep.for_head(build_head(384, 6, (256, 128), 0.1))
     assert step.step_flops(32) == 6 * 32 * (384 * 256 + 256 * 128 + 128 * 6)
