@@ -540,7 +540,8 @@ def test_lean_epochs_flush_denormals_and_restore_the_setting(fast_params, toy_da
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(net_module.MultiLabelNet, "_run_head_epoch", recording)
-    assert torch.set_flush_denormal(flushing)  # x86 and arm64 CPUs support it
+    if not torch.set_flush_denormal(flushing):
+        pytest.skip("torch cannot flush subnormal floats on this CPU")
     try:
         assert net_module.flushes_denormals() is flushing
         BertMultiLabelClassifier(**{**fast_params, "freeze_encoder": True}).fit(X, Y)
