@@ -198,18 +198,23 @@ class CountTrainingBatches(Callback):
         self.count += training
 
 
+def record_lean_epochs(monkeypatch, probe):
+    """Call ``probe()`` as each lean epoch starts; returns the list of its results."""
+    seen = []
+    original = net_module.MultiLabelNet._run_head_epoch
+
+    def recording(self, *args, **kwargs):
+        seen.append(probe())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(net_module.MultiLabelNet, "_run_head_epoch", recording)
+    return seen
+
+
 @pytest.fixture
 def lean_epochs(monkeypatch):
     """How many epochs ran through the lean loop."""
-    epochs = []
-    original = net_module.MultiLabelNet._run_head_epoch
-
-    def counting(self, *args, **kwargs):
-        epochs.append(1)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(net_module.MultiLabelNet, "_run_head_epoch", counting)
-    return epochs
+    return record_lean_epochs(monkeypatch, lambda: 1)
 
 
 @pytest.mark.parametrize(
@@ -466,14 +471,7 @@ def test_the_fused_kernel_is_checked_once_against_adamw(monkeypatch):
 @pytest.mark.parametrize("hidden, small", [((8,), True), ((8192,), False)])
 def test_small_lean_epochs_run_on_one_thread(fast_params, toy_data, monkeypatch, hidden, small):
     X, Y = toy_data
-    seen = []
-    original = net_module.MultiLabelNet._run_head_epoch
-
-    def recording(self, *args, **kwargs):
-        seen.append(torch.get_num_threads())
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(net_module.MultiLabelNet, "_run_head_epoch", recording)
+    seen = record_lean_epochs(monkeypatch, torch.get_num_threads)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -532,14 +530,7 @@ def test_lean_epochs_flush_denormals_and_restore_the_setting(fast_params, toy_da
     from sklearn_bert_multilabel import NonFiniteLossError
 
     X, Y = toy_data
-    seen = []
-    original = net_module.MultiLabelNet._run_head_epoch
-
-    def recording(self, *args, **kwargs):
-        seen.append(net_module.flushes_denormals())
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(net_module.MultiLabelNet, "_run_head_epoch", recording)
+    seen = record_lean_epochs(monkeypatch, net_module.flushes_denormals)
     if not torch.set_flush_denormal(flushing):
         pytest.skip("torch cannot flush subnormal floats on this CPU")
     try:
