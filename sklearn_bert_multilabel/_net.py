@@ -247,12 +247,17 @@ class HeadEpoch:
         }
         self._direct = _direct_adamw_groups(optimizer)
         self._kernel_calls: tuple | None = None
-        self._read_state = False
 
     def attach_gradients(self) -> None:
-        """Make the gradient buffers the parameters' ``.grad`` (their values are not reset)."""
+        """Make the gradient buffers the parameters' ``.grad`` (their values are not reset).
+
+        Where the optimizer already has state, the arguments :meth:`step` passes to its kernel are
+        gathered from it here.
+        """
         for param in self.params:
             param.grad = self._grad_of[id(param)]
+        if self._direct is not None:  # from a fit's second epoch on: AdamW.step need not create it
+            self._kernel_calls = _fused_adamw_calls(self.optimizer, self._direct)
 
     def finish(self) -> None:
         """End the epoch: ``optimizer.zero_grad(set_to_none=True)`` for the head's parameters,
@@ -271,10 +276,6 @@ class HeadEpoch:
         self.flat.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
 
     def step(self) -> None:
-        if self._kernel_calls is None and self._direct is not None and not self._read_state:
-            # From a fit's second epoch on, the state exists: AdamW.step need not create it.
-            self._read_state = True
-            self._kernel_calls = _fused_adamw_calls(self.optimizer, self._direct)
         if self._kernel_calls is None:
             self.optimizer.step()
             if self._direct is not None:
