@@ -19,6 +19,7 @@ from skorch.callbacks import Callback
 from skorch.utils import TeeGenerator
 from torch.utils.data import DataLoader
 
+from ._cpu_linear import training_products
 from ._distributed import process_seed
 from ._head import HeadStep, without_grad
 from ._model import HeadOnly
@@ -418,9 +419,11 @@ class MultiLabelNet(NeuralNet):
     batch padded to its own longest text), builds AdamW groups without weight
     decay on biases and norms (with optional layer-wise lr decay), runs the
     forward pass under autocast for ``bf16``/``fp16`` (fp32 master weights, a
-    gradient scaler for fp16), accumulates gradients over
-    ``accumulate_batches`` batches, clips the gradient norm and steps a
-    warmup + decay learning-rate schedule after each optimizer step.
+    gradient scaler for fp16) and in fp32 on x86 CPUs not made by Intel with
+    oneDNN's linear products (see :mod:`._cpu_linear`), accumulates
+    gradients over ``accumulate_batches`` batches, clips the gradient norm
+    and steps a warmup + decay learning-rate schedule after each optimizer
+    step.
     """
 
     def __init__(
@@ -561,8 +564,13 @@ class MultiLabelNet(NeuralNet):
 
     def infer(self, x, **fit_params):
         x = {k: v.to(self.device, non_blocking=True) for k, v in x.items()}
-        context = self.accelerator.autocast() if self.accelerator is not None else None
-        with context or autocast_context(self.device, self.precision):
+        if self.accelerator is not None:
+            context = self.accelerator.autocast()
+        elif self.precision == "fp32":
+            context = training_products(self.device, self.precision)
+        else:
+            context = autocast_context(self.device, self.precision)
+        with context:
             return self.module_(**x, **fit_params)
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
