@@ -177,14 +177,14 @@ def main() -> None:
         return len(X_train) / seconds, clf
 
     rows["train fp32 (samples/s)"], fitted = train_rate("fp32")
-    if _cpu_linear.use_onednn_for_training():
+    if _cpu_linear.use_onednn_products():
         # This CPU's fp32 training products are oneDNN's: the same epoch with the default BLAS's.
-        chosen = _cpu_linear.use_onednn_for_training
-        _cpu_linear.use_onednn_for_training = lambda: False
+        chosen = _cpu_linear.use_onednn_products
+        _cpu_linear.use_onednn_products = lambda: False
         try:
             rows["train fp32, default BLAS (samples/s)"], _ = train_rate("fp32")
         finally:
-            _cpu_linear.use_onednn_for_training = chosen
+            _cpu_linear.use_onednn_products = chosen
     rows["train bf16 (samples/s)"], _ = train_rate("bf16")
     if not args.skip_trainer:
         rows["HF Trainer fp32 (samples/s)"] = trainer_rate(X_train, Y_train, bf16=False)

@@ -1,4 +1,4 @@
-"""fp32 linear layers in training on x86 CPUs not made by Intel: oneDNN's products instead of MKL's.
+"""fp32 linear layers on x86 CPUs not made by Intel: oneDNN's products instead of MKL's.
 
 PyTorch's x86 builds compute the fp32 matrix products of ``nn.Linear`` with
 MKL, which on other vendors' CPUs (AMD's among them) runs a code path well
@@ -7,9 +7,12 @@ below the machine's rate: on a 2-core AMD EPYC with AVX-512, MKL reached
 oneDNN chooses its kernels by instruction set alone. On such CPUs, fp32
 training sends each ``F.linear`` call of the module's forward pass (and the
 two products of its backward pass) to oneDNN through a per-thread torch
-function mode; everything else is unchanged. The results are fp32 products
-summed in another order, so they differ from MKL's in the last bits, as
-results on two different CPUs do; on a given machine a seeded run repeats.
+function mode, and so do prediction calls too short to pack the weights
+(longer ones use oneDNN's packed products on every x86 CPU, see
+:mod:`._inference`); everything else is unchanged. The results are fp32
+products summed in another order, so they differ from MKL's in the last
+bits, as results on two different CPUs do; on a given machine a seeded run
+repeats.
 
 Nothing changes on Intel CPUs, on other architectures, in builds without
 oneDNN, under autocast (whose bf16 products already use oneDNN), or should
@@ -131,17 +134,17 @@ def onednn_products_agree() -> bool:
 
 
 @functools.cache
-def use_onednn_for_training() -> bool:
-    """Whether fp32 training on this CPU sends linear products to oneDNN (decided once)."""
+def use_onednn_products() -> bool:
+    """Whether fp32 linear products on this CPU go to oneDNN (decided once)."""
     vendor = cpu_vendor()
     use = vendor not in ("GenuineIntel", "") and onednn_products_agree()
     backend = "oneDNN" if use else "the default BLAS"
-    logger.debug("CPU vendor %r: fp32 training products by %s", vendor, backend)
+    logger.debug("CPU vendor %r: fp32 linear products by %s", vendor, backend)
     return use
 
 
-def training_products(device: str | torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """The mode for a training or validation forward pass: :class:`OneDnnLinears` where it applies."""
-    if precision == "fp32" and torch.device(device).type == "cpu" and use_onednn_for_training():
+def linear_products(device: str | torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The mode for a forward pass with plain weights: :class:`OneDnnLinears` where it applies."""
+    if precision == "fp32" and torch.device(device).type == "cpu" and use_onednn_products():
         return OneDnnLinears()
     return contextlib.nullcontext()

@@ -14,7 +14,9 @@ directly instead of re-packing each weight in every call of the matrix
 product. The packed copies exist only for the duration of the call, so they
 can never be stale; they cost one extra copy of the linear weights in memory
 (models above ``PACK_MAX_BYTES`` are not packed) and about 20 ms for a
-6-layer encoder, which is why short calls skip them.
+6-layer encoder, which is why short calls skip them. On x86 CPUs not made by
+Intel, calls with plain weights still take oneDNN's products (see
+:mod:`._cpu_linear`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ._cpu_linear import linear_products
 from ._net import autocast_context
 
 logger = logging.getLogger(__name__)
@@ -104,12 +107,14 @@ class PackedLinears(TorchFunctionMode):
 
 
 def _modes(device: torch.device, precision: str, packed: dict) -> contextlib.ExitStack:
-    """inference_mode, autocast and packed products: all per thread, so entered in each worker."""
+    """inference_mode, autocast and packed or oneDNN products: all per thread, so entered in each worker."""
     stack = contextlib.ExitStack()
     stack.enter_context(torch.inference_mode())
     stack.enter_context(autocast_context(str(device), precision))
     if packed:
         stack.enter_context(PackedLinears(packed))
+    else:  # oneDNN's products on CPUs where MKL's are slow
+        stack.enter_context(linear_products(device, precision))
     return stack
 
 

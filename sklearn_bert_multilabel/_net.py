@@ -19,7 +19,7 @@ from skorch.callbacks import Callback
 from skorch.utils import TeeGenerator
 from torch.utils.data import DataLoader
 
-from ._cpu_linear import training_products
+from ._cpu_linear import linear_products
 from ._distributed import process_seed
 from ._head import HeadStep, without_grad
 from ._model import HeadOnly
@@ -567,7 +567,7 @@ class MultiLabelNet(NeuralNet):
         if self.accelerator is not None:
             context = self.accelerator.autocast()
         elif self.precision == "fp32":
-            context = training_products(self.device, self.precision)
+            context = linear_products(self.device, self.precision)
         else:
             context = autocast_context(self.device, self.precision)
         with context:

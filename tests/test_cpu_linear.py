@@ -1,4 +1,4 @@
-"""oneDNN products for fp32 training on x86 CPUs not made by Intel."""
+"""oneDNN products for fp32 training and short predictions on x86 CPUs not made by Intel."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import torch.nn.functional as F
 from conftest import make_texts
 from torch import nn
 
-from sklearn_bert_multilabel import BertMultiLabelClassifier, _cpu_linear
+from sklearn_bert_multilabel import BertMultiLabelClassifier, _cpu_linear, _inference
 from sklearn_bert_multilabel._cpu_linear import (
     OneDnnLinear,
     OneDnnLinears,
+    linear_products,
     onednn_products_agree,
-    training_products,
 )
 
 
@@ -94,29 +94,29 @@ def test_mode_routes_fp32_cpu_linear_calls_only(onednn, monkeypatch):
     ("vendor", "used"),
     [("AuthenticAMD", True), ("HygonGenuine", True), ("GenuineIntel", False), ("", False)],
 )
-def test_training_products_by_vendor_precision_and_device(onednn, monkeypatch, vendor, used):
+def test_linear_products_by_vendor_precision_and_device(onednn, monkeypatch, vendor, used):
     monkeypatch.setattr(_cpu_linear, "cpu_vendor", lambda: vendor)
-    _cpu_linear.use_onednn_for_training.cache_clear()
+    _cpu_linear.use_onednn_products.cache_clear()
     try:
-        assert isinstance(training_products("cpu", "fp32"), OneDnnLinears) is used
-        assert not isinstance(training_products("cpu", "bf16"), OneDnnLinears)
-        assert not isinstance(training_products("meta", "fp32"), OneDnnLinears)
+        assert isinstance(linear_products("cpu", "fp32"), OneDnnLinears) is used
+        assert not isinstance(linear_products("cpu", "bf16"), OneDnnLinears)
+        assert not isinstance(linear_products("meta", "fp32"), OneDnnLinears)
     finally:
-        _cpu_linear.use_onednn_for_training.cache_clear()
+        _cpu_linear.use_onednn_products.cache_clear()
 
 
 def test_products_that_disagree_are_not_used(monkeypatch):
     """A build whose oneDNN product gave other numbers would train with the default one."""
     monkeypatch.setattr(_cpu_linear, "_onednn_product", lambda x, w, b: F.linear(x, w, b) + 1e-2)
     onednn_products_agree.cache_clear()
-    _cpu_linear.use_onednn_for_training.cache_clear()
+    _cpu_linear.use_onednn_products.cache_clear()
     monkeypatch.setattr(_cpu_linear, "cpu_vendor", lambda: "AuthenticAMD")
     try:
         assert not onednn_products_agree()
-        assert not isinstance(training_products("cpu", "fp32"), OneDnnLinears)
+        assert not isinstance(linear_products("cpu", "fp32"), OneDnnLinears)
     finally:
         onednn_products_agree.cache_clear()
-        _cpu_linear.use_onednn_for_training.cache_clear()
+        _cpu_linear.use_onednn_products.cache_clear()
 
 
 def test_fine_tuning_with_onednn_products_matches_the_default_ones(onednn, tiny_model_dir, monkeypatch):
@@ -126,10 +126,41 @@ def test_fine_tuning_with_onednn_products_matches_the_default_ones(onednn, tiny_
     params = dict(model_name=tiny_model_dir, max_epochs=2, batch_size=16, lr=1e-3, random_state=0)
     probas = []
     for used in (False, True):
-        monkeypatch.setattr(_cpu_linear, "use_onednn_for_training", lambda used=used: used)
+        monkeypatch.setattr(_cpu_linear, "use_onednn_products", lambda used=used: used)
         calls.clear()
         clf = BertMultiLabelClassifier(train_split=None, **params).fit(X, Y)
         assert bool(calls) is used  # the encoder's and the head's products, forward and backward
         probas.append(clf.predict_proba(X))
     np.testing.assert_allclose(probas[0], probas[1], atol=1e-4)
     assert np.abs(probas[0] - 0.5).max() > 0.01  # trained, not a constant output
+
+
+def test_short_predictions_take_onednn_products_and_packed_ones_keep_theirs(
+    onednn, one_epoch_model, monkeypatch
+):
+    """Calls too short to pack the weights use oneDNN's plain products where they are chosen;
+    longer calls use the packed products, on every x86 CPU, and never both."""
+    X, _ = make_texts(300, seed=5)
+    calls = _products(monkeypatch)
+    monkeypatch.setattr(_cpu_linear, "use_onednn_products", lambda: False)
+    short_default = one_epoch_model.predict_proba(X[:20])
+    assert calls == []
+    monkeypatch.setattr(_cpu_linear, "use_onednn_products", lambda: True)
+    short = one_epoch_model.predict_proba(X[:20])
+    assert calls and {shape[1] for shape in calls} == {32, 64}  # the hidden and intermediate widths
+    np.testing.assert_allclose(short, short_default, atol=1e-5)
+
+    calls.clear()
+    pack = _inference.pack_linear_weights
+    packed = []
+
+    def recording_pack(module):
+        packed.append(pack(module))
+        return packed[-1]
+
+    monkeypatch.setattr(_inference, "pack_linear_weights", recording_pack)
+    long = one_epoch_model.predict_proba(X)  # 300 rows: long enough to pack
+    assert len(packed) == 1
+    if packed[0]:
+        assert calls == []
+    np.testing.assert_allclose(long[:20], short, atol=1e-5)
