@@ -88,8 +88,7 @@ def _routable(x, weight, bias) -> bool:
         and x.numel() > 0
         and x.dtype == weight.dtype == torch.float32
         and x.device.type == weight.device.type == "cpu"
-        and not x.is_mkldnn
-        and not weight.is_mkldnn
+        and x.layout == weight.layout == torch.strided  # not sparse, not oneDNN's own layout
         and (bias is None or (isinstance(bias, torch.Tensor) and bias.dtype == torch.float32))
         and (bias is None or bias.shape == (weight.shape[0],))
         and not torch.is_autocast_enabled("cpu")

@@ -81,6 +81,7 @@ def test_mode_routes_fp32_cpu_linear_calls_only(onednn, monkeypatch):
         assert len(calls) == 1
         layer.double()(x.double())  # float64: the plain product
         layer.float()(x[0])  # a single row (1-D): the plain product
+        layer(x.to_sparse())  # a sparse input: the plain product
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert layer(x).dtype == torch.bfloat16  # autocast keeps its own products
         torch.matmul(x, layer.weight.t())  # other functions pass through unchanged
