@@ -57,6 +57,23 @@ def test_onednn_linear_matches_f_linear_forward_and_backward(onednn, shape, with
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_onednn_linear_handles_strided_inputs_and_broadcast_gradients(onednn):
+    """A transposed input and a gradient expanded from one row (stride 0), as ``.sum()`` and
+    broadcasting give them, reach the products as they are: the results must not change."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 2, 12, generator=gen).transpose(0, 1).requires_grad_(True)
+    weight = torch.randn(9, 12, generator=gen, requires_grad=True)
+    bias = torch.randn(9, generator=gen, requires_grad=True)
+    grad = torch.randn(1, 1, 9, generator=gen).expand(2, 5, 9)
+    assert not x.is_contiguous() and grad.stride()[:2] == (0, 0)
+    expected = F.linear(x, weight, bias)
+    out = OneDnnLinear.apply(x, weight, bias)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    wanted = torch.autograd.grad(expected, (x, weight, bias), grad)
+    for got, want in zip(torch.autograd.grad(out, (x, weight, bias), grad), wanted, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_onednn_linear_computes_only_the_gradients_needed(onednn, monkeypatch):
     calls = _products(monkeypatch)
     x = torch.randn(4, 6)  # no gradient wanted for the input: a first layer
