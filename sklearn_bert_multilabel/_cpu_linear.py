@@ -114,15 +114,17 @@ def onednn_products_agree() -> bool:
     if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
         return False
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 5, 48, generator=generator, requires_grad=True)
-    weight = torch.randn(24, 48, generator=generator, requires_grad=True)
-    bias = torch.randn(24, generator=generator, requires_grad=True)
-    grad = torch.randn(2, 5, 24, generator=generator)
     try:
-        results = []
-        for fn in (F.linear, OneDnnLinear.apply):
-            out = fn(x, weight, bias)
-            results.append((out.detach(), *torch.autograd.grad(out, (x, weight, bias), grad)))
+        # The first caller may be a prediction under inference mode, or run under autocast.
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
+            x = torch.randn(2, 5, 48, generator=generator, requires_grad=True)
+            weight = torch.randn(24, 48, generator=generator, requires_grad=True)
+            bias = torch.randn(24, generator=generator, requires_grad=True)
+            grad = torch.randn(2, 5, 24, generator=generator)
+            results = []
+            for fn in (F.linear, OneDnnLinear.apply):
+                out = fn(x, weight, bias)
+                results.append((out.detach(), *torch.autograd.grad(out, (x, weight, bias), grad)))
     except (AttributeError, RuntimeError, NotImplementedError, TypeError) as exc:
         logger.debug("oneDNN linear products unavailable (%s)", exc)
         return False

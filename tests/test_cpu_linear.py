@@ -123,6 +123,22 @@ def test_linear_products_by_vendor_precision_and_device(onednn, monkeypatch, ven
         _cpu_linear.use_onednn_products.cache_clear()
 
 
+@pytest.mark.parametrize(
+    "context",
+    [torch.inference_mode, torch.no_grad, lambda: torch.autocast("cpu", dtype=torch.bfloat16)],
+    ids=["inference_mode", "no_grad", "autocast"],
+)
+def test_the_check_gives_the_same_answer_whatever_mode_its_first_caller_is_in(onednn, context):
+    """The first call may come from a prediction under inference mode: the answer, kept for the
+    whole process, must not depend on that."""
+    onednn_products_agree.cache_clear()
+    try:
+        with context():
+            assert onednn_products_agree()
+    finally:
+        onednn_products_agree.cache_clear()
+
+
 def test_products_that_disagree_are_not_used(monkeypatch):
     """A build whose oneDNN product gave other numbers would train with the default one."""
     monkeypatch.setattr(_cpu_linear, "_onednn_product", lambda x, w, b: F.linear(x, w, b) + 1e-2)
