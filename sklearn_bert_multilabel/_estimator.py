@@ -229,7 +229,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         Patience of early stopping, in epochs.
     precision : {"fp32", "bf16", "fp16"}, default="fp32"
         Autocast precision for training and prediction. Weights stay fp32.
-        ``"fp16"`` needs CUDA and uses a gradient scaler.
+        ``"fp16"`` needs CUDA and uses a gradient scaler. In ``"fp32"`` on x86
+        CPUs not made by Intel, the linear layers' products are oneDNN's
+        rather than MKL's, which run slowly there (see the README's
+        *Training recipe*).
     optimizer : type, default=torch.optim.AdamW
         Optimizer class; its keyword arguments are passed as ``optimizer__*``.
     train_split : float, callable or None, default=0.1
