@@ -24,8 +24,8 @@ def onednn():
         pytest.skip("oneDNN linear products are not available on this machine")
 
 
-def _products(monkeypatch) -> list[str]:
-    """Record which products OneDnnLinear computes (its forward's and backward's calls)."""
+def _products(monkeypatch) -> list[tuple[int, ...]]:
+    """Record the shape of the first operand of every product OneDnnLinear computes."""
     calls = []
     product = _cpu_linear._onednn_product
 
