@@ -49,8 +49,13 @@ def cpu_vendor() -> str:
     return match.group(0) if match else ""
 
 
-def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x @ weight.T + bias`` for a 2-D ``x``, by oneDNN."""
+def onednn_on_x86() -> bool:
+    """Whether this is an x86 machine whose torch build has oneDNN (its products may be used)."""
+    return platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
+
+
+def onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight.T + bias`` for a 2-D ``x``, by oneDNN; ``weight`` plain or packed for it."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
@@ -62,7 +67,7 @@ class OneDnnLinear(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         rows = x.reshape(-1, x.shape[-1])
-        return _onednn_product(rows, weight, bias).view(*x.shape[:-1], weight.shape[0])
+        return onednn_product(rows, weight, bias).view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad):
@@ -70,9 +75,9 @@ class OneDnnLinear(torch.autograd.Function):
         rows = grad.reshape(-1, grad.shape[-1])
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = _onednn_product(rows, weight.t(), None).view(x.shape)
+            grad_x = onednn_product(rows, weight.t(), None).view(x.shape)
         if ctx.needs_input_grad[1]:
-            grad_w = _onednn_product(rows.t(), x.reshape(-1, x.shape[-1]).t(), None)
+            grad_w = onednn_product(rows.t(), x.reshape(-1, x.shape[-1]).t(), None)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = rows.sum(0)
         return grad_x, grad_w, grad_b
@@ -111,7 +116,7 @@ class OneDnnLinears(TorchFunctionMode):
 @functools.cache
 def onednn_products_agree() -> bool:
     """Whether :class:`OneDnnLinear` is available here and agrees with ``F.linear`` (checked once)."""
-    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
+    if not onednn_on_x86():
         return False
     generator = torch.Generator().manual_seed(0)
     try:

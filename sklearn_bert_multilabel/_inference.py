@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import platform
 import threading
 from collections.abc import Callable, Iterable
 
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ._cpu_linear import linear_products
+from ._cpu_linear import linear_products, onednn_on_x86, onednn_product
 from ._net import autocast_context
 
 logger = logging.getLogger(__name__)
@@ -58,7 +57,7 @@ def pack_linear_weights(module: nn.Module) -> dict[int, tuple[torch.Tensor, torc
     builds without oneDNN) or where the weights exceed :data:`PACK_MAX_BYTES`,
     so callers fall back to the plain product.
     """
-    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
+    if not onednn_on_x86():
         return {}
     weights = [
         layer.weight
@@ -102,7 +101,7 @@ class PackedLinears(TorchFunctionMode):
             plain_input = x.dtype == torch.float32 and x.device.type == "cpu"
             if entry is not None and entry[0] is weight and plain_input:
                 bias = args[2] if len(args) > 2 else kwargs.get("bias")
-                return torch.ops.mkldnn._linear_pointwise(x, entry[1], bias, "none", [], "")
+                return onednn_product(x, entry[1], bias)
         return func(*args, **kwargs)
 
 

@@ -27,13 +27,13 @@ def onednn():
 def _products(monkeypatch) -> list[tuple[int, ...]]:
     """Record the shape of the first operand of every product OneDnnLinear computes."""
     calls = []
-    product = _cpu_linear._onednn_product
+    product = _cpu_linear.onednn_product
 
     def recording(x, weight, bias):
         calls.append(tuple(x.shape))
         return product(x, weight, bias)
 
-    monkeypatch.setattr(_cpu_linear, "_onednn_product", recording)
+    monkeypatch.setattr(_cpu_linear, "onednn_product", recording)
     return calls
 
 
@@ -141,7 +141,7 @@ def test_the_check_gives_the_same_answer_whatever_mode_its_first_caller_is_in(on
 
 def test_products_that_disagree_are_not_used(monkeypatch):
     """A build whose oneDNN product gave other numbers would train with the default one."""
-    monkeypatch.setattr(_cpu_linear, "_onednn_product", lambda x, w, b: F.linear(x, w, b) + 1e-2)
+    monkeypatch.setattr(_cpu_linear, "onednn_product", lambda x, w, b: F.linear(x, w, b) + 1e-2)
     onednn_products_agree.cache_clear()
     _cpu_linear.use_onednn_products.cache_clear()
     monkeypatch.setattr(_cpu_linear, "cpu_vendor", lambda: "AuthenticAMD")
