@@ -101,12 +101,26 @@ def model_fingerprint(path: str) -> str:
 
     The times make weights rewritten in place (a fine-tuned model saved over
     the folder it came from has the same file sizes) miss the cache; a copy of
-    the folder misses it too, which only costs recomputation.
+    the folder misses it too, which only costs recomputation. The hash of the
+    last few folders is remembered with their stamps, which are read every
+    time: the config is read and hashed again only when a stamp changed.
     """
     if not os.path.isdir(path):
         return path
+    stamps = tuple(file_stamps(path))
+    known = _FINGERPRINTS.get(path)
+    if known is not None and known[0] == stamps:
+        return known[1]
     config = Path(path, "config.json")
-    return stable_hash(file_stamps(path), config.read_bytes() if config.is_file() else b"")
+    fingerprint = stable_hash(list(stamps), config.read_bytes() if config.is_file() else b"")
+    if len(_FINGERPRINTS) >= 8:
+        _FINGERPRINTS.clear()
+    _FINGERPRINTS[path] = (stamps, fingerprint)
+    return fingerprint
+
+
+#: folder -> (its file stamps, its fingerprint), for :func:`model_fingerprint`.
+_FINGERPRINTS: dict[str, tuple[tuple, str]] = {}
 
 
 def _warn(what: str, where: Path, exc: BaseException) -> None:
@@ -511,8 +525,18 @@ def _merge_a_full_class(folder: Path, width: int) -> bool:
 
 
 def state_for_cache(module: torch.nn.Module, frozen: bool) -> dict[str, torch.Tensor]:
-    """The weights worth caching: all, or all but the (unchanged) frozen encoder."""
-    state = module.state_dict()
-    if frozen:
-        state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
+    """The weights worth caching: all, or all but the (unchanged) frozen encoder.
+
+    For a frozen encoder the other submodules' states are gathered directly,
+    under the keys ``module.state_dict()`` gives them, without walking the
+    encoder's layers only to drop them.
+    """
+    encoder = getattr(module, "encoder", None)
+    if not frozen or not isinstance(encoder, torch.nn.Module) or module._parameters or module._buffers:
+        state = module.state_dict()
+        return {k: v for k, v in state.items() if not k.startswith("encoder.")} if frozen else state
+    state = {}
+    for name, child in module.named_children():
+        if name != "encoder":
+            state.update(child.state_dict(prefix=f"{name}."))
     return state

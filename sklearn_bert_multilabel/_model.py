@@ -221,7 +221,8 @@ class MultiLabelTextModule(nn.Module):
                 f"pooling='pooler' needs an encoder with a pooler layer; "
                 f"{type(encoder).__name__} has none. Use pooling='cls' or 'mean'."
             )
-        use_fast_dropout(encoder)  # the encoder's own dropout layers, when it is trained
+        if not freeze_encoder:
+            use_fast_dropout(encoder)  # the encoder's own dropout layers, for its training
         self.encoder = encoder
         self.pooling = pooling
         self.freeze_encoder = freeze_encoder
@@ -236,7 +237,8 @@ class MultiLabelTextModule(nn.Module):
         self.window_scorer = nn.Linear(hidden_size, n_labels) if chunk_aggregation == "attention" else None
         if freeze_encoder:
             for param in self.encoder.parameters():
-                param.requires_grad_(False)
+                if param.requires_grad:  # a shared frozen encoder has none left to turn off
+                    param.requires_grad_(False)
         elif pooling != "pooler" and has_pooler(encoder):
             # The pooler's output is not used: no gradient, no optimizer state, and
             # no unused parameters for DistributedDataParallel to wait for.
@@ -244,9 +246,15 @@ class MultiLabelTextModule(nn.Module):
                 param.requires_grad_(False)
 
     def train(self, mode: bool = True) -> MultiLabelTextModule:
-        super().train(mode)
-        if self.freeze_encoder:
-            # A frozen encoder is a fixed feature extractor: no dropout in it.
+        if not self.freeze_encoder:
+            return super().train(mode)
+        # A frozen encoder is a fixed feature extractor: no dropout in it. Setting the flag of
+        # each of its layers costs several times finding them all unset, as they usually are.
+        self.training = mode
+        for name, child in self.named_children():
+            if name != "encoder":
+                child.train(mode)
+        if any(layer.training for layer in self.encoder.modules()):
             self.encoder.eval()
         return self
 

@@ -679,3 +679,90 @@ def test_weights_rewritten_in_place_miss_the_disk_cache(
         second = BertMultiLabelClassifier(**p).fit(X, Y).predict_proba(X)
         assert len(count_trainings) == n + 1  # trained again, not loaded from the cache
         assert not np.allclose(first, second, atol=1e-4)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+def test_cached_state_of_a_frozen_module_is_its_state_without_the_encoder(tiny_model_dir, pooling):
+    from transformers import AutoModel
+
+    from sklearn_bert_multilabel._memory import state_for_cache
+
+    encoder = AutoModel.from_pretrained(tiny_model_dir)
+    module = MultiLabelTextModule(encoder, 3, pooling=pooling, hidden_layer_sizes=(8,), freeze_encoder=True)
+    full = module.state_dict()
+    expected = {k: v for k, v in full.items() if not k.startswith("encoder.")}
+    got = state_for_cache(module, frozen=True)
+    assert list(got) == list(expected)  # same keys, same order
+    assert all(got[k] is expected[k] or torch.equal(got[k], expected[k]) for k in expected)
+    assert list(state_for_cache(module, frozen=False)) == list(full)
+
+
+def test_model_fingerprint_is_remembered_until_a_file_changes(tiny_model_dir, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    import sklearn_bert_multilabel._memory as memory_module
+    from sklearn_bert_multilabel._pretrained import file_stamps
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = folder / "config.json"
+    first = memory_module.model_fingerprint(str(folder))
+    # The same hash as before it was remembered: cache keys written earlier stay valid.
+    assert first == memory_module.stable_hash(file_stamps(str(folder)), config.read_bytes())
+    hashed = []
+    original = memory_module.stable_hash
+    monkeypatch.setattr(memory_module, "stable_hash", lambda *a: hashed.append(a) or original(*a))
+    assert memory_module.model_fingerprint(str(folder)) == first
+    assert hashed == []  # remembered: neither read nor hashed again
+    os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 10**9))
+    second = memory_module.model_fingerprint(str(folder))
+    assert second != first and len(hashed) == 1
+
+
+def test_history_as_json_values():
+    from skorch.history import History
+
+    from sklearn_bert_multilabel._estimator import _jsonable
+
+    history = History()
+    history.new_epoch()
+    history.record("epoch", 1)
+    history.record("train_loss", np.float32(0.25))
+    history.record("best", np.bool_(True))
+    history.record("pair", (torch.tensor(2.5), np.int64(3)))
+    history.new_batch()
+    history.record_batch("train_loss", torch.tensor(0.5))
+    history.record_batch("train_batch_size", 4)
+    got = _jsonable(history)
+    assert got == [
+        {
+            "epoch": 1,
+            "train_loss": 0.25,
+            "best": True,
+            "pair": [2.5, 3],
+            "batches": [{"train_loss": 0.5, "train_batch_size": 4}],
+        }
+    ]
+    assert type(got[0]["train_loss"]) is float and type(got[0]["best"]) is bool
+    with pytest.raises(TypeError, match="object is not JSON serializable"):
+        _jsonable([{"x": object()}])
+
+
+def test_fitted_module_is_moved_only_when_a_tensor_is_elsewhere(fast_params, toy_data, monkeypatch):
+    X, Y = toy_data
+    moves = []
+    original = torch.nn.Module.to
+    monkeypatch.setattr(
+        torch.nn.Module, "to", lambda self, *a, **k: moves.append(a) or original(self, *a, **k)
+    )
+    clf = BertMultiLabelClassifier(**fast_params).fit(X, Y)
+    assert clf.module_.head[1].weight.device.type == "cpu"
+    module = clf.module_
+    moves.clear()
+    clf._set_model(module, clf.tokenizer_, "cpu", clf.label_names_)
+    assert moves == []  # everything is on the CPU already
+    module.head[1].register_buffer("elsewhere", torch.empty(1, device="meta"))
+    monkeypatch.setattr(type(module), "to", lambda self, *a, **k: moves.append(a) or self)
+    clf._set_model(module, clf.tokenizer_, "cpu", clf.label_names_)
+    assert moves == [("cpu",)]

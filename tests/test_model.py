@@ -97,3 +97,28 @@ def test_use_fast_dropout_keeps_mode_and_leaves_subclasses_alone():
     assert type(model[0]) is FastDropout and type(model[1][1]) is FastDropout
     assert model[1][1].p == 0.4 and not model[1][1].training
     assert type(model[2]) is Custom
+
+
+def test_frozen_encoder_stays_in_evaluation_mode_and_keeps_its_layers(tiny_model_dir):
+    from transformers import AutoModel
+
+    encoder = AutoModel.from_pretrained(tiny_model_dir)
+    plain = [type(m) for m in encoder.modules()]
+    module = MultiLabelTextModule(encoder, 3, hidden_layer_sizes=(8,), dropout=0.2, freeze_encoder=True)
+    # Never trained, so its dropout layers are left as they are (and never active).
+    assert [type(m) for m in module.encoder.modules()] == plain
+    assert not any(p.requires_grad for p in module.encoder.parameters())
+    assert all(p.requires_grad for p in module.head.parameters())
+    module.encoder.encoder.layer[0].train()  # a layer left in training mode by someone else
+    module.train()
+    assert module.training and all(m.training for m in module.head.modules())
+    assert not any(m.training for m in module.encoder.modules())
+    module.eval()
+    assert not any(m.training for m in module.modules())
+    module.train(True)
+    assert not any(m.training for m in module.encoder.modules())
+    # A trained encoder follows the module's mode.
+    tuned = MultiLabelTextModule(AutoModel.from_pretrained(tiny_model_dir), 3).train()
+    assert all(m.training for m in tuned.modules())
+    tuned.eval()
+    assert not any(m.training for m in tuned.modules())
