@@ -16,6 +16,7 @@ cost per batch.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -158,12 +159,8 @@ class HeadStep:
             while stop < len(sizes) and elements + sizes[stop] * row <= MASK_BLOCK:
                 elements += sizes[stop] * row
                 stop += 1
-            # Where each (batch, layer) mask starts in the block's draws: one keep_mask call each.
-            places, words = [], 0
-            for size in sizes[start:stop]:
-                for i, width, lowest, scale in active:
-                    places.append((i, size, width, lowest, scale, 4 * words))
-                    words += mask_words(size * width)
+            block = sizes[start:stop]
+            words = sum(mask_words(size * width) for size in block for _, width, _, _ in active)
             draws = draw_words(words).view(torch.int16)
             values = {}
             for _, _, lowest, scale in active:
@@ -176,13 +173,23 @@ class HeadStep:
                     # one out-of-place addition of the int16 draws to a float.
                     shifted = draws.float().sub_(lowest - 0.5)
                     values[lowest] = shifted.mul_(4 * scale).clamp_(0, scale)
-            places.reverse()
-            for _ in range(start, stop):
-                masks = none.copy()
-                for _ in active:
-                    i, size, width, lowest, scale, at = places.pop()
-                    masks[i] = (values[lowest][at : at + size * width].view(size, width), scale)
-                yield masks
+            # The draws of one batch are its layers' masks one after the other (one keep_mask call
+            # each), so a run of batches of one size puts a layer's masks at a fixed stride: one
+            # strided view per layer and run, cut into the batches' masks by a single unbind.
+            at = 0  # where the run starts in the block's draws
+            for size, run in _runs(block):
+                spans = [4 * mask_words(size * width) for _, width, _, _ in active]
+                stride = sum(spans)
+                layers = []
+                for (i, width, lowest, scale), offset in zip(active, _starts(spans, at), strict=True):
+                    view = values[lowest].as_strided((run, size, width), (stride, width, 1), offset)
+                    layers.append((i, view.unbind(0), scale))
+                for b in range(run):
+                    masks = none.copy()
+                    for i, views, scale in layers:
+                        masks[i] = (views[b], scale)
+                    yield masks
+                at += run * stride
             start = stop
 
     def gradient_buffers(self) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
@@ -242,6 +249,19 @@ class HeadStep:
             if i > 0:
                 # h = relu(a) * mask, so the gradient reaches a where h > 0, times the mask's scale.
                 dz = _relu_backward(torch.addmm(h, dz, lin.weight, beta=0, alpha=scales[i]), h)
+
+
+def _runs(sizes: Sequence[int]) -> Iterator[tuple[int, int]]:
+    """``(size, count)`` for each run of equal consecutive values of ``sizes``."""
+    for size, group in itertools.groupby(sizes):
+        yield size, sum(1 for _ in group)
+
+
+def _starts(spans: Sequence[int], at: int) -> Iterator[int]:
+    """Where each of consecutive spans of these lengths starts, the first at ``at``."""
+    for span in spans:
+        yield at
+        at += span
 
 
 def _relu_backward(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:

@@ -330,18 +330,26 @@ def test_no_lean_epoch_when_verbose(fast_params, toy_data, lean_epochs, capsys):
         ((7, 5), (0.5, 0.2, 0.5)),
     ],
 )
-def test_batch_masks_are_the_masks_forward_draws(monkeypatch, sizes, ps):
+@pytest.mark.parametrize(
+    "block, batch_sizes",
+    [
+        (200, [4, 4, 9, 4, 3]),  # several blocks, one of a single batch
+        # Runs of equal sizes in one block, with masks (3 x 11, 3 x 7, 3 x 5) whose elements are
+        # no multiple of 4: each mask's draws are padded to whole 64-bit words.
+        (1 << 20, [3, 3, 3, 4, 4, 9, 9, 2]),
+    ],
+)
+def test_batch_masks_are_the_masks_forward_draws(monkeypatch, sizes, ps, block, batch_sizes):
     import sklearn_bert_multilabel._head as head_module
     from sklearn_bert_multilabel._model import dropout_mask
 
-    monkeypatch.setattr(head_module, "MASK_BLOCK", 200)  # several blocks, one of a single batch
+    monkeypatch.setattr(head_module, "MASK_BLOCK", block)
     layers, width = [], 11
     for size, p in zip(sizes, ps, strict=False):
         layers += [FastDropout(p), nn.Linear(width, size), nn.ReLU()]
         width = size
     head = nn.Sequential(*layers, FastDropout(ps[-1]), nn.Linear(width, 2)).train()
     step = HeadStep.for_head(head)
-    batch_sizes = [4, 4, 9, 4, 3]
     torch.manual_seed(1)
     got = list(step.batch_masks(batch_sizes))
     after = torch.rand(3)
