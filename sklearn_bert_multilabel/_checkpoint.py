@@ -133,7 +133,9 @@ class TrainingGuard(Callback):
         if improved:
             self.best_score_ = score
             self.best_epoch_ = net.history[-1, "epoch"]
-            if self.early_stopping is None:  # EarlyStopping(load_best=True) keeps its own copy
+            if self.early_stopping is None and self.completed_ < self.epochs:
+                # EarlyStopping(load_best=True) keeps its own copy; after the last epoch there
+                # is nothing left to interrupt, and on_train_end would drop the copy unused.
                 self.best_weights_ = _snapshot(net.module_)
 
     def on_train_end(self, net, **kwargs):

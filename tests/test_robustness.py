@@ -237,6 +237,27 @@ def test_keyboard_interrupt_leaves_a_usable_model_with_the_best_weights(
         torch.testing.assert_close(state[key], value, rtol=0, atol=0)
 
 
+def test_the_best_weights_are_copied_only_while_an_epoch_is_left(fast_params, toy_data, monkeypatch):
+    import sklearn_bert_multilabel._checkpoint as checkpoint_module
+
+    X, Y = toy_data
+    params = {**fast_params, "max_epochs": 3, "train_split": None}
+    copies = []
+    original = checkpoint_module._snapshot
+    monkeypatch.setattr(checkpoint_module, "_snapshot", lambda module: copies.append(1) or original(module))
+    BertMultiLabelClassifier(**params).fit(X, Y)
+    assert len(copies) == 2  # after epochs 1 and 2; nothing can interrupt a finished fit
+    copies.clear()
+    _interrupt_at(monkeypatch, 2 * 6 + 2)  # 96 texts, batch 16: 6 batches an epoch
+    clf = BertMultiLabelClassifier(**params)
+    with pytest.warns(
+        UserWarning, match="interrupted during epoch 3; the model keeps the weights of epoch 2"
+    ):
+        clf.fit(X, Y)
+    assert len(copies) == 2
+    assert clf.predict(X).shape == (96, 3)
+
+
 @pytest.mark.parametrize("early_stopping", [False, True])
 def test_interrupt_restores_the_best_completed_epoch_by_the_validation_score(
     early_stopping, fast_params, toy_data, monkeypatch
