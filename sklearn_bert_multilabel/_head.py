@@ -20,6 +20,7 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._model import FastDropout, draw_words, dropout_mask, mask_cut, mask_words
@@ -116,7 +117,7 @@ class HeadStep:
                 scale = 1.0
             inputs.append(h)
             scales.append(scale)
-            z = torch.addmm(lin.bias, h, lin.weight.t())
+            z = F.linear(h, lin.weight, lin.bias)  # addmm(bias, h, weight.t()), transposed in C++
             h = z.relu_() if i < last else z
         # F.binary_cross_entropy_with_logits without its argument checks (same shapes by
         # construction); reduction 1 is the mean.
