@@ -932,7 +932,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         """The fitted state that describes the model itself (``fit`` and ``load`` share it)."""
         target = torch.device(device)
         # Moving walks every layer even when nothing moves, as for a shared frozen encoder
-        # already on ``device``: checking the tensors first costs a fifth of that.
+        # already on ``device``: checking the tensors first costs about a third of that.
         if any(t.device != target for t in itertools.chain(module.parameters(), module.buffers())):
             module.to(device)
         self.module_ = module
