@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -532,7 +533,8 @@ def state_for_cache(module: torch.nn.Module, frozen: bool) -> dict[str, torch.Te
     encoder's layers only to drop them.
     """
     encoder = getattr(module, "encoder", None)
-    if not frozen or not isinstance(encoder, torch.nn.Module) or module._parameters or module._buffers:
+    own = itertools.chain(module.parameters(recurse=False), module.buffers(recurse=False))
+    if not frozen or not isinstance(encoder, torch.nn.Module) or next(own, None) is not None:
         state = module.state_dict()
         return {k: v for k, v in state.items() if not k.startswith("encoder.")} if frozen else state
     state = {}

@@ -246,8 +246,8 @@ class MultiLabelTextModule(nn.Module):
                 param.requires_grad_(False)
 
     def train(self, mode: bool = True) -> MultiLabelTextModule:
-        if not self.freeze_encoder:
-            return super().train(mode)
+        if not self.freeze_encoder or not isinstance(mode, bool):
+            return super().train(mode)  # which also rejects a mode that is not a bool
         # A frozen encoder is a fixed feature extractor: no dropout in it. Setting the flag of
         # each of its layers costs several times finding them all unset, as they usually are.
         self.training = mode
