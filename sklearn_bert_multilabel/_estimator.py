@@ -1075,9 +1075,14 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 Y_val,
             )
         except Exception as exc:  # noqa: BLE001 - e.g. a callback that cannot be pickled
+            # joblib's message goes on to print everything it was hashing, the data included.
+            reason = str(exc.args[0]) if exc.args else str(exc)
+            if len(reason) > 300:
+                reason = reason[:300] + "..."
             warnings.warn(
-                f"memory is set but the parameters cannot be hashed ({type(exc).__name__}: {exc}); "
-                "this fit is not cached.",
+                f"memory is set but the parameters cannot be hashed ({type(exc).__name__}: {reason}); "
+                "this fit is not cached. Parameters must be picklable (define callbacks and other "
+                "objects at module level) for fits to be cached.",
                 CacheWarning,
                 stacklevel=4,
             )
@@ -1608,11 +1613,15 @@ def _jsonable(history) -> list:
 
     A round trip through JSON, whose encoder asks for a conversion only for the
     values it cannot write itself: far cheaper than visiting each value in Python.
+    Anything else a callback recorded (a date, a custom object) is kept as its
+    ``str``, so that it cannot stop a fit from being cached, checkpointed or saved.
     """
 
     def convert(value):
-        if isinstance(value, (np.generic, torch.Tensor)):
-            return value.item()
-        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+        if isinstance(value, torch.Tensor):
+            return value.item() if value.numel() == 1 else value.tolist()
+        if isinstance(value, (np.generic, np.ndarray)):
+            return value.item() if value.size == 1 else value.tolist()
+        return str(value)
 
     return json.loads(json.dumps(list(history), default=convert))

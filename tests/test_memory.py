@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import pickle
 import threading
 import warnings
@@ -731,6 +732,8 @@ def test_history_as_json_values():
     history.record("train_loss", np.float32(0.25))
     history.record("best", np.bool_(True))
     history.record("pair", (torch.tensor(2.5), np.int64(3)))
+    history.record("arrays", [torch.tensor([1.5]), torch.tensor([1.0, 2.0]), np.array([[1, 2]])])
+    history.record("when", datetime.date(2024, 5, 1))
     history.new_batch()
     history.record_batch("train_loss", torch.tensor(0.5))
     history.record_batch("train_batch_size", 4)
@@ -741,12 +744,28 @@ def test_history_as_json_values():
             "train_loss": 0.25,
             "best": True,
             "pair": [2.5, 3],
+            "arrays": [1.5, [1.0, 2.0], [[1, 2]]],
+            "when": "2024-05-01",
             "batches": [{"train_loss": 0.5, "train_batch_size": 4}],
         }
     ]
     assert type(got[0]["train_loss"]) is float and type(got[0]["best"]) is bool
-    with pytest.raises(TypeError, match="object is not JSON serializable"):
-        _jsonable([{"x": object()}])
+
+
+class RecordsADate(Callback):
+    def on_epoch_end(self, net, **kwargs):
+        net.history.record("when", datetime.date(2024, 5, 1))
+
+
+def test_a_callback_recording_any_value_does_not_stop_caching(params, toy_data, count_trainings):
+    X, Y = toy_data
+    p = dict(params, callbacks=[("when", RecordsADate())])
+    first = BertMultiLabelClassifier(**p).fit(X, Y)
+    assert first.history_[-1, "when"] == datetime.date(2024, 5, 1)
+    second = BertMultiLabelClassifier(**p).fit(X, Y)
+    assert len(count_trainings) == 1  # the second fit is read from the cache
+    assert second.history_[-1, "when"] == "2024-05-01"
+    np.testing.assert_allclose(second.predict_proba(X), first.predict_proba(X), atol=1e-6)
 
 
 def test_fitted_module_is_moved_only_when_a_tensor_is_elsewhere(fast_params, toy_data, monkeypatch):
@@ -766,3 +785,16 @@ def test_fitted_module_is_moved_only_when_a_tensor_is_elsewhere(fast_params, toy
     monkeypatch.setattr(type(module), "to", lambda self, *a, **k: moves.append(a) or self)
     clf._set_model(module, clf.tokenizer_, "cpu", clf.label_names_)
     assert moves == [("cpu",)]
+
+
+def test_unhashable_parameters_are_named_briefly_and_the_fit_still_works(params, toy_data, count_trainings):
+    class Local(Callback):  # a class defined in a function cannot be pickled
+        pass
+
+    X, Y = toy_data
+    with pytest.warns(CacheWarning, match="cannot be hashed .*Local.*this fit is not cached") as caught:
+        clf = BertMultiLabelClassifier(**dict(params, callbacks=[("local", Local())])).fit(X, Y)
+    message = str(caught[0].message)
+    assert len(message) < 600  # not the whole hashed tuple, data included
+    assert "module level" in message
+    assert clf.predict(X).shape == Y.shape
