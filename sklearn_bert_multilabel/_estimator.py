@@ -719,10 +719,15 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             seed = shared_seed(accelerator, seed)  # one split and batch order for all processes
             device = str(accelerator.device)
         self._accelerator = accelerator
-        devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
+        kind = torch.device(device).type
+        devices = [torch.device(device).index or 0] if kind == "cuda" else []
         try:
             with torch.random.fork_rng(devices=devices, enabled=seed is not None):
-                if seed is not None:
+                if seed is not None and kind == "cpu":
+                    # Only the generator that fork_rng gives back: torch.manual_seed would
+                    # also reseed the CUDA generators, which a CPU fit does not use or restore.
+                    torch.default_generator.manual_seed(seed)
+                elif seed is not None:
                     torch.manual_seed(seed)
                 self._fit(texts, Y, val_texts, Y_val, label_names, device, seed, before)
         except NonFiniteLossError as exc:

@@ -167,6 +167,25 @@ def test_fit_does_not_change_global_torch_rng(fast_params, toy_data):
     np.testing.assert_array_equal(torch.rand(3), expected)
 
 
+def test_cpu_fit_seeds_only_the_cpu_generator(fast_params, toy_data, monkeypatch):
+    seeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: seeded.append(("cuda", seed)))
+    monkeypatch.setattr(torch.mps, "manual_seed", lambda seed: seeded.append(("mps", seed)))
+    a = BertMultiLabelClassifier(**fast_params).fit(*toy_data)
+    assert seeded == []  # a CPU fit neither uses nor restores the other devices' generators
+    # Seeding the CPU generator alone is what torch.manual_seed did for it: the same model.
+    monkeypatch.undo()
+
+    class SeedsEverything:
+        manual_seed = staticmethod(torch.manual_seed)
+
+    monkeypatch.setattr(torch, "default_generator", SeedsEverything())
+    b = BertMultiLabelClassifier(**fast_params).fit(*toy_data)
+    monkeypatch.undo()
+    X, _ = toy_data
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+
+
 def test_length_aware_batching_does_not_change_results(fitted):
     X, _ = make_texts(40, seed=11)
     batched = fitted.predict_proba(X)
