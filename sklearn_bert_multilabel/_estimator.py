@@ -1080,10 +1080,12 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 Y_val,
             )
         except Exception as exc:  # noqa: BLE001 - e.g. a callback that cannot be pickled
-            # joblib's message goes on to print everything it was hashing, the data included.
-            reason = str(exc.args[0]) if exc.args else str(exc)
+            # joblib's message goes on to print everything it was hashing, the data included:
+            # keep its first part (the pickling error itself), at most 300 characters of it.
+            reason = str(exc)
             if len(reason) > 300:
-                reason = reason[:300] + "..."
+                first = exc.args[0] if exc.args and isinstance(exc.args[0], str) else reason
+                reason = first if len(first) <= 300 else first[:300] + "..."
             warnings.warn(
                 f"memory is set but the parameters cannot be hashed ({type(exc).__name__}: {reason}); "
                 "this fit is not cached. Parameters must be picklable (define callbacks and other "
