@@ -182,7 +182,8 @@ class HeadStep:
                 spans = [4 * mask_words(size * width) for _, width, _, _ in active]
                 stride = sum(spans)
                 layers = []
-                for (i, width, lowest, scale), offset in zip(active, _starts(spans, at), strict=True):
+                offsets = itertools.accumulate(spans[:-1], initial=at)  # where each layer's masks start
+                for (i, width, lowest, scale), offset in zip(active, offsets, strict=True):
                     view = values[lowest].as_strided((run, size, width), (stride, width, 1), offset)
                     layers.append((i, view.unbind(0), scale))
                 for b in range(run):
@@ -256,13 +257,6 @@ def _runs(sizes: Sequence[int]) -> Iterator[tuple[int, int]]:
     """``(size, count)`` for each run of equal consecutive values of ``sizes``."""
     for size, group in itertools.groupby(sizes):
         yield size, sum(1 for _ in group)
-
-
-def _starts(spans: Sequence[int], at: int) -> Iterator[int]:
-    """Where each of consecutive spans of these lengths starts, the first at ``at``."""
-    for span in spans:
-        yield at
-        at += span
 
 
 def _relu_backward(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
