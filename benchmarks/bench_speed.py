@@ -52,13 +52,11 @@ def best_matmul_gflops() -> float:
     """The best fp32 rate of square products, by the default BLAS (``a @ b``) or by oneDNN
     (with a packed weight, as fp32 prediction uses it) where the build has it."""
     products = [lambda a, b: a @ b]
-    if torch.backends.mkldnn.is_available():
+    if _cpu_linear.onednn_on_x86():
         try:
-            linear = torch.ops.mkldnn._linear_pointwise
             packed = torch.ops.mkldnn._reorder_linear_weight
-            w = torch.randn(8, 8)
-            linear(torch.randn(2, 8), packed(w, None), None, "none", [], "")
-            products.append(lambda a, b: linear(a, packed(b, None), None, "none", [], ""))
+            _cpu_linear.onednn_product(torch.randn(2, 8), packed(torch.randn(8, 8), None), None)
+            products.append(lambda a, b: _cpu_linear.onednn_product(a, packed(b, None), None))
         except (AttributeError, RuntimeError):
             pass
     best = 0.0
