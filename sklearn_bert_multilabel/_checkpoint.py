@@ -45,9 +45,24 @@ logger = logging.getLogger(__name__)
 PREFIX = "epoch-"
 
 
-def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A copy of the weights in host memory, so a GPU model does not need twice its size there."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+def _snapshot(
+    module: torch.nn.Module, into: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """A copy of the weights in host memory, so a GPU model does not need twice its size there.
+
+    ``into``, an earlier snapshot of the same module, is overwritten in place when
+    its tensors have the state's names, shapes and dtypes, and returned.
+    """
+    state = module.state_dict()
+    if (
+        into is not None
+        and into.keys() == state.keys()
+        and all(into[k].shape == v.shape and into[k].dtype == v.dtype for k, v in state.items())
+    ):
+        for k, v in state.items():
+            into[k].copy_(v.detach())
+        return into
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 def replay_best(history, monitor: str, lower_is_better: bool) -> tuple[int, int]:
@@ -136,7 +151,7 @@ class TrainingGuard(Callback):
             if self.early_stopping is None and self.completed_ < self.epochs:
                 # EarlyStopping(load_best=True) keeps its own copy; after the last epoch there
                 # is nothing left to interrupt, and on_train_end would drop the copy unused.
-                self.best_weights_ = _snapshot(net.module_)
+                self.best_weights_ = _snapshot(net.module_, into=self.best_weights_)
 
     def on_train_end(self, net, **kwargs):
         stopped = self.early_stopping is not None and getattr(self.early_stopping, "misses_", 0) >= getattr(

@@ -244,7 +244,9 @@ def test_the_best_weights_are_copied_only_while_an_epoch_is_left(fast_params, to
     params = {**fast_params, "max_epochs": 3, "train_split": None}
     copies = []
     original = checkpoint_module._snapshot
-    monkeypatch.setattr(checkpoint_module, "_snapshot", lambda module: copies.append(1) or original(module))
+    monkeypatch.setattr(
+        checkpoint_module, "_snapshot", lambda module, **kw: copies.append(1) or original(module, **kw)
+    )
     BertMultiLabelClassifier(**params).fit(X, Y)
     assert len(copies) == 2  # after epochs 1 and 2; nothing can interrupt a finished fit
     copies.clear()
@@ -429,3 +431,20 @@ def test_predict_from_several_threads_matches_single_thread(one_epoch_model):
     assert not errors, errors
     for out in outputs:
         np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
+
+
+def test_a_snapshot_is_refreshed_in_place_when_it_has_the_same_tensors():
+    from sklearn_bert_multilabel._checkpoint import _snapshot
+
+    module = torch.nn.Linear(3, 2)
+    first = _snapshot(module)
+    buffers = {k: v.data_ptr() for k, v in first.items()}
+    with torch.no_grad():
+        module.weight.add_(1.0)
+    again = _snapshot(module, into=first)
+    assert again is first and {k: v.data_ptr() for k, v in again.items()} == buffers
+    for key, value in module.state_dict().items():
+        torch.testing.assert_close(again[key], value, rtol=0, atol=0)
+        assert again[key].data_ptr() != value.data_ptr()  # a copy, not the weights themselves
+    other = _snapshot(torch.nn.Linear(4, 2), into=first)
+    assert other is not first and other["weight"].shape == (2, 4) and first["weight"].shape == (2, 3)
