@@ -128,9 +128,11 @@ class FeatureBatches:
             order = torch.from_numpy(_epoch_rng(self.seed, self.epoch).permutation(n))
             features, Y = features.index_select(0, order), Y.index_select(0, order)
             self.epoch += 1
+        # One split per tensor: the batches' views in two calls, not two slicing calls a batch.
+        count = len(self)
         step = self.batch_size
-        for start in range(0, len(self) * step, step):
-            yield {"features": features[start : start + step]}, Y[start : start + step]
+        for x, y in zip(features.split(step)[:count], Y.split(step)[:count], strict=True):
+            yield {"features": x}, y
 
 
 class PadCollator:
