@@ -594,3 +594,39 @@ def test_lean_epochs_resume_from_a_checkpoint_as_if_never_interrupted(
     assert len(resumed.history_) == 3
     assert len(lean_epochs) == 3 + 3 + 1  # the interrupted run's three, the resumed run's one
     np.testing.assert_allclose(resumed.predict_proba(X), expected, rtol=0, atol=1e-6)
+
+
+class AddStepHookAfterFirstEpoch(Callback):
+    """Adds an optimizer post-step hook once the first epoch has ended."""
+
+    def initialize(self):
+        self.steps = 0
+        return self
+
+    def on_epoch_end(self, net, **kwargs):
+        if len(net.history) == 1:
+            net.optimizer_.register_step_post_hook(lambda *args: setattr(self, "steps", self.steps + 1))
+
+
+def test_one_lean_epoch_object_a_fit_that_still_sees_new_optimizer_hooks(
+    fast_params, toy_data, monkeypatch, lean_epochs
+):
+    from sklearn_bert_multilabel._net import HeadEpoch
+
+    built = []
+    original = HeadEpoch.__init__
+    monkeypatch.setattr(
+        HeadEpoch, "__init__", lambda self, *args, **kw: built.append(1) or original(self, *args, **kw)
+    )
+    X, Y = toy_data
+    params = {**fast_params, "freeze_encoder": True, "max_epochs": 3, "hidden_layer_sizes": (8,)}
+    reference = BertMultiLabelClassifier(**params).fit(X, Y)
+    assert len(lean_epochs) == 3 and len(built) == 1  # its gradient buffers serve all three epochs
+
+    # The hook is added after epoch 1: epochs 2 and 3 must step through optimizer.step() to call it.
+    hook = AddStepHookAfterFirstEpoch()
+    hooked = BertMultiLabelClassifier(**params, callbacks=[("hook", hook)]).fit(X, Y)
+    assert len(lean_epochs) == 6
+    assert hook.steps == 2 * -(-len(X) // params["batch_size"])
+    for a, b in zip(reference.module_.head.parameters(), hooked.module_.head.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # the same updates either way
