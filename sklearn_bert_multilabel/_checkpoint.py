@@ -110,6 +110,10 @@ class ResumableEarlyStopping(EarlyStopping):
 class TrainingGuard(Callback):
     """Track completed epochs and the best weights; restore them if training is interrupted.
 
+    From the second copy on, the weights are copied into the tensors of the copy before the
+    current one, which then takes its place: no model-sized allocation per epoch, and an
+    interruption during a copy still finds the previous one whole.
+
     Parameters
     ----------
     monitor : str or None
@@ -134,6 +138,7 @@ class TrainingGuard(Callback):
         self.best_score_ = None
         self.best_epoch_ = None
         self.best_weights_ = None
+        self.spare_weights_ = None  # the copy before best_weights_, refreshed in place next time
         self.interrupted_ = False
         return self
 
@@ -146,19 +151,22 @@ class TrainingGuard(Callback):
             or (score < self.best_score_ if self.lower_is_better else score > self.best_score_)
         )
         if improved:
-            self.best_score_ = score
-            self.best_epoch_ = net.history[-1, "epoch"]
             if self.early_stopping is None and self.completed_ < self.epochs:
                 # EarlyStopping(load_best=True) keeps its own copy; after the last epoch there
                 # is nothing left to interrupt, and on_train_end would drop the copy unused.
-                self.best_weights_ = _snapshot(net.module_, into=self.best_weights_)
+                # The weights go into the spare copy, which then changes places with the best:
+                # an interruption during the copy leaves the last complete copy, and its epoch.
+                fresh = _snapshot(net.module_, into=self.spare_weights_)
+                self.spare_weights_, self.best_weights_ = self.best_weights_, fresh
+            self.best_score_ = score
+            self.best_epoch_ = net.history[-1, "epoch"]
 
     def on_train_end(self, net, **kwargs):
         stopped = self.early_stopping is not None and getattr(self.early_stopping, "misses_", 0) >= getattr(
             self.early_stopping, "patience", float("inf")
         )
         if self.completed_ >= self.epochs or stopped:
-            self.best_weights_ = None  # free the copy
+            self.best_weights_ = self.spare_weights_ = None  # free the copies
             return
         self.interrupted_ = True
         epoch = len(net.history)
@@ -176,7 +184,7 @@ class TrainingGuard(Callback):
             UserWarning,
             stacklevel=2,
         )
-        self.best_weights_ = None
+        self.best_weights_ = self.spare_weights_ = None
 
 
 class EpochCheckpoint(Callback):

@@ -448,3 +448,32 @@ def test_a_snapshot_is_refreshed_in_place_when_it_has_the_same_tensors():
         assert again[key].data_ptr() != value.data_ptr()  # a copy, not the weights themselves
     other = _snapshot(torch.nn.Linear(4, 2), into=first)
     assert other is not first and other["weight"].shape == (2, 4) and first["weight"].shape == (2, 3)
+
+
+def test_an_interruption_while_the_weights_are_copied_keeps_the_previous_copy(
+    fast_params, toy_data, monkeypatch
+):
+    import sklearn_bert_multilabel._checkpoint as checkpoint_module
+
+    X, Y = toy_data
+    params = {**fast_params, "max_epochs": 4, "train_split": None}
+    original = checkpoint_module._snapshot
+    copies = []
+
+    def snapshot(module, into=None):
+        if len(copies) == 2:  # the end of epoch 3: half a copy, then Ctrl-C
+            if into is not None:
+                next(iter(into.values())).fill_(123.0)
+            raise KeyboardInterrupt
+        fresh = original(module, into=into)
+        copies.append({k: v.clone() for k, v in fresh.items()})
+        return fresh
+
+    monkeypatch.setattr(checkpoint_module, "_snapshot", snapshot)
+    clf = BertMultiLabelClassifier(**params)
+    kept = "interrupted during epoch 3; the model keeps the weights of epoch 2"
+    with pytest.warns(UserWarning, match=kept):
+        clf.fit(X, Y)
+    state = clf.module_.state_dict()
+    for key, value in copies[1].items():  # epoch 2's weights, untouched by the broken copy
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0)
