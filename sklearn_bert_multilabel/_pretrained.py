@@ -133,6 +133,11 @@ class _Loaded:
             slot[key] = value
         return value
 
+    def clear(self) -> None:
+        """Forget the loaded object (this thread's, when per thread): the next ``get`` loads again."""
+        with self._lock:
+            self._slot().clear()
+
 
 # Frozen encoders are never trained, so fits that only read them (a frozen
 # encoder with the feature cache) can share one loaded copy. Fast tokenizers

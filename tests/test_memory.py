@@ -798,3 +798,18 @@ def test_unhashable_parameters_are_named_briefly_and_the_fit_still_works(params,
     assert len(message) < 600  # not the whole hashed tuple, data included
     assert "module level" in message
     assert clf.predict(X).shape == Y.shape
+
+
+def test_the_shared_frozen_encoder_can_be_dropped(params, toy_data):
+    from sklearn_bert_multilabel import _pretrained
+
+    X, Y = toy_data
+    p = dict(params, freeze_encoder=True)
+    first = BertMultiLabelClassifier(**p).fit(X, Y)
+    _pretrained._FROZEN_ENCODERS.clear()
+    _pretrained._TOKENIZERS.clear()
+    second = BertMultiLabelClassifier(**p).fit(X, Y)
+    assert second.module_.encoder is not first.module_.encoder  # loaded again
+    assert second.tokenizer_ is not first.tokenizer_
+    third = BertMultiLabelClassifier(**p).fit(X, Y)
+    assert third.module_.encoder is second.module_.encoder and third.tokenizer_ is second.tokenizer_
