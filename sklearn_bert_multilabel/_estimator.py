@@ -719,8 +719,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             seed = shared_seed(accelerator, seed)  # one split and batch order for all processes
             device = str(accelerator.device)
         self._accelerator = accelerator
-        kind = torch.device(device).type
-        devices = [torch.device(device).index or 0] if kind == "cuda" else []
+        target = torch.device(device)
+        kind = target.type
+        devices = [target.index or 0] if kind == "cuda" else []
         try:
             with torch.random.fork_rng(devices=devices, enabled=seed is not None):
                 if seed is not None and kind == "cpu":
