@@ -31,7 +31,7 @@ X, Y = documents("train", 600)
 X_test, Y_test = documents("test", 300)
 print(f"{len(X)} training documents, {np.mean([len(x.split()) for x in X]):.0f} words each on average")
 
-common = dict(max_length=64, max_epochs=3, lr=1e-4, precision="bf16", train_split=None, random_state=0)
+common = dict(max_length=64, max_epochs=3, lr=1e-4, precision="auto", train_split=None, random_state=0)
 for mode in ("truncate", "chunk"):
     clf = BertMultiLabelClassifier(long_text=mode, stride=16, chunk_aggregation="max", **common)
     start = time.perf_counter()

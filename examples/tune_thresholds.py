@@ -12,7 +12,7 @@ X_dev, Y_dev, _ = load_goemotions("dev")
 X_test, Y_test, _ = load_goemotions("test")
 
 clf = BertMultiLabelClassifier(
-    max_epochs=2, max_length=64, precision="bf16", train_split=None, random_state=0
+    max_epochs=2, max_length=64, precision="auto", train_split=None, random_state=0
 )
 clf.fit(X[:8000], Y[:8000])
 

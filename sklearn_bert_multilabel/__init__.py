@@ -3,7 +3,7 @@
 from ._estimator import BertMultiLabelClassifier
 from ._memory import CacheWarning
 from ._model import MultiLabelTextModule
-from ._net import NonFiniteLossError
+from ._net import NonFiniteLossError, PrecisionWarning
 from ._persistence import ModelFileError
 from ._split import MultilabelStratifiedKFold
 from ._text import LongTextWarning
@@ -21,6 +21,7 @@ __all__ = [
     "MultiLabelTextModule",
     "MultilabelStratifiedKFold",
     "NonFiniteLossError",
+    "PrecisionWarning",
     "UnusedLabelWarning",
     "__version__",
     "load_goemotions",

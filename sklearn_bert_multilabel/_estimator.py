@@ -54,6 +54,8 @@ from ._net import (
     MultiLabelNet,
     NonFiniteLossError,
     ValidationScores,
+    resolve_precision,
+    warn_if_emulated_bf16,
 )
 from ._pretrained import (
     DEFAULT_MODEL,
@@ -229,9 +231,13 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         recorded in ``history_`` every epoch) or ``valid_loss``.
     n_iter_no_change : int, default=2
         Patience of early stopping, in epochs.
-    precision : {"fp32", "bf16", "fp16"}, default="fp32"
+    precision : {"fp32", "bf16", "fp16", "auto"}, default="fp32"
         Autocast precision for training and prediction. Weights stay fp32.
-        ``"fp16"`` needs CUDA and uses a gradient scaler. In ``"fp32"`` on x86
+        ``"fp16"`` needs CUDA and uses a gradient scaler. ``"auto"`` is
+        ``"bf16"`` on CUDA devices that support it and on x86 CPUs with bf16
+        arithmetic (AVX512-BF16 or AMX), ``"fp32"`` elsewhere; ``"bf16"`` on
+        an x86 CPU without it, where its products are emulated and several
+        times slower, gives a :class:`PrecisionWarning`. In ``"fp32"`` on x86
         CPUs not made by Intel, the linear layers' products are oneDNN's
         rather than MKL's, which run slowly there (see the README's
         *Training recipe*).
@@ -708,6 +714,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         label_names = names if names is not None else [str(j) for j in range(n_labels)]
         warn_unused_labels(Y, label_names)
         device = self._resolve_device(Problems())
+        warn_if_emulated_bf16(self._precision_on(device), device)
         seed = None
         if self.random_state is not None:
             seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
@@ -715,7 +722,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         before = dict(self.__dict__)
         accelerator = None
         if wants_accelerate(self.distributed):
-            accelerator = make_accelerator(self.precision, device)
+            accelerator = make_accelerator(self._precision_on(device), device)
             seed = shared_seed(accelerator, seed)  # one split and batch order for all processes
             device = str(accelerator.device)
         self._accelerator = accelerator
@@ -1074,6 +1081,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 params,
                 self._encoder_fingerprint(),
                 torch.device(device).type,
+                self._precision_on(device),  # what "auto" means here
                 processes,
                 texts_digest(texts),
                 Y,
@@ -1105,7 +1113,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             self._encoder_fingerprint(),
             self.pooling,
             self.max_length,
-            self.precision,
+            self._precision_on(self._module_device),
             self._prefixed("encoder"),
             self._prefixed("tokenizer"),
         )
@@ -1225,7 +1233,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             predict_nonlinearity=torch.sigmoid,
             verbose=self.verbose,
             device=device,
-            precision=self.precision,
+            precision=self._precision_on(device),
             max_grad_norm=self.max_grad_norm,
             weight_decay=self.weight_decay,
             layer_decay=self.layer_decay,
@@ -1244,7 +1252,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         module = self.module_
         forward = module if forward is None else forward
         self._evaluation_mode()
-        chunks = run_batches(batches, forward, module, self._module_device, self.precision)
+        device = self._module_device
+        chunks = run_batches(batches, forward, module, device, self._precision_on(device))
         n = sum(len(rows) for rows, _ in chunks)
         out = np.empty((n, self.n_labels_ if width is None else width), dtype=np.float32)
         for rows, values in chunks:
@@ -1264,6 +1273,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
     def _module_device(self) -> torch.device:
         """Where the fitted module's weights are: where prediction runs."""
         return next(self.module_.parameters()).device
+
+    def _precision_on(self, device: str | torch.device) -> str:
+        """The autocast precision on ``device``: ``precision``, with ``"auto"`` resolved."""
+        return resolve_precision(self.precision, torch.device(device).type)
 
     @property
     def _prediction_workers(self) -> int:
@@ -1329,7 +1342,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         key = None
         if cache is not None and getattr(self, "cache_key_", None) is not None:
             # Everything besides the weights that shapes the logits is in the key.
-            key = stable_hash(self.cache_key_, self.max_length, self.precision, texts_digest(texts))
+            precision = self._precision_on(self._module_device)
+            key = stable_hash(self.cache_key_, self.max_length, precision, texts_digest(texts))
             logits = cache.load_logits(key, (len(texts), self.n_labels_))
             if logits is not None:
                 return logits

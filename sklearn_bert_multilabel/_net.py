@@ -19,7 +19,7 @@ from skorch.callbacks import Callback
 from skorch.utils import TeeGenerator
 from torch.utils.data import DataLoader
 
-from ._cpu_linear import linear_products
+from ._cpu_linear import cpu_has_bf16, linear_products
 from ._distributed import process_seed
 from ._head import HeadStep, without_grad
 from ._model import HeadOnly
@@ -36,10 +36,42 @@ from ._thresholds import tune_thresholds
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 LR_SCHEDULES = ("linear", "cosine", "constant")
 _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 _LAYER_INDEX = re.compile(r"\.(?:layer|layers|block|blocks)\.(\d+)\.")
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """The precision that ``precision`` means on a device of this type: ``"auto"`` made concrete.
+
+    ``"auto"`` is ``"bf16"`` on a CUDA device that supports it and on an x86
+    CPU with bf16 arithmetic (see :func:`~._cpu_linear.cpu_has_bf16`), and
+    ``"fp32"`` everywhere else. Other values are returned as they are.
+    """
+    if precision != "auto":
+        return precision
+    if device_type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device_type == "cpu" and cpu_has_bf16():
+        return "bf16"
+    return "fp32"
+
+
+class PrecisionWarning(UserWarning):
+    """``precision="bf16"`` on a CPU without bf16 arithmetic, where it runs several times slower."""
+
+
+def warn_if_emulated_bf16(precision: str, device: str | torch.device) -> None:
+    """Warn when bf16 autocast would run on an x86 CPU known to lack bf16 arithmetic."""
+    if precision == "bf16" and torch.device(device).type == "cpu" and cpu_has_bf16() is False:
+        warnings.warn(
+            "precision='bf16' on a CPU without bf16 arithmetic (AVX512-BF16 or AMX): its bf16 "
+            "products are emulated and can run several times slower than fp32. Use "
+            "precision='fp32', or precision='auto' to use bf16 only where the hardware has it.",
+            PrecisionWarning,
+            stacklevel=3,
+        )
 
 
 def autocast_context(device: str, precision: str):

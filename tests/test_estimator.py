@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 
 import joblib
 import numpy as np
@@ -18,6 +19,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
+import sklearn_bert_multilabel._net as net_module
 from sklearn_bert_multilabel import BertMultiLabelClassifier
 
 
@@ -343,6 +345,7 @@ def test_a_print_log_sink_still_gets_the_table_when_silent(fast_params, toy_data
     assert len(lines) == 2 + fast_params["max_epochs"]  # header, rule, one row per epoch
 
 
+@pytest.mark.filterwarnings("ignore::sklearn_bert_multilabel.PrecisionWarning")  # CPUs without bf16
 @pytest.mark.parametrize("precision", ["bf16"])
 def test_bf16_precision_on_cpu(precision, fast_params, toy_data):
     X, Y = toy_data
@@ -350,6 +353,58 @@ def test_bf16_precision_on_cpu(precision, fast_params, toy_data):
     low = BertMultiLabelClassifier(precision=precision, **fast_params).fit(X, Y)
     assert next(low.module_.parameters()).dtype == torch.float32  # fp32 master weights
     np.testing.assert_allclose(low.predict_proba(X[:10]), fp32.predict_proba(X[:10]), atol=0.1)
+
+
+@pytest.mark.parametrize("has_bf16", [True, False, None], ids=["bf16-cpu", "no-bf16-cpu", "unknown-cpu"])
+def test_bf16_on_a_cpu_without_bf16_warns(has_bf16, fast_params, toy_data, monkeypatch):
+    from sklearn_bert_multilabel import PrecisionWarning
+
+    monkeypatch.setattr(net_module, "cpu_has_bf16", lambda: has_bf16)
+    clf = BertMultiLabelClassifier(precision="bf16", **fast_params)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clf.fit(*toy_data)
+    warned = [w for w in caught if issubclass(w.category, PrecisionWarning)]
+    assert len(warned) == (1 if has_bf16 is False else 0)
+    if warned:
+        assert "precision='fp32'" in str(warned[0].message)
+        assert warned[0].filename == __file__  # points at the caller's fit
+
+
+@pytest.mark.parametrize("has_bf16, meaning", [(True, "bf16"), (False, "fp32"), (None, "fp32")])
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(
+    has_bf16, meaning, fast_params, toy_data, monkeypatch
+):
+    monkeypatch.setattr(net_module, "cpu_has_bf16", lambda: has_bf16)
+    X, Y = toy_data
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "auto" never warns
+        auto = BertMultiLabelClassifier(precision="auto", **fast_params).fit(X, Y)
+    assert auto.get_params()["precision"] == "auto"  # the parameter is kept as given
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        same = BertMultiLabelClassifier(precision=meaning, **fast_params).fit(X, Y)
+    # Same seed, same arithmetic: the same weights and the same probabilities, bit for bit.
+    np.testing.assert_array_equal(auto.predict_proba(X), same.predict_proba(X))
+
+
+def test_auto_precision_on_cuda_devices(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert net_module.resolve_precision("auto", "cuda") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert net_module.resolve_precision("auto", "cuda") == "fp32"
+    for given in ("fp32", "bf16", "fp16"):
+        assert net_module.resolve_precision(given, "cpu") == given
+
+
+def test_auto_precision_is_in_the_cache_key_as_what_it_means(fast_params, toy_data, tmp_path, monkeypatch):
+    X, Y = toy_data
+    params = dict(fast_params, precision="auto", memory=str(tmp_path / "cache"))
+    monkeypatch.setattr(net_module, "cpu_has_bf16", lambda: False)
+    fp32 = BertMultiLabelClassifier(**params).fit(X, Y)
+    monkeypatch.setattr(net_module, "cpu_has_bf16", lambda: True)
+    bf16 = BertMultiLabelClassifier(**params).fit(X, Y)
+    assert bf16.cache_key_ != fp32.cache_key_  # a cache shared by two machines keeps both models
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

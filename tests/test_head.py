@@ -152,6 +152,7 @@ def test_frozen_fit_matches_the_autograd_path(fast_params, toy_data, extra, coun
     np.testing.assert_allclose(fast.history_[:, "train_loss"], slow.history_[:, "train_loss"], rtol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn_bert_multilabel.PrecisionWarning")  # CPUs without bf16
 @pytest.mark.parametrize("params", [{"precision": "bf16"}, {"freeze_encoder": False}])
 def test_hand_written_step_only_for_fp32_cached_features(fast_params, toy_data, params, count_head_steps):
     X, Y = toy_data
