@@ -78,6 +78,8 @@ def autocast_context(device: str, precision: str):
     """``torch.autocast`` for ``precision`` on ``device``, or a no-op for fp32."""
     if precision == "fp32":
         return contextlib.nullcontext()
+    if precision not in ("bf16", "fp16"):  # "auto" must be resolved first (resolve_precision)
+        raise ValueError(f"no autocast for precision {precision!r}")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(torch.device(device).type, dtype=dtype)
 

@@ -395,6 +395,8 @@ def test_auto_precision_on_cuda_devices(monkeypatch):
     assert net_module.resolve_precision("auto", "cuda") == "fp32"
     for given in ("fp32", "bf16", "fp16"):
         assert net_module.resolve_precision(given, "cpu") == given
+    with pytest.raises(ValueError, match="auto"):  # never autocast to fp16 by mistake
+        net_module.autocast_context("cpu", "auto")
 
 
 def test_auto_precision_is_in_the_cache_key_as_what_it_means(fast_params, toy_data, tmp_path, monkeypatch):
