@@ -49,9 +49,14 @@ def cpu_vendor() -> str:
     return match.group(0) if match else ""
 
 
+def on_x86() -> bool:
+    """Whether this is an x86-64 machine."""
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
 def onednn_on_x86() -> bool:
     """Whether this is an x86 machine whose torch build has oneDNN (its products may be used)."""
-    return platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
+    return on_x86() and torch.backends.mkldnn.is_available()
 
 
 @functools.cache
@@ -63,7 +68,7 @@ def cpu_has_bf16() -> bool | None:
     the fp32 one ran at 93. Unknown (None) on other architectures, or should
     this torch build lack its private CPU feature checks.
     """
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    if not on_x86():
         return None
     try:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
