@@ -611,7 +611,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             )
             return None
         if self.precision == "fp16" and kind != "cuda":
-            problems.append("precision='fp16' needs a CUDA device; on CPU use 'bf16' or 'fp32'.")
+            problems.append(
+                "precision='fp16' needs a CUDA device; on CPU use 'fp32', "
+                "or 'auto' for bf16 where the CPU has it."
+            )
         return device
 
     def _thresholds_for(self, value: object, n_labels: int) -> np.ndarray:
