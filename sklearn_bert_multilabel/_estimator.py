@@ -84,6 +84,7 @@ from ._thresholds import parse_metric, tune_thresholds
 from ._validation import (
     InvalidInputError,
     Problems,
+    check_device,
     check_label_matrix,
     check_per_label,
     check_texts,
@@ -113,8 +114,7 @@ class _SerializedModule:
     def __init__(self, payload: bytes):
         self.payload = payload
 
-    def load(self) -> torch.nn.Module:
-        location = None if torch.cuda.is_available() else "cpu"
+    def load(self, location: str | None) -> torch.nn.Module:
         return torch.load(io.BytesIO(self.payload), map_location=location, weights_only=False)
 
 
@@ -596,20 +596,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         self._resolve_device(problems)
 
     def _resolve_device(self, problems: Problems) -> str | None:
-        device = self.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            kind = torch.device(device).type
-        except (RuntimeError, TypeError):
-            problems.append(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}.")
+        device = check_device(self.device, problems)
+        if device is None:
             return None
-        if kind == "cuda" and not torch.cuda.is_available():
-            problems.append(
-                f"device={self.device!r} but CUDA is not available on this machine; "
-                "use device='cpu' or device='auto'."
-            )
-            return None
+        kind = torch.device(device).type
         if self.precision == "fp16" and kind != "cuda":
             problems.append(
                 "precision='fp16' needs a CUDA device; on CPU use 'fp32', "
@@ -1534,8 +1524,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         path : str or path-like
             A folder written by :meth:`save`.
         device : str, optional
-            Where to put the model. By default the device it was fitted on,
-            or the CPU when that is a GPU this machine does not have.
+            Where to put the model: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
+            ``"auto"``, checked before anything is read. By default the device
+            it was fitted on, or the CPU when that is a GPU this machine does
+            not have.
 
         Returns
         -------
@@ -1607,10 +1599,13 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
     def __setstate__(self, state: dict[str, Any]) -> None:
         module = state.get("module_")
         if isinstance(module, _SerializedModule):
-            state["module_"] = module.load()
-            if not torch.cuda.is_available() and torch.device(state.get("device_", "cpu")).type == "cuda":
-                logger.info("model fitted on %s loaded on cpu", state["device_"])
+            fitted_on = state.get("device_", "cpu")
+            if check_device(fitted_on, Problems()) is None:  # a GPU this machine does not have
+                logger.info("model fitted on %s loaded on cpu", fitted_on)
                 state["device_"] = "cpu"
+                state["module_"] = module.load("cpu")
+            else:
+                state["module_"] = module.load(None)
         super().__setstate__(state)
 
 

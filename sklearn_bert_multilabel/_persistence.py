@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._validation import Problems, check_device
 from ._version import __version__
 
 logger = logging.getLogger(__name__)
@@ -304,6 +305,10 @@ def load_estimator(cls, path: str | os.PathLike, *, device: str | None = None):
 
     from ._model import MultiLabelTextModule
 
+    if device is not None:
+        problems = Problems()
+        device = check_device(device, problems)
+        problems.raise_if_any()
     folder = Path(path).expanduser()
     manifest = _read_manifest(folder)
     _check_files(folder, manifest["files"])
@@ -342,10 +347,10 @@ def load_estimator(cls, path: str | os.PathLike, *, device: str | None = None):
         ) from exc
 
     estimator = cls(**params)
-    saved_device = str(fitted.get("device", "cpu"))
     if device is None:
-        device = saved_device
-        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        saved_device = str(fitted.get("device", "cpu"))
+        device = check_device(saved_device, Problems())
+        if device is None:  # a GPU this machine does not have
             logger.info("model saved on %s loaded on cpu", saved_device)
             device = "cpu"
     estimator._set_model(module.eval(), tokenizer, device, names)

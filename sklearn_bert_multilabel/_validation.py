@@ -183,6 +183,42 @@ def warn_unused_labels(Y: np.ndarray, label_names: Sequence[str]) -> None:
         )
 
 
+def check_device(device: object, problems: Problems, *, name: str = "device") -> str | None:
+    """Resolve ``device`` (``"auto"``: CUDA when available) and check this machine has it.
+
+    Returns the device to use, or None after recording in ``problems`` why
+    ``device`` cannot be used: not a CPU or CUDA device, CUDA missing, or a
+    CUDA index beyond this machine's devices.
+    """
+    import torch
+
+    resolved = device
+    if device == "auto":
+        resolved = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(resolved).type if isinstance(resolved, str) else None
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        problems.append(f"{name} must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}.")
+        return None
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            problems.append(
+                f"{name}={device!r} but CUDA is not available on this machine; "
+                f"use {name}='cpu' or {name}='auto'."
+            )
+            return None
+        index, count = torch.device(resolved).index, torch.cuda.device_count()
+        if index is not None and index >= count:
+            problems.append(
+                f"{name}={device!r} but this machine has {count} CUDA device(s), "
+                f"'cuda:0' to 'cuda:{count - 1}'."
+            )
+            return None
+    return resolved
+
+
 def is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 

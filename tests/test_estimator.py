@@ -431,6 +431,18 @@ def test_gpu_pickle_loads_on_cpu_only_machine(fitted, monkeypatch):
     assert next(restored.module_.parameters()).device.type == "cpu"
 
 
+def test_pickle_from_a_missing_gpu_index_loads_on_cpu(fitted, monkeypatch):
+    """A pickle fitted on 'cuda:1' loads on CPU on a machine with one GPU."""
+    state = fitted.__getstate__()
+    state["device_"] = "cuda:1"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    restored = BertMultiLabelClassifier.__new__(BertMultiLabelClassifier)
+    restored.__setstate__(state)
+    assert restored.device_ == "cpu"
+    assert next(restored.module_.parameters()).device.type == "cpu"
+
+
 @pytest.mark.parametrize(
     "X, match",
     [(["ok", 5], r"X\[1\]=5"), ("text", "wrap it in a list"), ([], "X is empty")],

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import make_texts
 
-from sklearn_bert_multilabel import BertMultiLabelClassifier, ModelFileError, __version__
+from sklearn_bert_multilabel import BertMultiLabelClassifier, InvalidInputError, ModelFileError, __version__
 from sklearn_bert_multilabel._persistence import MANIFEST, WEIGHTS
 
 
@@ -147,6 +147,38 @@ def test_model_saved_on_gpu_loads_on_cpu(tuned, saved, monkeypatch):
     assert loaded.device_ == "cpu"
     assert next(loaded.module_.parameters()).device.type == "cpu"
     np.testing.assert_array_equal(loaded.predict_proba(X[:5]), clf.predict_proba(X[:5]))
+
+
+def test_model_saved_on_a_missing_gpu_index_loads_on_cpu(tuned, saved, monkeypatch):
+    clf, X = tuned
+    _edit_manifest(saved, lambda m: m["fitted"].update(device="cuda:1"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    loaded = BertMultiLabelClassifier.load(saved)
+    assert loaded.device_ == "cpu"
+    np.testing.assert_array_equal(loaded.predict_proba(X[:5]), clf.predict_proba(X[:5]))
+
+
+@pytest.mark.parametrize(
+    "device, match",
+    [
+        ("mps", "device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got 'mps'"),
+        (0, "device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got 0"),
+        ("cuda", "device='cuda' but CUDA is not available on this machine"),
+    ],
+)
+def test_load_rejects_a_device_this_machine_cannot_use(saved, device, match, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InvalidInputError, match=match):
+        BertMultiLabelClassifier.load(saved, device=device)
+
+
+def test_load_on_device_auto(tuned, saved, monkeypatch):
+    clf, X = tuned
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    loaded = BertMultiLabelClassifier.load(saved, device="auto")
+    assert loaded.device_ == "cpu"
+    np.testing.assert_array_equal(loaded.predict(X[:5]), clf.predict(X[:5]))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

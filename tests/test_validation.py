@@ -124,6 +124,10 @@ def test_never_positive_label_warns(tiny_model_dir, monkeypatch):
         ({"precision": "int8"}, "precision must be one of"),
         ({"precision": "fp16"}, "precision='fp16' needs a CUDA device"),
         ({"device": "tpu"}, "device must be 'cpu', 'cuda', 'cuda:N' or 'auto'"),
+        ({"device": "mps"}, "device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got 'mps'"),
+        ({"device": "meta"}, "device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got 'meta'"),
+        ({"device": 0}, "device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got 0"),
+        ({"device": None}, "device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got None"),
         ({"train_split": 1.5}, r"train_split must be a fraction in \(0, 1\)"),
         ({"lr_schedule": "step"}, "lr_schedule must be one of"),
         ({"threshold_metric": "accuracy"}, "threshold_metric must be one of"),
@@ -143,6 +147,16 @@ def test_cuda_requested_without_cuda(clf, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="CUDA is not available.*device='cpu' or device='auto'"):
         clf.set_params(device="cuda").fit(X4, Y4)
+
+
+def test_cuda_index_beyond_the_machine(clf, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    match = r"device='cuda:2' but this machine has 2 CUDA device\(s\), 'cuda:0' to 'cuda:1'"
+    with pytest.raises(ValueError, match=match):
+        clf.set_params(device="cuda:2").fit(X4, Y4)
 
 
 def test_all_problems_reported_together(clf):
