@@ -43,6 +43,12 @@ def _looks_like_path(model_name: str) -> bool:
 
 
 def _check_local(model_name: str) -> None:
+    if os.path.isfile(os.path.expanduser(model_name)):
+        raise ValueError(
+            f"model_name={model_name!r} is a file; pass the folder that holds config.json, the "
+            "weights and the tokenizer files (as written by model.save_pretrained(folder) and "
+            "tokenizer.save_pretrained(folder))."
+        )
     if _looks_like_path(model_name) and not os.path.isdir(os.path.expanduser(model_name)):
         raise ValueError(
             f"model_name={model_name!r} looks like a local folder, but no such folder exists. "
@@ -63,16 +69,43 @@ def _load_error(model_name: str, exc: Exception) -> ValueError:
     )
 
 
+#: Plain words and digits that every real vocabulary has pieces for.
+_PROBE_TEXT = "the cat sat on a mat 42 times"
+
+
+def _check_vocabulary(model_name: str, tokenizer) -> None:
+    """Raise if ``tokenizer`` turns every piece of a plain sentence into its unknown token.
+
+    transformers builds such a tokenizer, without an error, from a folder that
+    holds a model's config and weights but not its tokenizer files: the model
+    would then see nothing of the texts.
+    """
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return
+    ids = tokenizer(_PROBE_TEXT, add_special_tokens=False)["input_ids"]
+    if ids and all(i == unk for i in ids):
+        raise ValueError(
+            f"The tokenizer of model_name={model_name!r} turns every word of {_PROBE_TEXT!r} into "
+            f"its unknown token {tokenizer.unk_token!r} (its vocabulary has {len(tokenizer)} "
+            "entries), so the model would see nothing of the texts. The folder probably lacks "
+            "the tokenizer's files (tokenizer.json, vocab.txt...): write them beside the model "
+            "with tokenizer.save_pretrained(folder)."
+        )
+
+
 def load_tokenizer(model_name: str, **kwargs):
-    """Load the fast tokenizer of ``model_name``."""
+    """Load the fast tokenizer of ``model_name``, checked to know plain words."""
     from transformers import AutoTokenizer
 
     _check_local(model_name)
     path = resolve_model_path(os.path.expanduser(model_name))
     try:
-        return AutoTokenizer.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_error(model_name, exc) from exc
+    _check_vocabulary(model_name, tokenizer)
+    return tokenizer
 
 
 @contextlib.contextmanager

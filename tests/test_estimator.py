@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import warnings
+from pathlib import Path
 
 import joblib
 import numpy as np
@@ -465,3 +466,27 @@ def test_empty_and_whitespace_texts_predict(fitted):
     proba = fitted.predict_proba(["", "   ", "\n\t", "a game"])
     assert proba.shape == (4, 3) and np.isfinite(proba).all()
     np.testing.assert_allclose(proba[0], proba[1], atol=1e-6)  # both tokenise to [CLS] [SEP]
+
+
+def test_model_folder_without_tokenizer_files_is_refused(tiny_model_dir, tmp_path):
+    """transformers builds an all-[UNK] tokenizer from such a folder without complaint."""
+    import shutil
+
+    folder = tmp_path / "weights-only"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(Path(tiny_model_dir) / name, folder / name)
+    clf = BertMultiLabelClassifier(model_name=str(folder), max_epochs=1, train_split=None)
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)turns every word of .* into its unknown token '\[UNK\]'.*"
+        r"tokenizer.save_pretrained\(folder\)",
+    ):
+        clf.fit(["a good game", "stocks fell"], [[1, 0], [0, 1]])
+
+
+def test_model_name_that_is_a_file(tiny_model_dir):
+    config = str(Path(tiny_model_dir) / "config.json")
+    clf = BertMultiLabelClassifier(model_name=config, max_epochs=1, train_split=None)
+    with pytest.raises(ValueError, match="is a file; pass the folder that holds config.json"):
+        clf.fit(["a good game", "stocks fell"], [[1, 0], [0, 1]])
