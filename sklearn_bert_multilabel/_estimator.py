@@ -866,9 +866,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         self.tuned_thresholds_ = None
         if isinstance(self.threshold, str):  # "auto"
             if valid is None:
+                why = "train_split is None" if self.train_split is None else "no rows were held out"
                 warnings.warn(
-                    "threshold='auto' needs validation data to tune on, but train_split is None "
-                    "and no validation_data was given; using 0.5 for every label. Call "
+                    f"threshold='auto' needs validation data to tune on, but {why} and no "
+                    "validation_data was given; using 0.5 for every label. Call "
                     "fit_thresholds(X_val, Y_val) to tune them on data of your own.",
                     UserWarning,
                     stacklevel=4,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from conftest import make_texts
 from sklearn.metrics import fbeta_score, precision_score, recall_score
 
-from sklearn_bert_multilabel import BertMultiLabelClassifier, tune_thresholds
+from sklearn_bert_multilabel import BertMultiLabelClassifier, UnusedLabelWarning, tune_thresholds
 from sklearn_bert_multilabel._thresholds import DEFAULT_THRESHOLD, best_threshold, constrained_threshold
 
 
@@ -196,9 +198,20 @@ def test_auto_threshold_without_validation_warns_and_uses_half(tiny_model_dir):
     clf = BertMultiLabelClassifier(
         model_name=tiny_model_dir, max_epochs=1, random_state=0, train_split=None, threshold="auto"
     )
-    with pytest.warns(UserWarning, match="threshold='auto' needs validation data"):
+    with pytest.warns(UserWarning, match="threshold='auto' needs validation data.*train_split is None"):
         clf.fit(X, Y)
     np.testing.assert_array_equal(clf.thresholds_, [0.5, 0.5, 0.5])
+
+
+def test_auto_threshold_on_a_single_row_warns_and_uses_half(tiny_model_dir):
+    """One row cannot be split: the warning says so rather than blaming train_split."""
+    X, Y = make_texts(1, seed=25)
+    clf = BertMultiLabelClassifier(model_name=tiny_model_dir, max_epochs=1, random_state=0, threshold="auto")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusedLabelWarning)
+        with pytest.warns(UserWarning, match="needs validation data to tune on, but no rows were held out"):
+            clf.fit(X, Y)
+    np.testing.assert_array_equal(clf.thresholds_, np.full(Y.shape[1], 0.5))
 
 
 def test_label_without_positives_keeps_default_threshold(skewed):
