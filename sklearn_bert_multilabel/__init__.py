@@ -8,7 +8,7 @@ from ._persistence import ModelFileError
 from ._split import MultilabelStratifiedKFold
 from ._text import LongTextWarning
 from ._thresholds import tune_thresholds
-from ._validation import InvalidInputError, UnusedLabelWarning
+from ._validation import InvalidInputError, SingleLabelWarning, UnusedLabelWarning
 from ._version import __version__
 from .datasets import load_goemotions
 
@@ -22,6 +22,7 @@ __all__ = [
     "MultilabelStratifiedKFold",
     "NonFiniteLossError",
     "PrecisionWarning",
+    "SingleLabelWarning",
     "UnusedLabelWarning",
     "__version__",
     "load_goemotions",

@@ -90,6 +90,7 @@ from ._validation import (
     check_texts,
     is_int,
     is_number,
+    warn_single_label,
     warn_unused_labels,
 )
 from ._version import __version__
@@ -706,6 +707,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
 
         label_names = names if names is not None else [str(j) for j in range(n_labels)]
         warn_unused_labels(Y, label_names)
+        warn_single_label(n_labels)
         device = self._resolve_device(Problems())
         warn_if_emulated_bf16(self._precision_on(device), device)
         seed = None

@@ -30,6 +30,10 @@ class UnusedLabelWarning(UserWarning):
     """A label column has no positive example, so nothing can be learned for it."""
 
 
+class SingleLabelWarning(UserWarning):
+    """Y has one label column, which scikit-learn's scorers take for a binary target."""
+
+
 class Problems(list):
     """A list of problem descriptions; :meth:`raise_if_any` raises them together."""
 
@@ -179,6 +183,21 @@ def warn_unused_labels(Y: np.ndarray, label_names: Sequence[str]) -> None:
             f"{len(never)} label column(s) are never positive in the training data "
             f"({shown}); the model can only learn to predict 0 for them.",
             UnusedLabelWarning,
+            stacklevel=3,
+        )
+
+
+def warn_single_label(n_labels: int) -> None:
+    """Warn that scikit-learn's scorers misread a model of one label column."""
+    if n_labels == 1:
+        warnings.warn(
+            "Y has a single label column. scikit-learn reads a one-column target as binary and a "
+            "classifier with one entry in classes_ as scoring the other class: its 'roc_auc' "
+            "scorer gives 1 - AUC for this model, and 'average_precision', 'f1', 'neg_log_loss' "
+            "and 'neg_brier_score' refuse it. In GridSearchCV or cross_validate use "
+            "scoring='f1_macro', 'accuracy' or a callable such as "
+            "lambda est, X, y: roc_auc_score(y, est.predict_proba(X)).",
+            SingleLabelWarning,
             stacklevel=3,
         )
 

@@ -21,7 +21,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 import sklearn_bert_multilabel._net as net_module
-from sklearn_bert_multilabel import BertMultiLabelClassifier
+from sklearn_bert_multilabel import BertMultiLabelClassifier, SingleLabelWarning
 
 
 @pytest.fixture(scope="module")
@@ -490,3 +490,25 @@ def test_model_name_that_is_a_file(tiny_model_dir):
     clf = BertMultiLabelClassifier(model_name=config, max_epochs=1, train_split=None)
     with pytest.raises(ValueError, match="is a file; pass the folder that holds config.json"):
         clf.fit(["a good game", "stocks fell"], [[1, 0], [0, 1]])
+
+
+def test_single_label_column_warns_about_sklearn_scorers(tiny_model_dir):
+    """scikit-learn's 'roc_auc' scorer flips the scores of a one-entry classes_; the warning says so."""
+    from sklearn.metrics import get_scorer, roc_auc_score
+
+    X, Y_all = make_texts(64, seed=31)
+    Y = Y_all[:, :1]
+    clf = BertMultiLabelClassifier(
+        model_name=tiny_model_dir, max_epochs=3, lr=1e-3, batch_size=16, train_split=None, random_state=0
+    )
+    with pytest.warns(SingleLabelWarning, match=r"single label column.*'roc_auc' scorer gives 1 - AUC"):
+        clf.fit(X[:32], Y[:32])
+    auc = roc_auc_score(Y[32:], clf.predict_proba(X[32:]))
+    assert auc != 0.5
+    # What the warning describes, and the callable it recommends instead.
+    assert get_scorer("roc_auc")(clf, X[32:], Y[32:]) == pytest.approx(1 - auc)
+    recommended = lambda est, X, y: roc_auc_score(y, est.predict_proba(X))  # noqa: E731
+    assert recommended(clf, X[32:], Y[32:]) == pytest.approx(auc)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # two columns: no warning
+        clone(clf).set_params(random_state=1).fit(X[:32], Y_all[:32, :2])

@@ -14,6 +14,9 @@ from sklearn_bert_multilabel import BertMultiLabelClassifier, InvalidInputError,
 from sklearn_bert_multilabel._model import aggregate_windows
 from sklearn_bert_multilabel._text import window_text_ids
 
+# The long documents here carry one label: whether a word appears near their end.
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn_bert_multilabel.SingleLabelWarning")
+
 FILLER = "the a and or but is was it this that today yesterday really very so not quite up down".split()
 
 

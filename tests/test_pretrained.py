@@ -43,7 +43,7 @@ def test_minilm_beats_a_constant_predictor(minilm_available):
 def test_missing_local_folder_fails_fast_with_clear_error(tmp_path):
     clf = BertMultiLabelClassifier(model_name=str(tmp_path / "no-such-model"), max_epochs=1)
     with pytest.raises(ValueError, match="looks like a local folder, but no such folder exists"):
-        clf.fit(["a", "b"], [[1], [0]])
+        clf.fit(["a", "b"], [[1, 0], [0, 1]])
 
 
 def test_unreachable_hub_id_gives_clear_error(monkeypatch):
@@ -52,4 +52,4 @@ def test_unreachable_hub_id_gives_clear_error(monkeypatch):
     with pytest.raises(
         ValueError, match="(?s)Could not load model_name='no-such-org/no-such-model'.*local folder"
     ):
-        clf.fit(["a", "b"], [[1], [0]])
+        clf.fit(["a", "b"], [[1, 0], [0, 1]])
