@@ -664,6 +664,20 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         -------
         self : BertMultiLabelClassifier
             The fitted estimator.
+
+        Raises
+        ------
+        InvalidInputError
+            Every problem with ``X``, ``y``, ``validation_data`` and the
+            parameters, listed together, before any training.
+
+        Warns
+        -----
+        UnusedLabelWarning
+            A label column has no positive example.
+        SingleLabelWarning
+            ``y`` has one column: scikit-learn's scorers take it for a binary
+            target, so ``scoring="roc_auc"`` gives 1 - AUC for this model.
         """
         problems = Problems()
         self._check_params(problems)
