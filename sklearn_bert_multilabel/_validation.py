@@ -211,8 +211,8 @@ def check_device(device: object, problems: Problems, *, name: str = "device") ->
     """
     import torch
 
-    resolved = device
-    if device == "auto":
+    resolved = str(device) if isinstance(device, torch.device) else device
+    if resolved == "auto":
         resolved = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         kind = torch.device(resolved).type if isinstance(resolved, str) else None

@@ -149,6 +149,19 @@ def test_cuda_requested_without_cuda(clf, monkeypatch):
         clf.set_params(device="cuda").fit(X4, Y4)
 
 
+def test_device_check_accepts_what_fit_documents():
+    import torch
+
+    from sklearn_bert_multilabel._validation import Problems, check_device
+
+    problems = Problems()
+    assert check_device("cpu", problems) == "cpu"
+    assert check_device("cpu:0", problems) == "cpu:0"
+    assert check_device(torch.device("cpu"), problems) == "cpu"
+    assert check_device("auto", problems) == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert problems == []
+
+
 def test_cuda_index_beyond_the_machine(clf, monkeypatch):
     import torch
 
