@@ -7,6 +7,9 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.sparse as sp
+
+from ._validation import Problems, check_label_matrix
 
 #: Threshold metrics by name, each an F-beta score with this beta.
 THRESHOLD_METRICS = {"f1": 1.0, "f0.5": 0.5, "f2": 2.0}
@@ -115,6 +118,35 @@ def constrained_threshold(scores: np.ndarray, y: np.ndarray, kind: str, level: f
     return _threshold_at(s, int(best)), True
 
 
+def _check_scores_and_labels(proba: object, Y: object) -> tuple[np.ndarray, np.ndarray]:
+    """``proba`` as a 2-D float array without NaN and ``Y`` as a 0/1 matrix of its shape."""
+    problems = Problems()
+    Y_arr, _ = check_label_matrix(Y, problems)
+    if sp.issparse(proba):
+        proba = proba.toarray()
+    try:
+        scores = np.asarray(proba, dtype=np.float64)
+    except (TypeError, ValueError):
+        problems.append("proba must hold numbers only: it does not convert to an array of floats.")
+        scores = None
+    if scores is not None:
+        if scores.ndim != 2:
+            problems.append(f"proba must be 2-D (n_samples, n_labels), got shape {scores.shape}.")
+            scores = None
+        elif np.isnan(scores).any():
+            rows, cols = np.nonzero(np.isnan(scores))
+            problems.append(
+                f"proba contains {len(rows)} NaN value(s) (first at row {rows[0]}, column {cols[0]})."
+            )
+    if scores is not None and Y_arr is not None and scores.shape != Y_arr.shape:
+        problems.append(
+            f"proba and Y must be 2-D arrays of the same shape (n_samples, n_labels); "
+            f"got {scores.shape} and {Y_arr.shape}."
+        )
+    problems.raise_if_any()
+    return scores, Y_arr
+
+
 def tune_thresholds(
     proba: np.ndarray,
     Y: np.ndarray,
@@ -145,6 +177,12 @@ def tune_thresholds(
     thresholds : ndarray of shape (n_labels,)
         Labels with no positive example keep 0.5.
 
+    Raises
+    ------
+    InvalidInputError
+        ``proba`` not 2-D numbers or with NaN, ``Y`` not a 0/1 matrix, or
+        their shapes differ (every problem listed together).
+
     Examples
     --------
     >>> import numpy as np
@@ -160,12 +198,7 @@ def tune_thresholds(
         kind, value = parse_metric(metric)
     except ValueError as exc:
         raise ValueError(f"metric {exc}") from None
-    proba, Y = np.asarray(proba), np.asarray(Y)
-    if proba.ndim != 2 or proba.shape != Y.shape:
-        raise ValueError(
-            f"proba and Y must be 2-D arrays of the same shape (n_samples, n_labels); "
-            f"got {proba.shape} and {Y.shape}"
-        )
+    proba, Y = _check_scores_and_labels(proba, Y)
     if kind == "fbeta":
         return np.array(
             [best_threshold(proba[:, j], Y[:, j], value) for j in range(proba.shape[1])],

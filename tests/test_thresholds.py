@@ -9,7 +9,12 @@ import pytest
 from conftest import make_texts
 from sklearn.metrics import fbeta_score, precision_score, recall_score
 
-from sklearn_bert_multilabel import BertMultiLabelClassifier, UnusedLabelWarning, tune_thresholds
+from sklearn_bert_multilabel import (
+    BertMultiLabelClassifier,
+    InvalidInputError,
+    UnusedLabelWarning,
+    tune_thresholds,
+)
 from sklearn_bert_multilabel._thresholds import DEFAULT_THRESHOLD, best_threshold, constrained_threshold
 
 
@@ -99,6 +104,36 @@ def test_tune_thresholds_takes_array_likes_and_checks_shapes():
     np.testing.assert_allclose(tune_thresholds(proba, Y), [0.5, 0.25])
     with pytest.raises(ValueError, match=r"same shape .* got \(4, 2\) and \(4, 1\)"):
         tune_thresholds(proba, Y[["a"]])
+
+
+@pytest.mark.parametrize(
+    "proba, Y, match",
+    [
+        (
+            [[0.2, np.nan], [0.7, 0.1]],
+            [[0, 1], [1, 0]],
+            r"proba contains 1 NaN value\(s\) \(first at row 0, column 1\)",
+        ),
+        ([[0.2, 0.4], [0.7, 0.1]], [[0, 1], [1, -1]], r"Y must be binary \(0/1\); found other values \[-1\]"),
+        ([[0.2, 0.4], [0.7, 0.1]], [[0, np.nan], [1, 0]], r"Y contains 1 NaN value"),
+        ([[0.2, "x"], [0.7, 0.1]], [[0, 1], [1, 0]], "proba must hold numbers only"),
+        ([0.2, 0.7], [0, 1], r"(?s)Y must be 2-D.*proba must be 2-D"),
+    ],
+    ids=["nan-scores", "minus-one", "nan-labels", "text-scores", "1-d"],
+)
+def test_tune_thresholds_refuses_bad_input(proba, Y, match):
+    with pytest.raises(InvalidInputError, match=match):
+        tune_thresholds(proba, Y)
+
+
+def test_tune_thresholds_takes_sparse_and_text_labels():
+    import scipy.sparse as sp
+
+    proba = np.array([[0.9, 0.2], [0.6, 0.1], [0.4, 0.3], [0.1, 0.05]])
+    Y = np.array([[1, 0], [1, 0], [0, 1], [0, 0]])
+    expected = tune_thresholds(proba, Y)
+    np.testing.assert_array_equal(tune_thresholds(proba, sp.csr_matrix(Y)), expected)
+    np.testing.assert_array_equal(tune_thresholds(proba, Y.astype(str)), expected)
 
 
 def test_no_positive_keeps_default():
