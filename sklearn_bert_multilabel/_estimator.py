@@ -272,8 +272,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         other than ``"attention"``) the pooled encoder features of each text
         are computed once across fits; such fits also share one loaded copy
         of the (never trained) encoder per process, so a search over heads
-        does not reload it per candidate. Unreadable entries are ignored with a
-        ``CacheWarning``. With ``random_state=None``, a cached fit is reused
+        does not reload it per candidate. The folder is created if missing (a
+        file there is an error). Unreadable entries, and writes that fail,
+        are skipped with a ``CacheWarning``. With ``random_state=None``, a cached fit is reused
         as if it were deterministic. Prediction calls write to the cache
         too (the logits of each new set of texts, and the features of each
         new text with a frozen encoder), so set ``memory=None`` on a model
@@ -579,6 +580,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             isinstance(self.memory, (str, os.PathLike)) or hasattr(self.memory, "location")
         ):
             problems.append(f"memory must be None, a folder path or a joblib.Memory, got {self.memory!r}.")
+        elif isinstance(self.memory, (str, os.PathLike)) and os.path.isfile(os.path.expanduser(self.memory)):
+            problems.append(f"memory={self.memory!r} is a file; give a folder (it is created if missing).")
         if not isinstance(self.warm_start, (bool, np.bool_)):
             problems.append(f"warm_start must be True or False, got {self.warm_start!r}.")
         if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, (str, os.PathLike)):

@@ -530,9 +530,8 @@ def test_predicting_one_text_at_a_time_keeps_few_feature_chunks(params, toy_data
 
 def test_unwritable_cache_does_not_break_fit(fast_params, toy_data, tmp_path):
     X, Y = toy_data
-    blocker = tmp_path / "file"
-    blocker.write_text("not a folder")
-    clf = BertMultiLabelClassifier(**dict(fast_params, memory=str(blocker)))
+    (tmp_path / "sklearn_bert_multilabel").write_text("not a folder")  # where the entries would go
+    clf = BertMultiLabelClassifier(**dict(fast_params, memory=str(tmp_path)))
     with pytest.warns(CacheWarning, match="could not write"):
         clf.fit(X, Y)
     with pytest.warns(CacheWarning, match="could not write logits"):

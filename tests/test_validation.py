@@ -162,6 +162,12 @@ def test_device_check_accepts_what_fit_documents():
     assert problems == []
 
 
+def test_memory_that_is_a_file(clf, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a cache", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"memory=.*notes.txt' is a file; give a folder"):
+        clf.set_params(memory=str(tmp_path / "notes.txt")).fit(X4, Y4)
+
+
 def test_cuda_index_beyond_the_machine(clf, monkeypatch):
     import torch
 
