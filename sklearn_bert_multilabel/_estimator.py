@@ -305,7 +305,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         Parameters with a prefix ``iterator_train__``, ``iterator_valid__``,
         ``optimizer__``, ``callbacks__`` (passed to skorch), ``encoder__``
         (to ``AutoModel.from_pretrained``) or ``tokenizer__`` (to
-        ``AutoTokenizer.from_pretrained``).
+        ``AutoTokenizer.from_pretrained``). The encoder is loaded in float32
+        whatever dtype its checkpoint was saved in (``encoder__dtype`` may
+        only say so): reduced precision comes from ``precision``.
 
     Attributes
     ----------
@@ -596,6 +598,14 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                     f"unknown parameter {key!r}: check its spelling; extra parameters must start with one of "
                     + ", ".join(p + "__" for p in EXTRA_PREFIXES)
                     + "."
+                )
+        for key in ("encoder__dtype", "encoder__torch_dtype"):
+            value = self._extra_params().get(key, torch.float32)
+            if not (value is torch.float32 or value == "float32"):
+                problems.append(
+                    f"{key}={value!r}: the encoder's weights stay float32, as the head's and the "
+                    "optimizer's; for bfloat16 or float16 arithmetic use precision='bf16', 'fp16' "
+                    "or 'auto' (autocast)."
                 )
         self._resolve_device(problems)
 

@@ -124,14 +124,20 @@ def _progress_bars(enabled: bool):
 
 
 def load_encoder(model_name: str, *, progress: bool = False, **kwargs):
-    """Load the encoder (``AutoModel``) of ``model_name``.
+    """Load the encoder (``AutoModel``) of ``model_name``, in float32.
 
+    transformers loads a checkpoint in the dtype it was saved in (float16 or
+    bfloat16 for many on the hub), which the float32 head cannot take; reduced
+    precision comes from the estimator's ``precision`` (autocast) instead.
     transformers' "Loading weights" progress bar is shown only with ``progress=True``.
     """
+    import torch
     from transformers import AutoModel
 
     _check_local(model_name)
     path = resolve_model_path(os.path.expanduser(model_name))
+    if "dtype" not in kwargs and "torch_dtype" not in kwargs:
+        kwargs["dtype"] = torch.float32
     try:
         with _progress_bars(progress):
             return AutoModel.from_pretrained(path, **kwargs)

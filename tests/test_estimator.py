@@ -512,3 +512,24 @@ def test_single_label_column_warns_about_sklearn_scorers(tiny_model_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # two columns: no warning
         clone(clf).set_params(random_state=1).fit(X[:32], Y_all[:32, :2])
+
+
+def test_encoder_saved_in_half_precision_trains_in_float32(tiny_model_dir, tmp_path):
+    """transformers loads a checkpoint in its saved dtype; the head would refuse float16 inputs."""
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = tmp_path / "fp16-encoder"
+    AutoModel.from_pretrained(tiny_model_dir).half().save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    assert next(AutoModel.from_pretrained(folder).parameters()).dtype == torch.float16
+    X, Y = make_texts(48, seed=32)
+    explicit = [{"encoder__dtype": torch.float32}, {"encoder__dtype": "float32"}]  # JSON can hold the last
+    for params in [{}, {"freeze_encoder": True}, *explicit]:
+        clf = BertMultiLabelClassifier(
+            model_name=str(folder), max_epochs=1, train_split=None, random_state=0, **params
+        ).fit(X, Y)
+        assert {p.dtype for p in clf.module_.parameters()} == {torch.float32}
+        proba = clf.predict_proba(X)
+        assert proba.shape == (48, 3) and np.isfinite(proba).all()
+    clf.save(tmp_path / "saved")
+    np.testing.assert_array_equal(BertMultiLabelClassifier.load(tmp_path / "saved").predict_proba(X), proba)

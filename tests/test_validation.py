@@ -133,6 +133,8 @@ def test_never_positive_label_warns(tiny_model_dir, monkeypatch):
         ({"threshold_metric": "accuracy"}, "threshold_metric must be one of"),
         ({"optimizer": "adam"}, "optimizer must be a torch.optim.Optimizer class"),
         ({"iterator_train_shuffle": True}, "unknown parameter 'iterator_train_shuffle'"),
+        ({"encoder__dtype": "bfloat16"}, "encoder__dtype='bfloat16': the encoder's weights stay float32"),
+        ({"encoder__torch_dtype": "auto"}, "encoder__torch_dtype='auto': .* use precision='bf16'"),
     ],
 )
 def test_bad_parameters(clf, params, match):
