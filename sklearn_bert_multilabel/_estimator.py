@@ -63,6 +63,7 @@ from ._pretrained import (
     load_encoder,
     load_tokenizer,
     max_positions,
+    needs_decoder_inputs,
     resolve_model_path,
     reused_tokenizer,
     shared_frozen_encoder,
@@ -794,6 +795,12 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
 
         tokenizer, encoder = self._load_pretrained(cache is not None, device)
         problems = Problems()
+        if needs_decoder_inputs(encoder):
+            problems.append(
+                f"model_name={self.model_name!r} loads as {type(encoder).__name__}, an encoder-decoder "
+                "model whose forward pass needs decoder inputs; use an encoder-only model (BERT, "
+                "RoBERTa, DeBERTa, MiniLM...)."
+            )
         if self.pooling == "pooler" and not has_pooler(encoder):
             problems.append(
                 f"pooling='pooler' needs an encoder with a pooler layer; "

@@ -227,6 +227,16 @@ def reused_tokenizer(key: Hashable, model_name: str, **kwargs):
     return _TOKENIZERS.get(key, lambda: load_tokenizer(model_name, **kwargs))
 
 
+def needs_decoder_inputs(encoder) -> bool:
+    """Whether the model's forward pass takes decoder inputs (T5Model, BartModel...)."""
+    import inspect
+
+    try:
+        return "decoder_input_ids" in inspect.signature(encoder.forward).parameters
+    except (TypeError, ValueError):  # no inspectable signature: assume an encoder
+        return False
+
+
 def max_positions(encoder) -> int | None:
     """The longest input (in tokens) the encoder accepts, if it says."""
     return getattr(encoder.config, "max_position_embeddings", None)

@@ -533,3 +533,18 @@ def test_encoder_saved_in_half_precision_trains_in_float32(tiny_model_dir, tmp_p
         assert proba.shape == (48, 3) and np.isfinite(proba).all()
     clf.save(tmp_path / "saved")
     np.testing.assert_array_equal(BertMultiLabelClassifier.load(tmp_path / "saved").predict_proba(X), proba)
+
+
+def test_encoder_decoder_model_is_refused_clearly(tiny_model_dir, tmp_path):
+    """AutoModel gives T5Model for a T5 folder, whose forward pass fails without decoder inputs."""
+    from transformers import AutoTokenizer, T5Config, T5Model
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    sizes = dict(d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8)
+    config = T5Config(vocab_size=len(tokenizer), decoder_start_token_id=0, **sizes)
+    T5Model(config).save_pretrained(tmp_path / "t5")
+    tokenizer.save_pretrained(tmp_path / "t5")
+    clf = BertMultiLabelClassifier(model_name=str(tmp_path / "t5"), max_epochs=1, train_split=None)
+    match = "loads as T5Model, an encoder-decoder model .* use an encoder-only model"
+    with pytest.raises(ValueError, match=match):
+        clf.fit(["a good game", "stocks fell"], [[1, 0], [0, 1]])
