@@ -238,5 +238,17 @@ def needs_decoder_inputs(encoder) -> bool:
 
 
 def max_positions(encoder) -> int | None:
-    """The longest input (in tokens) the encoder accepts, if it says."""
-    return getattr(encoder.config, "max_position_embeddings", None)
+    """The longest input (in tokens) the encoder accepts, if it says.
+
+    RoBERTa-style encoders (RoBERTa, CamemBERT, XLM-R...) number positions from
+    ``padding_idx + 1``, so their ``max_position_embeddings`` of 514 holds 512
+    tokens.
+    """
+    limit = getattr(encoder.config, "max_position_embeddings", None)
+    if not isinstance(limit, int):
+        return None
+    positions = getattr(getattr(encoder, "embeddings", None), "position_embeddings", None)
+    padding_idx = getattr(positions, "padding_idx", None)
+    if isinstance(padding_idx, int) and 0 <= padding_idx < limit:
+        return limit - padding_idx - 1
+    return limit

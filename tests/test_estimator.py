@@ -548,3 +548,21 @@ def test_encoder_decoder_model_is_refused_clearly(tiny_model_dir, tmp_path):
     match = "loads as T5Model, an encoder-decoder model .* use an encoder-only model"
     with pytest.raises(ValueError, match=match):
         clf.fit(["a good game", "stocks fell"], [[1, 0], [0, 1]])
+
+
+def test_roberta_style_position_offset_limits_max_length(tiny_model_dir, tmp_path):
+    """RoBERTa numbers positions from padding_idx + 1: 34 position embeddings hold 32 tokens."""
+    from transformers import AutoTokenizer, RobertaConfig, RobertaModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    sizes = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    config = RobertaConfig(vocab_size=len(tokenizer), max_position_embeddings=34, pad_token_id=1, **sizes)
+    RobertaModel(config).save_pretrained(tmp_path / "roberta")
+    tokenizer.save_pretrained(tmp_path / "roberta")
+    X, Y = make_texts(16, seed=33)
+    X = [text + " the" * 60 for text in X]  # every text longer than max_length
+    params = dict(model_name=str(tmp_path / "roberta"), max_epochs=1, train_split=None, random_state=0)
+    with pytest.raises(ValueError, match="max_length=33 exceeds the 32 positions"):
+        BertMultiLabelClassifier(max_length=33, **params).fit(X, Y)
+    proba = BertMultiLabelClassifier(max_length=32, **params).fit(X, Y).predict_proba(X)
+    assert proba.shape == (16, 3) and np.isfinite(proba).all()
