@@ -177,7 +177,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         the size of each window). Batches are padded to their own longest
         text, never to ``max_length``.
     long_text : {"truncate", "chunk"}, default="truncate"
-        ``"truncate"`` reads the first ``max_length`` tokens of each text.
+        ``"truncate"`` reads the first ``max_length`` tokens of each text
+        (the last ones with a tokenizer saved with ``truncation_side="left"``).
         ``"chunk"`` cuts each text into windows of ``max_length`` tokens
         overlapping by ``stride``, encodes every window and combines the
         windows' logits with ``chunk_aggregation``, in fit (the loss is on
