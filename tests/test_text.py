@@ -134,3 +134,17 @@ with mp.get_context("fork").Pool(2) as pool:
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "huggingface/tokenizers" not in done.stderr
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_truncation_keeps_the_side_the_tokenizer_says(tiny_model_dir, side):
+    from transformers import AutoTokenizer
+
+    from sklearn_bert_multilabel._text import tokenize
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir, truncation_side=side)
+    (ids,) = tokenize(tokenizer, ["goal " + "the " * 20 + "bank"], max_length=6)
+    words = tokenizer.convert_ids_to_tokens(ids.tolist())
+    assert len(words) == 6 and words[0] == "[CLS]" and words[-1] == "[SEP]"
+    kept = ["goal", "the", "the", "the"] if side == "right" else ["the", "the", "the", "bank"]
+    assert words[1:-1] == kept
