@@ -56,6 +56,19 @@ def _check_local(model_name: str) -> None:
             "by model.save_pretrained(folder) and tokenizer.save_pretrained(folder)), or a "
             "Hugging Face hub id such as 'bert-base-uncased'."
         )
+    folder = os.path.expanduser(model_name)
+    if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "config.json")):
+        inner = sorted(
+            entry.name
+            for entry in os.scandir(folder)
+            if entry.is_dir() and os.path.isfile(os.path.join(entry.path, "config.json"))
+        )
+        hint = f" Its subfolder {inner[0]!r} has one: pass that folder." if inner else ""
+        raise ValueError(
+            f"model_name={model_name!r} is a folder without config.json. Pass the folder that "
+            "holds the encoder's config.json, weights and tokenizer files (as written by "
+            f"model.save_pretrained(folder) and tokenizer.save_pretrained(folder)).{hint}"
+        )
 
 
 def _load_error(model_name: str, exc: Exception) -> ValueError:

@@ -566,3 +566,21 @@ def test_roberta_style_position_offset_limits_max_length(tiny_model_dir, tmp_pat
         BertMultiLabelClassifier(max_length=33, **params).fit(X, Y)
     proba = BertMultiLabelClassifier(max_length=32, **params).fit(X, Y).predict_proba(X)
     assert proba.shape == (16, 3) and np.isfinite(proba).all()
+
+
+def test_folder_without_config_names_the_subfolder_that_has_one(tiny_model_dir, tmp_path):
+    """A sentence-transformers layout keeps the encoder in a subfolder such as 0_Transformer."""
+    import shutil
+
+    shutil.copytree(tiny_model_dir, tmp_path / "st" / "0_Transformer")
+    (tmp_path / "st" / "modules.json").write_text("[]", encoding="utf-8")
+    (tmp_path / "empty").mkdir()
+    fit_data = (["a good game", "stocks fell"], [[1, 0], [0, 1]])
+    hints = {"st": r" Its subfolder '0_Transformer' has one: pass that folder\.", "empty": r"\)\.$"}
+    for folder, hint in hints.items():
+        clf = BertMultiLabelClassifier(model_name=str(tmp_path / folder), max_epochs=1, train_split=None)
+        with pytest.raises(ValueError, match=f"is a folder without config.json.*{hint}"):
+            clf.fit(*fit_data)
+    inner = str(tmp_path / "st" / "0_Transformer")
+    clf = BertMultiLabelClassifier(model_name=inner, max_epochs=1, train_split=None)
+    assert clf.fit(*fit_data).predict(["a win"]).shape == (1, 2)
