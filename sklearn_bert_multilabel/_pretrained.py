@@ -82,28 +82,30 @@ def _load_error(model_name: str, exc: Exception) -> ValueError:
     )
 
 
-#: Plain words and digits that every real vocabulary has pieces for.
+#: Plain words and digits, for the check below.
 _PROBE_TEXT = "the cat sat on a mat 42 times"
 
 
 def _check_vocabulary(model_name: str, tokenizer) -> None:
-    """Raise if ``tokenizer`` turns every piece of a plain sentence into its unknown token.
+    """Raise if ``tokenizer`` knows nothing but its special tokens.
 
     transformers builds such a tokenizer, without an error, from a folder that
-    holds a model's config and weights but not its tokenizer files: the model
-    would then see nothing of the texts.
+    holds a model's config and weights but not its tokenizer files: every word
+    becomes the unknown token, and the model would see nothing of the texts.
+    (A small vocabulary of its own, such as a protein model's amino acids, is
+    not refused, even though it has no piece for English words.)
     """
     unk = getattr(tokenizer, "unk_token_id", None)
-    if unk is None:
+    if unk is None or len(tokenizer) > len(set(tokenizer.all_special_ids)):
         return
     ids = tokenizer(_PROBE_TEXT, add_special_tokens=False)["input_ids"]
     if ids and all(i == unk for i in ids):
         raise ValueError(
-            f"The tokenizer of model_name={model_name!r} turns every word of {_PROBE_TEXT!r} into "
-            f"its unknown token {tokenizer.unk_token!r} (its vocabulary has {len(tokenizer)} "
-            "entries), so the model would see nothing of the texts. The folder probably lacks "
-            "the tokenizer's files (tokenizer.json, vocab.txt...): write them beside the model "
-            "with tokenizer.save_pretrained(folder)."
+            f"The tokenizer of model_name={model_name!r} has only its {len(tokenizer)} special "
+            f"tokens, so it turns every word of {_PROBE_TEXT!r} into its unknown token "
+            f"{tokenizer.unk_token!r} and the model would see nothing of the texts. The folder "
+            "probably lacks the tokenizer's files (tokenizer.json, vocab.txt...): write them "
+            "beside the model with tokenizer.save_pretrained(folder)."
         )
 
 

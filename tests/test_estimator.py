@@ -479,7 +479,8 @@ def test_model_folder_without_tokenizer_files_is_refused(tiny_model_dir, tmp_pat
     clf = BertMultiLabelClassifier(model_name=str(folder), max_epochs=1, train_split=None)
     with pytest.raises(
         ValueError,
-        match=r"(?s)turns every word of .* into its unknown token '\[UNK\]'.*"
+        match=r"(?s)has only its 5 special tokens, so it turns every word of .* into its unknown "
+        r"token '\[UNK\]'.*"
         r"tokenizer.save_pretrained\(folder\)",
     ):
         clf.fit(["a good game", "stocks fell"], [[1, 0], [0, 1]])
@@ -584,3 +585,30 @@ def test_folder_without_config_names_the_subfolder_that_has_one(tiny_model_dir, 
     inner = str(tmp_path / "st" / "0_Transformer")
     clf = BertMultiLabelClassifier(model_name=inner, max_epochs=1, train_split=None)
     assert clf.fit(*fit_data).predict(["a win"]).shape == (1, 2)
+
+
+def test_small_vocabulary_of_its_own_is_accepted(tmp_path):
+    """A protein-style vocabulary has no piece for English words but is not a missing tokenizer."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    letters = list("ACDEFGHIKLMNPQRSTVWY")
+    (tmp_path / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters]) + "\n"
+    )
+    tokenizer = BertTokenizerFast.from_pretrained(str(tmp_path), do_lower_case=False)
+    assert tokenizer.convert_ids_to_tokens(tokenizer("M K T")["input_ids"])[1:-1] == ["M", "K", "T"]
+    assert set(tokenizer("the cat", add_special_tokens=False)["input_ids"]) == {tokenizer.unk_token_id}
+    tokenizer.save_pretrained(str(tmp_path))
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
+    BertModel(config).save_pretrained(str(tmp_path))
+    rng = np.random.default_rng(0)
+    X = [" ".join(rng.choice(letters, size=12)) for _ in range(16)]
+    Y = np.array([[int("W" in x), int("C" in x)] for x in X])
+    clf = BertMultiLabelClassifier(model_name=str(tmp_path), max_epochs=1, train_split=None, random_state=0)
+    assert clf.fit(X, Y).predict_proba(X).shape == (16, 2)
