@@ -121,7 +121,12 @@ def build_head(
 
 
 class AttentionPooling(nn.Module):
-    """Learned attention weights over tokens; padding gets exactly zero weight."""
+    """Learned attention weights over tokens; padding gets exactly zero weight.
+
+    A text without any token (an empty text, with a tokenizer that adds no
+    special tokens) pools to zeros, as with the mean, rather than to the NaN
+    of a softmax over nothing.
+    """
 
     def __init__(self, hidden_size: int):
         super().__init__()
@@ -129,8 +134,10 @@ class AttentionPooling(nn.Module):
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         scores = self.score(hidden).squeeze(-1).float()
-        scores = scores.masked_fill(attention_mask == 0, float("-inf"))
-        weights = torch.softmax(scores, dim=1).to(hidden.dtype)
+        padding = attention_mask == 0
+        empty = padding.all(dim=1, keepdim=True)
+        scores = scores.masked_fill(padding & ~empty, float("-inf"))
+        weights = torch.softmax(scores, dim=1).masked_fill(empty, 0.0).to(hidden.dtype)
         return torch.einsum("bt,bth->bh", weights, hidden)
 
 

@@ -122,3 +122,20 @@ def test_frozen_encoder_stays_in_evaluation_mode_and_keeps_its_layers(tiny_model
     assert all(m.training for m in tuned.modules())
     tuned.eval()
     assert not any(m.training for m in tuned.modules())
+
+
+def test_attention_pooling_of_a_text_without_tokens_is_zero_and_trains():
+    """A tokenizer without special tokens gives an empty text no token at all: no NaN from the softmax."""
+    from sklearn_bert_multilabel._model import AttentionPooling
+
+    torch.manual_seed(0)
+    pool = AttentionPooling(4)
+    hidden = torch.randn(2, 3, 4, requires_grad=True)
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0]])
+    out = pool(hidden, mask)
+    assert torch.equal(out[1], torch.zeros(4))
+    weights = torch.softmax(pool.score(hidden[0, :2]).squeeze(-1), dim=0)
+    torch.testing.assert_close(out[0], weights @ hidden[0, :2])
+    out.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in pool.parameters())
+    assert torch.isfinite(hidden.grad).all() and torch.equal(hidden.grad[1], torch.zeros(3, 4))
