@@ -87,6 +87,7 @@ from ._validation import (
     Problems,
     check_device,
     check_label_matrix,
+    check_label_names,
     check_per_label,
     check_texts,
     is_int,
@@ -645,10 +646,20 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         problems = Problems()
         texts = check_texts(X, problems)
-        Y_arr, _ = check_label_matrix(Y, problems)
+        Y_arr, names = check_label_matrix(Y, problems)
         if Y_arr is not None and Y_arr.shape[1] != self.n_labels_:
             problems.append(
                 f"Y has {Y_arr.shape[1]} label columns but the model was fitted with {self.n_labels_}."
+            )
+        fitted_names = list(self.label_names_)
+        if fitted_names != [str(j) for j in range(self.n_labels_)]:  # names came with the fit's Y
+            check_label_names(
+                names,
+                fitted_names,
+                problems,
+                name="Y",
+                against="the model (label_names_)",
+                reorder="Y[clf.label_names_]",
             )
         if texts is not None and Y_arr is not None and len(texts) != len(Y_arr):
             problems.append(f"X has {len(texts)} texts but Y has {len(Y_arr)} rows.")
@@ -706,7 +717,15 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 problems.append("validation_data must be a tuple (X_val, Y_val).")
             else:
                 val_texts = check_texts(validation_data[0], problems, name="validation_data X")
-                Y_val, _ = check_label_matrix(validation_data[1], problems, name="validation_data Y")
+                Y_val, val_names = check_label_matrix(validation_data[1], problems, name="validation_data Y")
+                check_label_names(
+                    val_names,
+                    names,
+                    problems,
+                    name="validation_data Y",
+                    against="Y",
+                    reorder="Y_val[Y.columns]",
+                )
                 if Y is not None and Y_val is not None and Y_val.shape[1] != Y.shape[1]:
                     problems.append(
                         f"validation_data Y has {Y_val.shape[1]} label columns, Y has {Y.shape[1]}."

@@ -174,6 +174,36 @@ def check_label_matrix(
     return arr.astype(np.float32), names
 
 
+def check_label_names(
+    given: Sequence[str] | None,
+    expected: Sequence[str] | None,
+    problems: Problems,
+    *,
+    name: str,
+    against: str,
+    reorder: str,
+) -> None:
+    """Record a problem if a DataFrame's label columns are not ``expected``, in that order.
+
+    Labels are matched by position, so a DataFrame whose columns are reordered
+    or different would otherwise give silently wrong results. Nothing is
+    checked when either side has no names or the counts differ (reported
+    elsewhere). ``reorder`` is the expression the message suggests for a
+    mere change of order (``"Y[clf.label_names_]"``).
+    """
+    if given is None or expected is None or len(given) != len(expected) or list(given) == list(expected):
+        return
+    j = next(i for i, (a, b) in enumerate(zip(given, expected, strict=True)) if a != b)
+    if sorted(given) == sorted(expected):
+        what, fix = "the same labels in another order", f"reorder its columns: {reorder}"
+    else:
+        what, fix = "other labels", f"give the columns of {against}, in the same order"
+    problems.append(
+        f"{name} has {what} than {against}: its column {j} is {given[j]!r} where {against} has "
+        f"{expected[j]!r}. Labels are matched by position; {fix}."
+    )
+
+
 def warn_unused_labels(Y: np.ndarray, label_names: Sequence[str]) -> None:
     """Warn about label columns with no positive example."""
     never = np.flatnonzero(Y.sum(axis=0) == 0)

@@ -612,3 +612,21 @@ def test_small_vocabulary_of_its_own_is_accepted(tmp_path):
     Y = np.array([[int("W" in x), int("C" in x)] for x in X])
     clf = BertMultiLabelClassifier(model_name=str(tmp_path), max_epochs=1, train_split=None, random_state=0)
     assert clf.fit(X, Y).predict_proba(X).shape == (16, 2)
+
+
+def test_label_columns_after_fit_must_match_label_names(tiny_model_dir):
+    """Labels are matched by position: a reordered DataFrame would give silently wrong thresholds."""
+    X, Y = make_texts(48, seed=34)
+    names = ["sports", "business", "positive"]
+    frame = pd.DataFrame(Y, columns=names)
+    clf = BertMultiLabelClassifier(model_name=tiny_model_dir, max_epochs=1, train_split=None, random_state=0)
+    clf.fit(X, frame)
+    reordered = frame[["positive", "sports", "business"]]
+    for call in (clf.fit_thresholds, clf.score):
+        with pytest.raises(ValueError, match=r"same labels in another order .* Y\[clf.label_names_\]"):
+            call(X, reordered)
+    with pytest.raises(ValueError, match=r"Y has other labels than the model .* column 0 is 'a'"):
+        clf.score(X, frame.set_axis(["a", "b", "c"], axis=1))
+    assert 0 <= clf.score(X, frame) <= 1 and 0 <= clf.score(X, Y) <= 1  # same order, or no names
+    unnamed = clone(clf).fit(X, Y)  # names 0, 1, 2: nothing to check a DataFrame against
+    assert 0 <= unnamed.score(X, reordered) <= 1

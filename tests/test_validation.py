@@ -197,3 +197,18 @@ def test_errors_do_not_warn_first(clf):
         warnings.simplefilter("error")
         with pytest.raises(ValueError):
             clf.fit(X4, [[0, 1]] * 3)
+
+
+def test_validation_labels_in_another_order_are_refused(clf):
+    Y = pd.DataFrame(Y4, columns=["sports", "business"])
+    shuffled = Y[["business", "sports"]]
+    with pytest.raises(
+        InvalidInputError,
+        match=r"validation_data Y has the same labels in another order than Y: "
+        r"its column 0 is 'business' where Y has 'sports'.*Y_val\[Y.columns\]",
+    ):
+        clf.fit(X4, Y, validation_data=(X4, shuffled))
+    with pytest.raises(
+        InvalidInputError, match=r"validation_data Y has other labels than Y.*in the same order"
+    ):
+        clf.fit(X4, Y, validation_data=(X4, shuffled.set_axis(["a", "b"], axis=1)))
