@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -114,6 +115,12 @@ def check_label_matrix(
     names = None
     if hasattr(Y, "columns") and hasattr(Y, "to_numpy"):
         names = [str(c) for c in Y.columns]
+        repeated = sorted(n for n, count in Counter(names).items() if count > 1)
+        if repeated:
+            problems.append(
+                f"{name}'s column names must be unique (they become the label names); "
+                f"repeated: {', '.join(map(repr, repeated[:5]))}."
+            )
         Y = Y.to_numpy()
     elif hasattr(Y, "iloc") and hasattr(Y, "to_numpy"):
         Y = Y.to_numpy()

@@ -212,3 +212,9 @@ def test_validation_labels_in_another_order_are_refused(clf):
         InvalidInputError, match=r"validation_data Y has other labels than Y.*in the same order"
     ):
         clf.fit(X4, Y, validation_data=(X4, shuffled.set_axis(["a", "b"], axis=1)))
+
+
+def test_repeated_label_names_are_refused(clf):
+    Y = pd.DataFrame(Y4, columns=["sports", "sports"])
+    with pytest.raises(InvalidInputError, match=r"Y's column names must be unique .* repeated: 'sports'\."):
+        clf.fit(X4, Y)
