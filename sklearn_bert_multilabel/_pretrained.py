@@ -58,11 +58,14 @@ def _check_local(model_name: str) -> None:
         )
     folder = os.path.expanduser(model_name)
     if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "config.json")):
-        inner = sorted(
-            entry.name
-            for entry in os.scandir(folder)
-            if entry.is_dir() and os.path.isfile(os.path.join(entry.path, "config.json"))
-        )
+        try:
+            inner = sorted(
+                entry.name
+                for entry in os.scandir(folder)
+                if entry.is_dir() and os.path.isfile(os.path.join(entry.path, "config.json"))
+            )
+        except OSError:  # an unreadable folder: no hint
+            inner = []
         hint = f" Its subfolder {inner[0]!r} has one: pass that folder." if inner else ""
         raise ValueError(
             f"model_name={model_name!r} is a folder without config.json. Pass the folder that "
@@ -110,7 +113,7 @@ def _check_vocabulary(model_name: str, tokenizer) -> None:
 
 
 def load_tokenizer(model_name: str, **kwargs):
-    """Load the fast tokenizer of ``model_name``, checked to know plain words."""
+    """Load the fast tokenizer of ``model_name``, checked to hold more than its special tokens."""
     from transformers import AutoTokenizer
 
     _check_local(model_name)
