@@ -90,6 +90,8 @@ from ._validation import (
     check_label_names,
     check_per_label,
     check_texts,
+    default_label_names,
+    device_here,
     is_int,
     is_number,
     warn_single_label,
@@ -652,7 +654,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 f"Y has {Y_arr.shape[1]} label columns but the model was fitted with {self.n_labels_}."
             )
         fitted_names = list(self.label_names_)
-        if fitted_names != [str(j) for j in range(self.n_labels_)]:  # names came with the fit's Y
+        if fitted_names != default_label_names(self.n_labels_):  # names came with the fit's Y
             check_label_names(
                 names,
                 fitted_names,
@@ -753,7 +755,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                     problems.append(f"{name} has {length} values but Y has {n_labels} label columns.")
         problems.raise_if_any()
 
-        label_names = names if names is not None else [str(j) for j in range(n_labels)]
+        label_names = names if names is not None else default_label_names(n_labels)
         warn_unused_labels(Y, label_names)
         warn_single_label(n_labels)
         device = self._resolve_device(Problems())
@@ -1657,12 +1659,11 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         module = state.get("module_")
         if isinstance(module, _SerializedModule):
             fitted_on = state.get("device_", "cpu")
-            if check_device(fitted_on, Problems()) is None:  # a GPU this machine does not have
-                logger.info("model fitted on %s loaded on cpu", fitted_on)
-                state["device_"] = "cpu"
-                state["module_"] = module.load("cpu")
-            else:
-                state["module_"] = module.load(None)
+            device = device_here(fitted_on)
+            if device != fitted_on:
+                logger.info("model fitted on %s loaded on %s", fitted_on, device)
+                state["device_"] = device
+            state["module_"] = module.load(None if device == fitted_on else device)
         super().__setstate__(state)
 
 

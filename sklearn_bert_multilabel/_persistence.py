@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validation import Problems, check_device
+from ._validation import Problems, check_device, device_here
 from ._version import __version__
 
 logger = logging.getLogger(__name__)
@@ -349,10 +349,9 @@ def load_estimator(cls, path: str | os.PathLike, *, device: str | None = None):
     estimator = cls(**params)
     if device is None:
         saved_device = str(fitted.get("device", "cpu"))
-        device = check_device(saved_device, Problems())
-        if device is None:  # a GPU this machine does not have
-            logger.info("model saved on %s loaded on cpu", saved_device)
-            device = "cpu"
+        device = device_here(saved_device)
+        if device != saved_device:
+            logger.info("model saved on %s loaded on %s", saved_device, device)
     estimator._set_model(module.eval(), tokenizer, device, names)
     estimator.tuned_thresholds_ = _fitted_value(fitted, "tuned_thresholds", n_labels)
     estimator.pos_weight_ = _fitted_value(fitted, "pos_weight", n_labels)

@@ -239,6 +239,20 @@ def warn_single_label(n_labels: int) -> None:
         )
 
 
+def default_label_names(n_labels: int) -> list[str]:
+    """The label names of a fit whose Y had none: the column numbers as text."""
+    return [str(j) for j in range(n_labels)]
+
+
+def device_here(saved: str) -> str:
+    """Where a model saved or pickled on device ``saved`` goes on this machine.
+
+    ``saved`` itself when this machine has it, else the CPU (a GPU this
+    machine lacks: no CUDA, or no such index).
+    """
+    return check_device(saved, Problems()) or "cpu"
+
+
 def check_device(device: object, problems: Problems, *, name: str = "device") -> str | None:
     """Resolve ``device`` (``"auto"``: CUDA when available) and check this machine has it.
 
