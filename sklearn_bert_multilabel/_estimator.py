@@ -291,6 +291,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         random state, so the result equals an uninterrupted run), else from
         the weights of the previous fit (same labels and architecture) for
         ``max_epochs`` more epochs, like ``MLPClassifier(warm_start=True)``.
+        Labels are matched by name when both fits' ``Y`` had column names
+        (each continues from its own weights, in any column order), else by
+        position.
     checkpoint_dir : str, path or None, default=None
         Folder where every completed epoch writes a resumable checkpoint,
         under a key made of the data and the training parameters (as
@@ -954,10 +957,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         previous = before.get("module_")
         if previous is not None:
             weights = state_for_cache(previous, bool(self.freeze_encoder))
-            if before.get("n_labels_") == self.n_labels_ and _matches(
-                module, weights, bool(self.freeze_encoder)
-            ):
-                start["weights"] = weights
+            order = _label_order(before.get("label_names_"), self.label_names_)
+            if order is not None and _matches(module, weights, bool(self.freeze_encoder)):
+                start["weights"] = _reorder_labels(module, weights, order)
                 start["folder"] = None  # such a run is not reproducible from the data alone
             else:
                 warnings.warn(
@@ -1665,6 +1667,42 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 state["device_"] = device
             state["module_"] = module.load(None if device == fitted_on else device)
         super().__setstate__(state)
+
+
+def _label_order(previous: list[str] | None, current: list[str]) -> list[int] | None:
+    """Which label of the previous fit each label of this one continues, or None.
+
+    Labels are matched by name when both fits had named labels, so that a warm
+    start on the same columns in another order keeps each label's weights; by
+    position when either fit's labels were unnamed (a plain array). None when
+    the labels differ.
+    """
+    if previous is None or len(previous) != len(current):
+        return None
+    unnamed = default_label_names(len(current))
+    if list(previous) in (list(current), unnamed) or list(current) == unnamed:
+        return list(range(len(current)))
+    where = {name: i for i, name in enumerate(previous)}
+    if set(where) != set(current):
+        return None
+    return [where[name] for name in current]
+
+
+def _reorder_labels(module: torch.nn.Module, weights: dict, order: list[int]) -> dict:
+    """``weights`` with the rows that belong to one label each put in ``order``.
+
+    Those are the rows of the head's last layer and of the window scorer.
+    """
+    if order == list(range(len(order))):
+        return weights
+    per_label = [module.head[-1]] + ([module.window_scorer] if module.window_scorer is not None else [])
+    names = {id(layer): name for name, layer in module.named_modules()}
+    weights = dict(weights)
+    for layer in per_label:
+        for part in ("weight", "bias"):
+            key = f"{names[id(layer)]}.{part}"
+            weights[key] = weights[key][order]
+    return weights
 
 
 def _matches(module: torch.nn.Module, weights: dict, frozen: bool) -> bool:

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import f1_score
 from sklearn.model_selection import GridSearchCV
+from skorch.callbacks import Callback
 
 from sklearn_bert_multilabel import (
     BertMultiLabelClassifier,
@@ -338,6 +339,40 @@ def test_warm_start_continues_from_the_previous_fit(fast_params, toy_data):
     with pytest.warns(UserWarning, match="other labels or another architecture"):
         clf.fit(X, Y[:, :2])
     assert clf.n_labels_ == 2
+
+
+class StartingWeights(Callback):
+    """The model's weights when training starts."""
+
+    def on_train_begin(self, net, **kwargs):
+        self.state = {k: v.detach().clone() for k, v in net.module_.state_dict().items()}
+
+
+@pytest.mark.parametrize("aggregation", [None, "attention"])
+def test_warm_start_matches_labels_by_name(fast_params, toy_data, aggregation):
+    X, Y = toy_data
+    params = {**fast_params, "max_epochs": 1}
+    if aggregation:  # the window scorer has one row per label too
+        params.update(long_text="chunk", chunk_aggregation=aggregation, max_length=12, stride=4)
+        params.update(hidden_layer_sizes=(8,))
+    Y = pd.DataFrame(Y, columns=["a", "b", "c"])
+    clf = BertMultiLabelClassifier(**params).fit(X, Y)
+    before = {k: v.clone() for k, v in clf.module_.state_dict().items()}
+    start = StartingWeights()
+    clf.set_params(warm_start=True, callbacks=[("start", start)]).fit(X, Y[["c", "a", "b"]])
+    assert clf.label_names_ == ["c", "a", "b"]
+    last = f"head.{len(clf.module_.head) - 1}."
+    per_label = [k for k in before if k.startswith((last, "window_scorer."))]
+    assert len(per_label) == (4 if aggregation else 2)
+    for key, value in before.items():  # each label continues from its own weights
+        expected = value[[2, 0, 1]] if key in per_label else value
+        torch.testing.assert_close(start.state[key], expected, rtol=0, atol=0)
+    with pytest.warns(UserWarning, match="other labels"):  # other names: no label to continue
+        clf.fit(X, Y.set_axis(["a", "b", "x"], axis=1))
+    with warnings.catch_warnings():  # unnamed labels continue by position
+        warnings.simplefilter("error")
+        clf.fit(X, Y.to_numpy())
+    assert clf.label_names_ == ["0", "1", "2"]
 
 
 def test_damaged_checkpoint_is_skipped_with_a_warning(fast_params, toy_data, tmp_path):
