@@ -713,6 +713,11 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         problems = Problems()
         self._check_params(problems)
         texts = check_texts(X, problems)
+        if texts is not None and not any(text.strip() for text in texts):
+            problems.append(
+                f"X holds only empty or blank texts (all {len(texts)}): the model would learn "
+                "nothing from them. Pass the column that holds the texts."
+            )
         Y, names = check_label_matrix(y, problems)
         if texts is not None and Y is not None and len(texts) != len(Y):
             problems.append(f"X has {len(texts)} texts but Y has {len(Y)} rows; they must match.")

@@ -104,6 +104,14 @@ def _is_missing(value: object) -> bool:
         return True
 
 
+def _is_number(value: object) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def check_label_matrix(
     Y: object, problems: Problems, name: str = "Y"
 ) -> tuple[np.ndarray | None, list[str] | None]:
@@ -161,7 +169,18 @@ def check_label_matrix(
         try:
             arr = arr.astype(np.float64)
         except (TypeError, ValueError):
-            problems.append(f"{name} must hold numbers 0/1 or booleans, got dtype {arr.dtype}.")
+            odd = []
+            for value in arr.ravel():
+                if not _is_number(value) and value not in odd:
+                    odd.append(value)
+                    if len(odd) == 3:
+                        break
+            shown = ", ".join(_describe(value) for value in odd)
+            example = f"({name} == {odd[0]!r}).astype(int)" if isinstance(odd[0], str) else None
+            hint = f" To mark {odd[0]!r} as the positive answer, pass {example}." if example else ""
+            problems.append(
+                f"{name} must hold numbers 0/1 or booleans; it holds values such as {shown}.{hint}"
+            )
             return None, names
     if arr.dtype.kind == "f" and np.isnan(arr).any():
         rows, cols = np.nonzero(np.isnan(arr))

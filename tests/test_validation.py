@@ -42,8 +42,9 @@ def no_training(monkeypatch):
         (np.array([["a"], ["b"], ["c"], ["d"]]), r"X must be 1-D.*X\[:, 0\]"),
         (pd.DataFrame({"text": X4}), r"select the text column"),
         (42, "X must be a list, tuple, 1-D array or pandas Series of str"),
+        (["", "  ", "\n", ""], r"X holds only empty or blank texts \(all 4\)"),
     ],
-    ids=["int", "none", "nan", "numeric-array", "single-str", "2d", "dataframe", "scalar"],
+    ids=["int", "none", "nan", "numeric-array", "single-str", "2d", "dataframe", "scalar", "all-blank"],
 )
 def test_bad_texts(clf, X, match):
     with pytest.raises(InvalidInputError, match=match):
@@ -69,9 +70,14 @@ def test_length_mismatch(clf):
         (np.array([[1, 0], [0, np.nan], [1, 0], [0, 1]]), "Y contains 1 NaN value.*row 1, column 1"),
         ([[0, 3], [1], [2], [1, 2]], "MultiLabelBinarizer"),
         (np.array([["a", "b"]] * 4), "Y must hold numbers 0/1"),
+        (
+            pd.DataFrame({"p": ["yes", "no", "1", "no"], "q": ["no", "yes", "0", "no"]}),
+            r"values such as 'yes', 'no'\. To mark 'yes' as the positive answer, pass "
+            r"\(Y == 'yes'\)\.astype\(int\)",
+        ),
         (np.zeros((4, 0)), "no label columns"),
     ],
-    ids=["1d", "3d", "non-binary", "nan", "ragged", "strings", "no-columns"],
+    ids=["1d", "3d", "non-binary", "nan", "ragged", "strings", "yes-no", "no-columns"],
 )
 def test_bad_labels(clf, Y, match):
     with pytest.raises(ValueError, match=match):
