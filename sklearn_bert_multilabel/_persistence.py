@@ -16,13 +16,17 @@ clear error instead of giving a partial model.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib
 import json
 import logging
 import os
+import random
 import shutil
 import tempfile
+import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -135,12 +139,40 @@ def staged_folder(target: Path):
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield staging
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        _replace_folder(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+_jitter = random.Random()  # its own generator: the caller's random state is not touched
+
+
+def _replace_folder(staging: Path, target: Path, attempts: int = 50) -> None:
+    """Rename ``staging`` to ``target``, replacing the folder there.
+
+    A folder already at ``target`` is first renamed away whole, then removed,
+    so a reader sees the old folder or the new one, never one half deleted.
+    Another process may write the same folder at the same moment (identical
+    fits of a parallel search write the same checkpoint): when its folder
+    takes the place first, that one is moved away in turn and the rename
+    retried, so the last writer wins instead of failing.
+    """
+    for attempt in range(attempts):
+        try:
+            os.replace(staging, target)  # succeeds when nothing (or an empty folder) is there
+            return
+        except OSError as exc:  # a folder with files is there (Windows: any folder)
+            if attempt == attempts - 1 or exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EACCES):
+                raise
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
+        try:
+            os.replace(target, old)
+        except FileNotFoundError:  # another writer moved it first
+            pass
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+        time.sleep(_jitter.uniform(0, 0.001 * (attempt + 1)))  # out of step with the other writer
 
 
 def save_estimator(estimator, path: str | os.PathLike) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from conftest import make_texts
 
 from sklearn_bert_multilabel import BertMultiLabelClassifier, InvalidInputError, ModelFileError, __version__
-from sklearn_bert_multilabel._persistence import MANIFEST, WEIGHTS
+from sklearn_bert_multilabel._persistence import MANIFEST, WEIGHTS, staged_folder
 
 
 @pytest.fixture(scope="module")
@@ -325,3 +326,28 @@ def test_pickle_holds_the_weights_once_and_no_optimizer_state(tuned):
     # Adam's two moment buffers alone would add 2x the weights.
     assert len(payload) < 1.1 * weights + tokenizer + 50_000
     assert not any("optimizer" in key and key != "optimizer" for key in vars(clf))
+
+
+def test_two_writers_of_one_folder_both_succeed(tmp_path):
+    """Identical fits of a parallel search write the same checkpoint folder at once."""
+    target = tmp_path / "epoch-0001"
+    errors = []
+
+    def write(name):
+        for i in range(200):
+            try:
+                with staged_folder(target) as staging:
+                    (staging / "a.txt").write_text(f"{name} {i}")
+                    (staging / "b.txt").write_text(f"{name} {i}")
+            except OSError as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(name,)) for name in "AB"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001"]  # nothing left behind
+    texts = {(target / name).read_text() for name in ("a.txt", "b.txt")}
+    assert len(texts) == 1 and texts.pop().endswith(" 199")  # one writer's complete, last folder
