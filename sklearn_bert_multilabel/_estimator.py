@@ -64,6 +64,7 @@ from ._pretrained import (
     load_tokenizer,
     max_positions,
     needs_decoder_inputs,
+    newly_initialized,
     resolve_model_path,
     reused_tokenizer,
     shared_frozen_encoder,
@@ -709,6 +710,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         SingleLabelWarning
             ``y`` has one column: scikit-learn's scorers take it for a binary
             target, so ``scoring="roc_auc"`` gives 1 - AUC for this model.
+        UserWarning
+            Weights the model uses were not in the encoder's checkpoint and
+            start random: the pooler of a masked-language-model checkpoint
+            with ``pooling="pooler"``, or any other encoder weight.
         """
         problems = Problems()
         self._check_params(problems)
@@ -837,6 +842,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 f"{type(encoder).__name__} ({self.model_name}) has none. "
                 "Use pooling='cls', 'mean' or 'attention'."
             )
+        self._warn_untrained_weights(encoder)
         limit = max_positions(encoder)
         if limit is not None and self.max_length > limit:
             problems.append(
@@ -902,6 +908,36 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         module.eval()
 
         self._tune_on_valid(valid)
+
+    def _warn_untrained_weights(self, encoder) -> None:
+        """Warn when weights this model uses were not in the checkpoint (they start random).
+
+        A checkpoint saved from a masked-language model has no pooler, which only
+        ``pooling="pooler"`` uses; any other missing weight means the encoder is
+        not the pretrained one there.
+        """
+        missing = newly_initialized(encoder)
+        pooler = [key for key in missing if key.split(".")[0] == "pooler"]
+        others = [key for key in missing if key.split(".")[0] != "pooler"]
+        if pooler and self.pooling == "pooler":
+            kept = ", and freeze_encoder=True keeps it so" if self.freeze_encoder else ""
+            warnings.warn(
+                f"pooling='pooler' pools through the encoder's pooler layer, but the checkpoint of "
+                f"model_name={self.model_name!r} has no weights for it ({', '.join(pooler)}): it "
+                f"starts random{kept}. Use pooling='cls' or 'mean', or a checkpoint with a trained pooler.",
+                UserWarning,
+                stacklevel=4,
+            )
+        if others:
+            total = sum(1 for _ in encoder.state_dict())
+            shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+            warnings.warn(
+                f"{len(others)} of the {total} weight tensors of model_name={self.model_name!r} were "
+                f"not in its checkpoint and start random ({shown}): the encoder is not the "
+                "pretrained one there. Check that the folder's weights belong to its config.json.",
+                UserWarning,
+                stacklevel=4,
+            )
 
     def _load_pretrained(self, cached: bool, device: str):
         """The tokenizer and the encoder of ``model_name``.

@@ -148,6 +148,8 @@ def load_encoder(model_name: str, *, progress: bool = False, **kwargs):
     bfloat16 for many on the hub), which the float32 head cannot take; reduced
     precision comes from the estimator's ``precision`` (autocast) instead.
     transformers' "Loading weights" progress bar is shown only with ``progress=True``.
+    The names of the weights the checkpoint lacked, which start random, are
+    kept for :func:`newly_initialized`.
     """
     import torch
     from transformers import AutoModel
@@ -156,11 +158,20 @@ def load_encoder(model_name: str, *, progress: bool = False, **kwargs):
     path = resolve_model_path(os.path.expanduser(model_name))
     if "dtype" not in kwargs and "torch_dtype" not in kwargs:
         kwargs["dtype"] = torch.float32
+    kwargs["output_loading_info"] = True
     try:
         with _progress_bars(progress):
-            return AutoModel.from_pretrained(path, **kwargs)
+            encoder, info = AutoModel.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_error(model_name, exc) from exc
+    missing = set(info.get("missing_keys", ())) | {key[0] for key in info.get("mismatched_keys", ())}
+    encoder.newly_initialized_ = tuple(sorted(missing))
+    return encoder
+
+
+def newly_initialized(encoder) -> tuple[str, ...]:
+    """The names of the weights of ``encoder`` that its checkpoint did not hold (random ones)."""
+    return getattr(encoder, "newly_initialized_", ())
 
 
 class _Loaded:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import shutil
 import warnings
 from pathlib import Path
 
@@ -630,3 +631,35 @@ def test_label_columns_after_fit_must_match_label_names(tiny_model_dir):
     assert 0 <= clf.score(X, frame) <= 1 and 0 <= clf.score(X, Y) <= 1  # same order, or no names
     unnamed = clone(clf).fit(X, Y)  # names 0, 1, 2: nothing to check a DataFrame against
     assert 0 <= unnamed.score(X, reordered) <= 1
+
+
+def test_weights_missing_from_the_checkpoint_are_named(tiny_model_dir, tmp_path):
+    """A masked-language-model checkpoint has no pooler; a wrong folder leaves layers random."""
+    from transformers import AutoConfig, AutoTokenizer, BertForMaskedLM
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    mlm = tmp_path / "mlm"
+    BertForMaskedLM(config).save_pretrained(mlm)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(mlm)
+    X, Y = make_texts(32, seed=33)
+    params = dict(model_name=str(mlm), max_epochs=1, train_split=None, random_state=0)
+    with pytest.warns(
+        UserWarning,
+        match=r"no weights for it \(pooler.dense.bias, pooler.dense.weight\): it starts random\. ",
+    ):
+        BertMultiLabelClassifier(pooling="pooler", **params).fit(X, Y)
+    with pytest.warns(UserWarning, match="it starts random, and freeze_encoder=True keeps it so"):
+        BertMultiLabelClassifier(pooling="pooler", freeze_encoder=True, **params).fit(X, Y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the other poolings do not use the pooler
+        BertMultiLabelClassifier(pooling="cls", **params).fit(X, Y)
+
+    deeper = shutil.copytree(tiny_model_dir, tmp_path / "deeper")  # its config asks for one more layer
+    layers = config.num_hidden_layers
+    config.num_hidden_layers = layers + 1
+    config.save_pretrained(deeper)
+    match = (
+        rf"\d+ of the \d+ weight tensors .* start random \(encoder\.layer\.{layers}\..* the encoder is not"
+    )
+    with pytest.warns(UserWarning, match=match):
+        BertMultiLabelClassifier(**{**params, "model_name": str(deeper)}).fit(X, Y)
