@@ -60,6 +60,7 @@ from ._net import (
 from ._pretrained import (
     DEFAULT_MODEL,
     folder_stamp,
+    ids_beyond_embeddings,
     load_encoder,
     load_tokenizer,
     max_positions,
@@ -843,6 +844,18 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 "Use pooling='cls', 'mean' or 'attention'."
             )
         self._warn_untrained_weights(encoder)
+        beyond = ids_beyond_embeddings(tokenizer, encoder)
+        if beyond:
+            size = encoder.get_input_embeddings().num_embeddings
+            shown = ", ".join(repr(token) for token in beyond[:3]) + (
+                f" and {len(beyond) - 3} more" if len(beyond) > 3 else ""
+            )
+            problems.append(
+                f"The tokenizer of model_name={self.model_name!r} has {len(tokenizer)} tokens, but the "
+                f"encoder embeds only ids below {size}: {shown} would have no embedding. If tokens "
+                "were added to the tokenizer, resize the encoder's embeddings with "
+                "model.resize_token_embeddings(len(tokenizer)) and save both again."
+            )
         limit = max_positions(encoder)
         if limit is not None and self.max_length > limit:
             problems.append(

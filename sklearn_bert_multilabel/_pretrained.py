@@ -169,6 +169,23 @@ def load_encoder(model_name: str, *, progress: bool = False, **kwargs):
     return encoder
 
 
+def ids_beyond_embeddings(tokenizer, encoder) -> list[str]:
+    """The tokens of ``tokenizer`` whose ids the encoder's embedding table does not hold.
+
+    Tokens added to a tokenizer without resizing the model's embeddings
+    would otherwise fail deep inside torch with "index out of range".
+    """
+    try:
+        size = encoder.get_input_embeddings().num_embeddings
+    except (AttributeError, NotImplementedError):  # no embedding table to check against
+        return []
+    if len(tokenizer) <= size:
+        return []
+    return [
+        token for token, i in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]) if i >= size
+    ]
+
+
 def newly_initialized(encoder) -> tuple[str, ...]:
     """The names of the weights of ``encoder`` that its checkpoint did not hold (random ones)."""
     return getattr(encoder, "newly_initialized_", ())

@@ -22,7 +22,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 import sklearn_bert_multilabel._net as net_module
-from sklearn_bert_multilabel import BertMultiLabelClassifier, SingleLabelWarning
+from sklearn_bert_multilabel import BertMultiLabelClassifier, InvalidInputError, SingleLabelWarning
 
 
 @pytest.fixture(scope="module")
@@ -663,3 +663,21 @@ def test_weights_missing_from_the_checkpoint_are_named(tiny_model_dir, tmp_path)
     )
     with pytest.warns(UserWarning, match=match):
         BertMultiLabelClassifier(**{**params, "model_name": str(deeper)}).fit(X, Y)
+
+
+def test_tokens_added_without_resizing_the_embeddings_are_refused(tiny_model_dir, tmp_path):
+    """Their ids are beyond the embedding table: torch would fail with 'index out of range'."""
+    from transformers import AutoTokenizer
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "added")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    size = len(tokenizer)  # the embedding table's rows
+    tokenizer.add_tokens(["newword1", "newword2"])
+    tokenizer.save_pretrained(folder)
+    clf = BertMultiLabelClassifier(model_name=str(folder), max_epochs=1, train_split=None)
+    match = (
+        rf"has {size + 2} tokens, but the encoder embeds only ids below {size}: 'newword1', 'newword2' "
+        ".*resize_token_embeddings"
+    )
+    with pytest.raises(InvalidInputError, match=match):
+        clf.fit(["a newword1 game", "stocks fell"], [[1, 0], [0, 1]])
