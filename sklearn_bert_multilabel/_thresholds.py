@@ -143,6 +143,11 @@ def _check_scores_and_labels(proba: object, Y: object) -> tuple[np.ndarray, np.n
             f"proba and Y must be 2-D arrays of the same shape (n_samples, n_labels); "
             f"got {scores.shape} and {Y_arr.shape}."
         )
+    if problems and Y_arr is None and scores is not None and np.isin(scores, (0.0, 1.0)).all():
+        problems.append(
+            "proba holds only 0 and 1 and Y does not: the arguments look swapped. The scores "
+            "come first: tune_thresholds(proba, Y), unlike scikit-learn's metrics (y_true first)."
+        )
     problems.raise_if_any()
     return scores, Y_arr
 

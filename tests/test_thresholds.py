@@ -118,8 +118,9 @@ def test_tune_thresholds_takes_array_likes_and_checks_shapes():
         ([[0.2, 0.4], [0.7, 0.1]], [[0, np.nan], [1, 0]], r"Y contains 1 NaN value"),
         ([[0.2, "x"], [0.7, 0.1]], [[0, 1], [1, 0]], "proba must hold numbers only"),
         ([0.2, 0.7], [0, 1], r"(?s)Y must be 2-D.*proba must be 2-D"),
+        ([[0, 1], [1, 0]], [[0.2, 0.4], [0.7, 0.1]], r"(?s)Y must be binary.*the arguments look swapped"),
     ],
-    ids=["nan-scores", "minus-one", "nan-labels", "text-scores", "1-d"],
+    ids=["nan-scores", "minus-one", "nan-labels", "text-scores", "1-d", "swapped"],
 )
 def test_tune_thresholds_refuses_bad_input(proba, Y, match):
     with pytest.raises(InvalidInputError, match=match):
@@ -134,6 +135,9 @@ def test_tune_thresholds_takes_sparse_and_text_labels():
     expected = tune_thresholds(proba, Y)
     np.testing.assert_array_equal(tune_thresholds(proba, sp.csr_matrix(Y)), expected)
     np.testing.assert_array_equal(tune_thresholds(proba, Y.astype(str)), expected)
+    with pytest.raises(InvalidInputError) as info:  # bad labels, but scores that are not 0/1
+        tune_thresholds(proba, Y * 2)
+    assert "swapped" not in str(info.value)
 
 
 def test_no_positive_keeps_default():
