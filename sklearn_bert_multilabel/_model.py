@@ -207,6 +207,20 @@ class MultiLabelTextModule(nn.Module):
         How the windows of a long text are combined (see
         :func:`aggregate_windows`); ``"attention"`` adds a learned scorer.
         Only used when ``forward`` gets a ``doc_index``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from transformers import BertConfig, BertModel
+    >>> from sklearn_bert_multilabel import MultiLabelTextModule
+    >>> config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1,
+    ...                     num_attention_heads=2, intermediate_size=64)
+    >>> module = MultiLabelTextModule(BertModel(config), n_labels=3, hidden_layer_sizes=(16,))
+    >>> input_ids = torch.tensor([[2, 15, 27, 3], [2, 40, 3, 0]])
+    >>> attention_mask = (input_ids != 0).long()
+    >>> logits = module(input_ids=input_ids, attention_mask=attention_mask)
+    >>> logits.shape  # one raw logit per label; torch.sigmoid(logits) gives probabilities
+    torch.Size([2, 3])
     """
 
     def __init__(

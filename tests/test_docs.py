@@ -9,8 +9,10 @@ import pytest
 
 MODULES = [
     pytest.param("sklearn_bert_multilabel._estimator", marks=pytest.mark.pretrained),  # the default model
+    "sklearn_bert_multilabel._model",
     "sklearn_bert_multilabel._split",
     "sklearn_bert_multilabel._thresholds",
+    "sklearn_bert_multilabel.datasets._goemotions",
 ]
 
 
