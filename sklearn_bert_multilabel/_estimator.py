@@ -843,7 +843,6 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 f"{type(encoder).__name__} ({self.model_name}) has none. "
                 "Use pooling='cls', 'mean' or 'attention'."
             )
-        self._warn_untrained_weights(encoder)
         beyond = ids_beyond_embeddings(tokenizer, encoder)
         if beyond:
             size = encoder.get_input_embeddings().num_embeddings
@@ -870,6 +869,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                     f"(max_length={self.max_length} minus special tokens); lower stride or raise max_length."
                 )
         problems.raise_if_any()
+        self._warn_untrained_weights(encoder)
 
         module = MultiLabelTextModule(
             encoder,
