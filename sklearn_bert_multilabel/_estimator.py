@@ -530,22 +530,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             problems.append(f"max_pos_weight must be a number >= 1, got {self.max_pos_weight!r}.")
         if not isinstance(self.freeze_encoder, (bool, np.bool_)):
             problems.append(f"freeze_encoder must be True or False, got {self.freeze_encoder!r}.")
-        for name in ("max_length", "max_epochs", "batch_size", "predict_batch_size"):
-            value = getattr(self, name)
-            low = 2 if name == "max_length" else 1
-            if not is_int(value) or value < low:
-                problems.append(f"{name} must be an int >= {low}, got {value!r}.")
-        if self.long_text not in ("truncate", "chunk"):
-            problems.append(f"long_text must be 'truncate' or 'chunk', got {self.long_text!r}.")
-        if self.chunk_aggregation not in CHUNK_AGGREGATIONS:
-            problems.append(
-                f"chunk_aggregation must be one of {list(CHUNK_AGGREGATIONS)}, "
-                f"got {self.chunk_aggregation!r}."
-            )
-        if self.stride is not None and (not is_int(self.stride) or self.stride < 0):
-            problems.append(f"stride must be None or an int >= 0, got {self.stride!r}.")
-        if self.max_chunks is not None and (not is_int(self.max_chunks) or self.max_chunks < 1):
-            problems.append(f"max_chunks must be None or an int >= 1, got {self.max_chunks!r}.")
+        for name in ("max_epochs", "batch_size"):
+            self._check_int(name, 1, problems)
+        self._check_text_params(problems)
         for name in ("lr", "weight_decay"):
             value = getattr(self, name)
             if not is_number(value) or not value >= 0 or (name == "lr" and value == 0):
@@ -572,8 +559,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             not is_number(self.max_grad_norm) or not self.max_grad_norm > 0
         ):
             problems.append(f"max_grad_norm must be a number > 0 or None, got {self.max_grad_norm!r}.")
-        if self.precision not in PRECISIONS:
-            problems.append(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}.")
+        self._check_precision(problems)
         if not (isinstance(self.optimizer, type) and issubclass(self.optimizer, torch.optim.Optimizer)):
             problems.append(
                 f"optimizer must be a torch.optim.Optimizer class such as torch.optim.AdamW, "
@@ -619,6 +605,65 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 )
         self._resolve_device(problems)
 
+    def _check_int(self, name: str, low: int, problems: Problems) -> None:
+        value = getattr(self, name)
+        if not is_int(value) or value < low:
+            problems.append(f"{name} must be an int >= {low}, got {value!r}.")
+
+    def _check_precision(self, problems: Problems) -> None:
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}.")
+
+    def _check_text_params(self, problems: Problems) -> None:
+        """The parameters that say how texts become tokens, in fit and in predictions."""
+        self._check_int("max_length", 2, problems)
+        self._check_int("predict_batch_size", 1, problems)
+        if self.long_text not in ("truncate", "chunk"):
+            problems.append(f"long_text must be 'truncate' or 'chunk', got {self.long_text!r}.")
+        if self.chunk_aggregation not in CHUNK_AGGREGATIONS:
+            problems.append(
+                f"chunk_aggregation must be one of {list(CHUNK_AGGREGATIONS)}, "
+                f"got {self.chunk_aggregation!r}."
+            )
+        if self.stride is not None and (not is_int(self.stride) or self.stride < 0):
+            problems.append(f"stride must be None or an int >= 0, got {self.stride!r}.")
+        if self.max_chunks is not None and (not is_int(self.max_chunks) or self.max_chunks < 1):
+            problems.append(f"max_chunks must be None or an int >= 1, got {self.max_chunks!r}.")
+
+    def _check_lengths(self, encoder, tokenizer, problems: Problems) -> None:
+        """``max_length`` and ``stride`` against the encoder's positions and the tokenizer."""
+        limit = max_positions(encoder)
+        if limit is not None and self.max_length > limit:
+            problems.append(
+                f"max_length={self.max_length} exceeds the {limit} positions of "
+                f"{self._model_path}; use max_length <= {limit}."
+            )
+        special = tokenizer.num_special_tokens_to_add(pair=False)
+        width = self.max_length - special
+        if width < 1:
+            problems.append(
+                f"max_length={self.max_length} leaves no room for text after the tokenizer's "
+                f"{special} special tokens; use max_length > {special}."
+            )
+        elif self._chunked and self._stride >= width:
+            problems.append(
+                f"stride={self._stride} must be smaller than the {width} text tokens of a window "
+                f"(max_length={self.max_length} minus special tokens); lower stride or raise max_length."
+            )
+
+    def _check_prediction_params(self, problems: Problems) -> None:
+        """The parameters that predictions read, which may have changed since fit."""
+        before = len(problems)
+        self._check_text_params(problems)
+        self._check_precision(problems)
+        if len(problems) == before:
+            self._check_lengths(self.module_.encoder, self.tokenizer_, problems)
+        if self.precision == "fp16" and self._module_device.type != "cuda":
+            problems.append(
+                f"precision='fp16' needs a CUDA device; this model is on {self._module_device.type}: "
+                "use 'fp32', or 'auto' for bf16 where the CPU has it."
+            )
+
     def _resolve_device(self, problems: Problems) -> str | None:
         device = check_device(self.device, problems)
         if device is None:
@@ -645,6 +690,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
     def _check_predict_texts(self, X: object) -> list[str]:
         check_is_fitted(self)
         problems = Problems()
+        self._check_prediction_params(problems)
         texts = check_texts(X, problems)
         problems.raise_if_any()
         return texts
@@ -652,6 +698,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
     def _check_eval_labels(self, X: object, Y: object) -> tuple[list[str], np.ndarray]:
         check_is_fitted(self)
         problems = Problems()
+        self._check_prediction_params(problems)
         texts = check_texts(X, problems)
         Y_arr, names = check_label_matrix(Y, problems)
         if Y_arr is not None and Y_arr.shape[1] != self.n_labels_:
@@ -855,19 +902,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 "were added to the tokenizer, resize the encoder's embeddings with "
                 "model.resize_token_embeddings(len(tokenizer)) and save both again."
             )
-        limit = max_positions(encoder)
-        if limit is not None and self.max_length > limit:
-            problems.append(
-                f"max_length={self.max_length} exceeds the {limit} positions of "
-                f"{self._model_path}; use max_length <= {limit}."
-            )
-        if self._chunked:
-            width = self.max_length - tokenizer.num_special_tokens_to_add(pair=False)
-            if self._stride >= width:
-                problems.append(
-                    f"stride={self._stride} must be smaller than the {width} text tokens of a window "
-                    f"(max_length={self.max_length} minus special tokens); lower stride or raise max_length."
-                )
+        self._check_lengths(encoder, tokenizer, problems)
         problems.raise_if_any()
         self._warn_untrained_weights(encoder)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
 import shutil
 import warnings
@@ -697,3 +698,33 @@ def test_model_name_may_be_a_path_object(tiny_model_dir, tmp_path):
         InvalidInputError, match=r"model_name must be a hub id or a local folder path \(str or path\)"
     ):
         BertMultiLabelClassifier(model_name=3).fit(X, Y)
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"predict_batch_size": 0}, r"predict_batch_size must be an int >= 1, got 0"),
+        ({"max_length": 10**6}, r"max_length=1000000 exceeds the \d+ positions"),
+        ({"max_length": 2}, r"max_length=2 leaves no room for text after the tokenizer's 2 special tokens"),
+        ({"long_text": "chunk", "stride": 100, "max_length": 16}, r"stride=100 must be smaller than the 14"),
+        ({"long_text": "chunk", "max_chunks": 0}, r"max_chunks must be None or an int >= 1, got 0"),
+        ({"long_text": "windows"}, r"long_text must be 'truncate' or 'chunk'"),
+        ({"precision": "fp8"}, r"precision must be one of"),
+        ({"precision": "fp16"}, r"precision='fp16' needs a CUDA device; this model is on cpu"),
+    ],
+)
+def test_parameters_changed_after_fit_are_checked_when_predicting(one_epoch_model, params, match):
+    """Predictions read these; set_params after fit must not reach torch with them."""
+    clf = copy.deepcopy(one_epoch_model).set_params(**params)
+    long_text = " ".join(["the match was great"] * 200)
+    for method in (clf.predict_proba, clf.decision_function, clf.predict):
+        with pytest.raises(InvalidInputError, match=match):
+            method([long_text, "a short one"])
+    with pytest.raises(InvalidInputError, match=match):
+        clf.fit_thresholds([long_text, "a short one"], [[1, 0, 0], [0, 1, 0]])
+
+
+def test_max_length_must_leave_room_for_text(tiny_model_dir):
+    clf = BertMultiLabelClassifier(model_name=tiny_model_dir, max_length=2, max_epochs=1, train_split=None)
+    with pytest.raises(InvalidInputError, match="max_length=2 leaves no room for text"):
+        clf.fit(["a long match report " * 50, "stocks fell"], [[1, 0], [0, 1]])
