@@ -574,12 +574,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 )
         if self.callbacks is not None and not isinstance(self.callbacks, (list, tuple)):
             problems.append(f"callbacks must be a list of skorch callbacks or None, got {self.callbacks!r}.")
-        if self.memory is not None and not (
-            isinstance(self.memory, (str, os.PathLike)) or hasattr(self.memory, "location")
-        ):
-            problems.append(f"memory must be None, a folder path or a joblib.Memory, got {self.memory!r}.")
-        elif isinstance(self.memory, (str, os.PathLike)) and os.path.isfile(os.path.expanduser(self.memory)):
-            problems.append(f"memory={self.memory!r} is a file; give a folder (it is created if missing).")
+        self._check_memory(problems)
         if not isinstance(self.warm_start, (bool, np.bool_)):
             problems.append(f"warm_start must be True or False, got {self.warm_start!r}.")
         if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, (str, os.PathLike)):
@@ -651,11 +646,20 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 f"(max_length={self.max_length} minus special tokens); lower stride or raise max_length."
             )
 
+    def _check_memory(self, problems: Problems) -> None:
+        if self.memory is not None and not (
+            isinstance(self.memory, (str, os.PathLike)) or hasattr(self.memory, "location")
+        ):
+            problems.append(f"memory must be None, a folder path or a joblib.Memory, got {self.memory!r}.")
+        elif isinstance(self.memory, (str, os.PathLike)) and os.path.isfile(os.path.expanduser(self.memory)):
+            problems.append(f"memory={self.memory!r} is a file; give a folder (it is created if missing).")
+
     def _check_prediction_params(self, problems: Problems) -> None:
         """The parameters that predictions read, which may have changed since fit."""
         before = len(problems)
         self._check_text_params(problems)
         self._check_precision(problems)
+        self._check_memory(problems)
         if len(problems) == before:
             self._check_lengths(self.module_.encoder, self.tokenizer_, problems)
         if self.precision == "fp16" and self._module_device.type != "cuda":

@@ -711,6 +711,8 @@ def test_model_name_may_be_a_path_object(tiny_model_dir, tmp_path):
         ({"long_text": "windows"}, r"long_text must be 'truncate' or 'chunk'"),
         ({"precision": "fp8"}, r"precision must be one of"),
         ({"precision": "fp16"}, r"precision='fp16' needs a CUDA device; this model is on cpu"),
+        ({"memory": 123}, r"memory must be None, a folder path or a joblib.Memory, got 123"),
+        ({"memory": __file__}, r"memory=.* is a file; give a folder"),
     ],
 )
 def test_parameters_changed_after_fit_are_checked_when_predicting(one_epoch_model, params, match):
