@@ -169,17 +169,25 @@ def check_label_matrix(
         try:
             arr = arr.astype(np.float64)
         except (TypeError, ValueError):
-            odd = []
+            odd: dict[str, object] = {}  # the first few values that are not numbers, by repr
             for value in arr.ravel():
-                if not _is_number(value) and value not in odd:
-                    odd.append(value)
+                if not _is_number(value):
+                    value = value.item() if isinstance(value, np.generic) else value  # np.str_ -> str
+                    odd.setdefault(_describe(value), value)
                     if len(odd) == 3:
                         break
-            shown = ", ".join(_describe(value) for value in odd)
-            example = f"({name} == {odd[0]!r}).astype(int)" if isinstance(odd[0], str) else None
-            hint = f" To mark {odd[0]!r} as the positive answer, pass {example}." if example else ""
+            if not odd:  # every value reads as a number on its own (arrays of one number...)
+                problems.append(f"{name} must hold numbers 0/1 or booleans, got dtype {arr.dtype}.")
+                return None, names
+            first = next(iter(odd.values()))
+            hint = (
+                f" To mark {first!r} as the positive answer, pass (Y == {first!r}).astype(int)."
+                if isinstance(first, str)
+                else ""
+            )
             problems.append(
-                f"{name} must hold numbers 0/1 or booleans; it holds values such as {shown}.{hint}"
+                f"{name} must hold numbers 0/1 or booleans; it holds values such as "
+                f"{', '.join(odd)}.{hint}"
             )
             return None, names
     if arr.dtype.kind == "f" and np.isnan(arr).any():

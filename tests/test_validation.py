@@ -69,7 +69,10 @@ def test_length_mismatch(clf):
         (np.array([[1, 0], [0, 2], [1, 0], [0, 1]]), r"Y must be binary \(0/1\); found other values \[2"),
         (np.array([[1, 0], [0, np.nan], [1, 0], [0, 1]]), "Y contains 1 NaN value.*row 1, column 1"),
         ([[0, 3], [1], [2], [1, 2]], "MultiLabelBinarizer"),
-        (np.array([["a", "b"]] * 4), "Y must hold numbers 0/1"),
+        (
+            np.array([["a", "b"]] * 4),
+            r"Y must hold numbers 0/1 or booleans; it holds values such as 'a', 'b'\.",
+        ),
         (
             pd.DataFrame({"p": ["yes", "no", "1", "no"], "q": ["no", "yes", "0", "no"]}),
             r"values such as 'yes', 'no'\. To mark 'yes' as the positive answer, pass "
