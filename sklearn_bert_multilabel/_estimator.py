@@ -654,6 +654,14 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         elif isinstance(self.memory, (str, os.PathLike)) and os.path.isfile(os.path.expanduser(self.memory)):
             problems.append(f"memory={self.memory!r} is a file; give a folder (it is created if missing).")
 
+    def _check_export_params(self) -> None:
+        """An exported model keeps ``max_length``: it must be one this model can use."""
+        problems = Problems()
+        self._check_text_params(problems)
+        if not problems:
+            self._check_lengths(self.module_.encoder, self.tokenizer_, problems)
+        problems.raise_if_any()
+
     def _check_prediction_params(self, problems: Problems) -> None:
         """The parameters that predictions read, which may have changed since fit."""
         before = len(problems)
@@ -1721,6 +1729,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             The folder to write.
         """
         check_is_fitted(self, "module_")
+        self._check_export_params()
         from ._export import export_pretrained
 
         export_pretrained(self, path)
@@ -1743,6 +1752,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             ONNX opset; the exporter's default if None.
         """
         check_is_fitted(self, "module_")
+        self._check_export_params()
         from ._export import export_onnx
 
         export_onnx(self, path, opset_version=opset_version)

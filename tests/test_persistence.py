@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 import threading
@@ -351,3 +352,12 @@ def test_two_writers_of_one_folder_both_succeed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001"]  # nothing left behind
     texts = {(target / name).read_text() for name in ("a.txt", "b.txt")}
     assert len(texts) == 1 and texts.pop().endswith(" 199")  # one writer's complete, last folder
+
+
+def test_exports_refuse_a_max_length_the_model_cannot_use(tuned, tmp_path):
+    """An exported model keeps max_length; set_params after fit may have broken it."""
+    clf = copy.deepcopy(tuned[0]).set_params(max_length=10**6)
+    for export in (clf.export_onnx, clf.export_pretrained):
+        with pytest.raises(InvalidInputError, match=r"max_length=1000000 exceeds the \d+ positions"):
+            export(tmp_path / export.__name__)
+        assert not (tmp_path / export.__name__).exists()
