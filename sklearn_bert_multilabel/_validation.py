@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import re
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -48,6 +49,10 @@ def _describe(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+#: Code points U+D800-U+DFFF: halves of UTF-16 pairs, never characters of their own.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def check_texts(X: object, problems: Problems, name: str = "X") -> list[str] | None:
     """Return ``X`` as a list of str, or record why it cannot be.
 
@@ -89,6 +94,17 @@ def check_texts(X: object, problems: Problems, name: str = "X") -> list[str] | N
         problems.append(
             f"{name} must contain only str; {len(bad)} element(s) are not text: "
             f"{shown}{more}. Convert or drop them (missing texts: use '' or remove the rows)."
+        )
+        return None
+    broken = [i for i, t in enumerate(texts) if _SURROGATE.search(t)]
+    if broken:
+        shown = ", ".join(f"{name}[{i}]={_describe(texts[i])}" for i in broken[:3])
+        more = f" and {len(broken) - 3} more" if len(broken) > 3 else ""
+        problems.append(
+            f"{name} has {len(broken)} text(s) with surrogate code points, which are not valid "
+            f"Unicode and no tokenizer can read: {shown}{more}. They usually come from text decoded "
+            "as UTF-16 halves; repair with t.encode('utf-16', 'surrogatepass').decode('utf-16', "
+            "'replace')."
         )
         return None
     return texts

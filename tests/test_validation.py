@@ -43,8 +43,23 @@ def no_training(monkeypatch):
         (pd.DataFrame({"text": X4}), r"select the text column"),
         (42, "X must be a list, tuple, 1-D array or pandas Series of str"),
         (["", "  ", "\n", ""], r"X holds only empty or blank texts \(all 4\)"),
+        (
+            ["ok", "a \ud83d\ude00 b", "fine", "lone \udc00"],
+            r"X has 2 text\(s\) with surrogate code points.*X\[1\]=.*X\[3\]=.*surrogatepass",
+        ),
     ],
-    ids=["int", "none", "nan", "numeric-array", "single-str", "2d", "dataframe", "scalar", "all-blank"],
+    ids=[
+        "int",
+        "none",
+        "nan",
+        "numeric-array",
+        "single-str",
+        "2d",
+        "dataframe",
+        "scalar",
+        "all-blank",
+        "surrogates",
+    ],
 )
 def test_bad_texts(clf, X, match):
     with pytest.raises(InvalidInputError, match=match):
