@@ -7,6 +7,8 @@ called here explicitly, on the default and on a non-default estimator.
 
 from __future__ import annotations
 
+import joblib
+import numpy as np
 import pytest
 from sklearn.base import clone, is_classifier
 from sklearn.utils import estimator_checks as ec
@@ -70,3 +72,25 @@ def test_unknown_keyword_is_reported_by_fit(tiny_model_dir, toy_data):
 def test_positional_arguments_after_model_name_are_refused():
     with pytest.raises(TypeError):
         BertMultiLabelClassifier("x", "mean")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"threshold": "auto", "train_split": 0.25, "pos_weight": "balanced", "hidden_layer_sizes": (8,)}],
+    ids=["default", "auto-threshold"],
+)
+def test_fit_keeps_parameters_sets_only_fitted_attributes_and_is_idempotent(tiny_model_dir, toy_data, params):
+    """scikit-learn's check_estimators_overwrite_params, check_dont_overwrite_parameters and
+    check_fit_idempotent, on texts (those checks feed numeric arrays)."""
+    X, Y = toy_data
+    clf = BertMultiLabelClassifier(
+        **{"model_name": tiny_model_dir, "max_epochs": 1, "train_split": None, "random_state": 0, **params}
+    )
+    before = {name: joblib.hash(value) for name, value in clf.get_params().items()}
+    attributes = set(vars(clf))
+    first = clf.fit(X, Y).predict_proba(X)
+    assert {name: joblib.hash(value) for name, value in clf.get_params().items()} == before
+    added = set(vars(clf)) - attributes
+    assert added and all(name.endswith("_") or name.startswith("_") for name in added), sorted(added)
+    np.testing.assert_array_equal(clf.fit(X, Y).predict_proba(X), first)
+    np.testing.assert_array_equal(clone(clf).fit(X, Y).predict_proba(X), first)
