@@ -654,22 +654,24 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         elif isinstance(self.memory, (str, os.PathLike)) and os.path.isfile(os.path.expanduser(self.memory)):
             problems.append(f"memory={self.memory!r} is a file; give a folder (it is created if missing).")
 
+    def _check_fitted_text_params(self, problems: Problems) -> None:
+        """The text parameters, and then (when valid) against the fitted encoder and tokenizer."""
+        before = len(problems)
+        self._check_text_params(problems)
+        if len(problems) == before:
+            self._check_lengths(self.module_.encoder, self.tokenizer_, problems)
+
     def _check_export_params(self) -> None:
         """An exported model keeps ``max_length``: it must be one this model can use."""
         problems = Problems()
-        self._check_text_params(problems)
-        if not problems:
-            self._check_lengths(self.module_.encoder, self.tokenizer_, problems)
+        self._check_fitted_text_params(problems)
         problems.raise_if_any()
 
     def _check_prediction_params(self, problems: Problems) -> None:
         """The parameters that predictions read, which may have changed since fit."""
-        before = len(problems)
-        self._check_text_params(problems)
+        self._check_fitted_text_params(problems)
         self._check_precision(problems)
         self._check_memory(problems)
-        if len(problems) == before:
-            self._check_lengths(self.module_.encoder, self.tokenizer_, problems)
         if self.precision == "fp16" and self._module_device.type != "cuda":
             problems.append(
                 f"precision='fp16' needs a CUDA device; this model is on {self._module_device.type}: "

@@ -202,8 +202,7 @@ def check_label_matrix(
                 else ""
             )
             problems.append(
-                f"{name} must hold numbers 0/1 or booleans; it holds values such as "
-                f"{', '.join(odd)}.{hint}"
+                f"{name} must hold numbers 0/1 or booleans; it holds values such as {', '.join(odd)}.{hint}"
             )
             return None, names
     if arr.dtype.kind == "f" and np.isnan(arr).any():
