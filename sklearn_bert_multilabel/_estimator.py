@@ -93,6 +93,7 @@ from ._validation import (
     check_per_label,
     check_texts,
     default_label_names,
+    describe,
     device_here,
     is_int,
     is_number,
@@ -574,6 +575,13 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 )
         if self.callbacks is not None and not isinstance(self.callbacks, (list, tuple)):
             problems.append(f"callbacks must be a list of skorch callbacks or None, got {self.callbacks!r}.")
+        elif self.callbacks is not None:
+            bad = [item for item in self.callbacks if not _is_callback_entry(item)]
+            if bad:
+                problems.append(
+                    "callbacks must hold skorch callbacks (instances or classes) or (name, callback) "
+                    f"pairs; got {', '.join(describe(item) for item in bad[:3])}."
+                )
         self._check_memory(problems)
         if not isinstance(self.warm_start, (bool, np.bool_)):
             problems.append(f"warm_start must be True or False, got {self.warm_start!r}.")
@@ -1778,6 +1786,15 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 state["device_"] = device
             state["module_"] = module.load(None if device == fitted_on else device)
         super().__setstate__(state)
+
+
+def _is_callback_entry(item: object) -> bool:
+    """A skorch callback, its class, or a (name, callback) pair, as ``NeuralNet(callbacks=)`` takes."""
+    from skorch.callbacks import Callback
+
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+        item = item[1]
+    return isinstance(item, Callback) or (isinstance(item, type) and issubclass(item, Callback))
 
 
 def _label_order(previous: list[str] | None, current: list[str]) -> list[int] | None:

@@ -605,6 +605,15 @@ class MultiLabelNet(NeuralNet):
                 self._make_scheduler(len(loader))
         return loader
 
+    def predict(self, X):
+        """0/1 per label at a threshold of 0.5, for skorch's scoring callbacks.
+
+        ``NeuralNet.predict`` returns the probabilities, which scikit-learn's
+        classification scorers (``EpochScoring("f1_macro")``...) refuse. The
+        estimator's own ``predict`` applies the tuned thresholds instead.
+        """
+        return (self.predict_proba(X) >= 0.5).astype(np.int64)
+
     def infer(self, x, **fit_params):
         x = {k: v.to(self.device, non_blocking=True) for k, v in x.items()}
         if self.accelerator is not None:

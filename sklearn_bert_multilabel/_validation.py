@@ -44,7 +44,8 @@ class Problems(list):
             raise InvalidInputError(self)
 
 
-def _describe(value: object) -> str:
+def describe(value: object) -> str:
+    """``repr(value)``, cut to 40 characters for error messages."""
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -89,7 +90,7 @@ def check_texts(X: object, problems: Problems, name: str = "X") -> list[str] | N
         return None
     bad = [(i, t) for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
-        shown = ", ".join(f"{name}[{i}]={_describe(t)}" for i, t in bad[:3])
+        shown = ", ".join(f"{name}[{i}]={describe(t)}" for i, t in bad[:3])
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         problems.append(
             f"{name} must contain only str; {len(bad)} element(s) are not text: "
@@ -98,7 +99,7 @@ def check_texts(X: object, problems: Problems, name: str = "X") -> list[str] | N
         return None
     broken = [i for i, t in enumerate(texts) if _SURROGATE.search(t)]
     if broken:
-        shown = ", ".join(f"{name}[{i}]={_describe(texts[i])}" for i in broken[:3])
+        shown = ", ".join(f"{name}[{i}]={describe(texts[i])}" for i in broken[:3])
         more = f" and {len(broken) - 3} more" if len(broken) > 3 else ""
         problems.append(
             f"{name} has {len(broken)} text(s) with surrogate code points, which are not valid "
@@ -189,7 +190,7 @@ def check_label_matrix(
             for value in arr.ravel():
                 if not _is_number(value):
                     value = value.item() if isinstance(value, np.generic) else value  # np.str_ -> str
-                    odd.setdefault(_describe(value), value)
+                    odd.setdefault(describe(value), value)
                     if len(odd) == 3:
                         break
             if not odd:  # every value reads as a number on its own (arrays of one number...)
@@ -350,12 +351,12 @@ def check_per_label(
         try:
             arr = np.asarray(value, dtype=np.float64)
         except (TypeError, ValueError):
-            problems.append(f"{name} must be a number or an array of numbers, got {_describe(value)}.")
+            problems.append(f"{name} must be a number or an array of numbers, got {describe(value)}.")
             return None
         if arr.ndim != 1:
             problems.append(f"{name} must be a number or a 1-D array (one per label), got shape {arr.shape}.")
             return None
     if not np.isfinite(arr).all() or (arr < low).any() or (high is not None and (arr > high).any()):
-        problems.append(f"{name} must be >= {low}{high_text} (finite), got {_describe(value)}.")
+        problems.append(f"{name} must be >= {low}{high_text} (finite), got {describe(value)}.")
         return None
     return arr

@@ -730,3 +730,20 @@ def test_max_length_must_leave_room_for_text(tiny_model_dir):
     clf = BertMultiLabelClassifier(model_name=tiny_model_dir, max_length=2, max_epochs=1, train_split=None)
     with pytest.raises(InvalidInputError, match="max_length=2 leaves no room for text"):
         clf.fit(["a long match report " * 50, "stocks fell"], [[1, 0], [0, 1]])
+
+
+def test_skorch_scoring_callbacks_get_label_predictions(tiny_model_dir):
+    """EpochScoring("f1_macro") needs 0/1 predictions from the net, as the estimator gives at 0.5."""
+    from sklearn.metrics import f1_score
+    from skorch.callbacks import EpochScoring
+
+    X, Y = make_texts(64, seed=35)
+    X_val, Y_val = make_texts(32, seed=36)
+    scoring = EpochScoring("f1_macro", lower_is_better=False, name="valid_f1_at_half")
+    clf = BertMultiLabelClassifier(
+        model_name=tiny_model_dir, max_epochs=2, lr=1e-3, random_state=0, callbacks=[scoring]
+    ).fit(X, Y, validation_data=(X_val, Y_val))
+    scores = clf.history_[:, "valid_f1_at_half"]
+    assert len(scores) == 2 and all(0 <= score <= 1 for score in scores)
+    expected = f1_score(Y_val, clf.predict(X_val), average="macro", zero_division=0)
+    assert scores[-1] == pytest.approx(expected)
