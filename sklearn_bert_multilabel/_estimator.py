@@ -1555,6 +1555,24 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         """
         return expit(self.decision_function(X))
 
+    def predict_log_proba(self, X: Sequence[str]) -> np.ndarray:
+        """Log of :meth:`predict_proba`, computed from the logits.
+
+        ``-log(1 + exp(-logit))`` stays exact where the probability itself
+        would round to 0.
+
+        Parameters
+        ----------
+        X : list, tuple, 1-D ndarray or pandas Series of str
+            The texts.
+
+        Returns
+        -------
+        log_proba : ndarray of shape (n_samples, n_labels)
+            Log-probability of each label, independently; all <= 0.
+        """
+        return -np.logaddexp(0, -self.decision_function(X))
+
     def predict(self, X: Sequence[str]) -> np.ndarray:
         """Indicator matrix of predicted labels, using ``thresholds_``.
 

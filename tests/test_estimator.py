@@ -46,6 +46,16 @@ def test_output_shapes_dtypes_and_ranges(fitted):
     np.testing.assert_allclose(proba, 1 / (1 + np.exp(-logits)), rtol=1e-5)
     assert set(np.unique(pred)) <= {0, 1} and pred.dtype == np.int64
     np.testing.assert_array_equal(pred, (proba >= 0.5).astype(int))
+    log_proba = fitted.predict_log_proba(X)
+    assert log_proba.shape == (10, 3) and log_proba.dtype == np.float32 and (log_proba <= 0).all()
+    np.testing.assert_allclose(log_proba, np.log(proba), rtol=1e-5)
+
+
+def test_log_proba_stays_finite_where_the_probability_rounds_to_zero(fitted, monkeypatch):
+    logits = np.array([[-200.0, 0.0, 50.0]], dtype=np.float32)
+    monkeypatch.setattr(type(fitted), "decision_function", lambda self, X: logits)
+    assert fitted.predict_proba(["x"])[0, 0] == 0
+    np.testing.assert_allclose(fitted.predict_log_proba(["x"]), [[-200.0, np.log(0.5), 0.0]], atol=1e-6)
 
 
 def test_fitted_attributes(fitted):
