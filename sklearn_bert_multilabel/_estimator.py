@@ -282,8 +282,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         of the (never trained) encoder per process, so a search over heads
         does not reload it per candidate. The folder is created if missing (a
         file there is an error). Unreadable entries, and writes that fail,
-        are skipped with a ``CacheWarning``. With ``random_state=None``, a cached fit is reused
-        as if it were deterministic. Prediction calls write to the cache
+        are skipped with a ``CacheWarning``. With ``random_state=None``, a
+        cached fit is reused as if it were deterministic: unseeded fits of
+        the same data and parameters get the same weights. Prediction calls
+        write to the cache
         too (the logits of each new set of texts, and the features of each
         new text with a frozen encoder), so set ``memory=None`` on a model
         that serves predictions; :meth:`save` does not keep it.
