@@ -285,10 +285,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         are skipped with a ``CacheWarning``. With ``random_state=None``, a
         cached fit is reused as if it were deterministic: unseeded fits of
         the same data and parameters get the same weights. Prediction calls
-        write to the cache
-        too (the logits of each new set of texts, and the features of each
-        new text with a frozen encoder), so set ``memory=None`` on a model
-        that serves predictions; :meth:`save` does not keep it.
+        write to the cache too (the logits of each new set of texts, and the
+        features of each new text with a frozen encoder), so set
+        ``memory=None`` on a model that serves predictions; :meth:`save` does
+        not keep it.
     warm_start : bool, default=False
         If True, :meth:`fit` continues instead of starting from the
         pretrained encoder: from the last completed epoch of a checkpoint of
