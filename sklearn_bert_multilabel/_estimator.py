@@ -95,6 +95,7 @@ from ._validation import (
     default_label_names,
     describe,
     device_here,
+    first_few,
     is_int,
     is_number,
     warn_single_label,
@@ -582,7 +583,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             if bad:
                 problems.append(
                     "callbacks must hold skorch callbacks (instances or classes) or (name, callback) "
-                    f"pairs; got {', '.join(describe(item) for item in bad[:3])}."
+                    f"pairs; got {first_few(bad, describe)}."
                 )
         self._check_memory(problems)
         if not isinstance(self.warm_start, (bool, np.bool_)):
@@ -682,9 +683,13 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         self._check_fitted_text_params(problems)
         self._check_precision(problems)
         self._check_memory(problems)
-        if self.precision == "fp16" and self._module_device.type != "cuda":
+        self._check_fp16_on(self._module_device.type, problems)
+
+    def _check_fp16_on(self, kind: str, problems: Problems) -> None:
+        """``precision="fp16"`` runs only on CUDA; ``kind`` is where the model runs."""
+        if self.precision == "fp16" and kind != "cuda":
             problems.append(
-                f"precision='fp16' needs a CUDA device; this model is on {self._module_device.type}: "
+                f"precision='fp16' needs a CUDA device; this model is on {kind}: "
                 "use 'fp32', or 'auto' for bf16 where the CPU has it."
             )
 
@@ -692,12 +697,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         device = check_device(self.device, problems)
         if device is None:
             return None
-        kind = torch.device(device).type
-        if self.precision == "fp16" and kind != "cuda":
-            problems.append(
-                "precision='fp16' needs a CUDA device; on CPU use 'fp32', "
-                "or 'auto' for bf16 where the CPU has it."
-            )
+        self._check_fp16_on(torch.device(device).type, problems)
         return device
 
     def _thresholds_for(self, value: object, n_labels: int) -> np.ndarray:
@@ -917,9 +917,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         beyond = ids_beyond_embeddings(tokenizer, encoder)
         if beyond:
             size = encoder.get_input_embeddings().num_embeddings
-            shown = ", ".join(repr(token) for token in beyond[:3]) + (
-                f" and {len(beyond) - 3} more" if len(beyond) > 3 else ""
-            )
+            shown = first_few(beyond, repr)
             problems.append(
                 f"The tokenizer of model_name={self._model_path!r} has {len(tokenizer)} tokens, but the "
                 f"encoder embeds only ids below {size}: {shown} would have no embedding. If tokens "
@@ -1002,7 +1000,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             )
         if others:
             total = sum(1 for _ in encoder.state_dict())
-            shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+            shown = first_few(others)
             warnings.warn(
                 f"{len(others)} of the {total} weight tensors of model_name={self._model_path!r} were "
                 f"not in its checkpoint and start random ({shown}): the encoder is not the "

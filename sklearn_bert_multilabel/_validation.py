@@ -6,7 +6,8 @@ import numbers
 import re
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -50,6 +51,12 @@ def describe(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def first_few(items: Sequence, show: Callable[[Any], str] = str, limit: int = 3) -> str:
+    """The first ``limit`` of ``items`` as ``show`` writes them, and how many more there are."""
+    text = ", ".join(show(item) for item in items[:limit])
+    return text + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
 #: Code points U+D800-U+DFFF: halves of UTF-16 pairs, never characters of their own.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -90,20 +97,18 @@ def check_texts(X: object, problems: Problems, name: str = "X") -> list[str] | N
         return None
     bad = [(i, t) for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
-        shown = ", ".join(f"{name}[{i}]={describe(t)}" for i, t in bad[:3])
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        shown = first_few(bad, lambda pair: f"{name}[{pair[0]}]={describe(pair[1])}")
         problems.append(
             f"{name} must contain only str; {len(bad)} element(s) are not text: "
-            f"{shown}{more}. Convert or drop them (missing texts: use '' or remove the rows)."
+            f"{shown}. Convert or drop them (missing texts: use '' or remove the rows)."
         )
         return None
     broken = [i for i, t in enumerate(texts) if _SURROGATE.search(t)]
     if broken:
-        shown = ", ".join(f"{name}[{i}]={describe(texts[i])}" for i in broken[:3])
-        more = f" and {len(broken) - 3} more" if len(broken) > 3 else ""
+        shown = first_few(broken, lambda i: f"{name}[{i}]={describe(texts[i])}")
         problems.append(
             f"{name} has {len(broken)} text(s) with surrogate code points, which are not valid "
-            f"Unicode and no tokenizer can read: {shown}{more}. They usually come from text decoded "
+            f"Unicode and no tokenizer can read: {shown}. They usually come from text decoded "
             "as UTF-16 halves; repair with t.encode('utf-16', 'surrogatepass').decode('utf-16', "
             "'replace')."
         )
