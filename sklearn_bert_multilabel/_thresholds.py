@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from ._validation import Problems, check_label_matrix
+from ._validation import Problems, cells, check_label_matrix
 
 #: Threshold metrics by name, each an F-beta score with this beta.
 THRESHOLD_METRICS = {"f1": 1.0, "f0.5": 0.5, "f2": 2.0}
@@ -134,10 +134,7 @@ def _check_scores_and_labels(proba: object, Y: object) -> tuple[np.ndarray, np.n
             problems.append(f"proba must be 2-D (n_samples, n_labels), got shape {scores.shape}.")
             scores = None
         elif np.isnan(scores).any():
-            rows, cols = np.nonzero(np.isnan(scores))
-            problems.append(
-                f"proba contains {len(rows)} NaN value(s) (first at row {rows[0]}, column {cols[0]})."
-            )
+            problems.append(f"proba contains {cells(np.isnan(scores), 'NaN')}.")
     if scores is not None and Y_arr is not None and scores.shape != Y_arr.shape:
         problems.append(
             f"proba and Y must be 2-D arrays of the same shape (n_samples, n_labels); "

@@ -57,6 +57,15 @@ def first_few(items: Sequence, show: Callable[[Any], str] = str, limit: int = 3)
     return text + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
+def cells(mask: np.ndarray, what: str) -> str:
+    """How many cells of a 2-D ``mask`` are set, and the first one.
+
+    For example ``"2 NaN value(s) (first at row 0, column 1)"``.
+    """
+    rows, cols = np.nonzero(mask)
+    return f"{len(rows)} {what} value(s) (first at row {rows[0]}, column {cols[0]})"
+
+
 #: Code points U+D800-U+DFFF: halves of UTF-16 pairs, never characters of their own.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -182,10 +191,8 @@ def check_label_matrix(
     if arr.dtype.kind not in "biuf":
         missing = np.vectorize(_is_missing, otypes=[bool])(arr) if arr.dtype == object else None
         if missing is not None and missing.any():
-            rows, cols = np.nonzero(missing)
             problems.append(
-                f"{name} contains {len(rows)} missing value(s) (first at row {rows[0]}, "
-                f"column {cols[0]}); fill or drop them: labels must be 0 or 1."
+                f"{name} contains {cells(missing, 'missing')}; fill or drop them: labels must be 0 or 1."
             )
             return None, names
         try:
@@ -212,10 +219,8 @@ def check_label_matrix(
             )
             return None, names
     if arr.dtype.kind == "f" and np.isnan(arr).any():
-        rows, cols = np.nonzero(np.isnan(arr))
         problems.append(
-            f"{name} contains {len(rows)} NaN value(s) (first at row {rows[0]}, "
-            f"column {cols[0]}); fill or drop them: labels must be 0 or 1."
+            f"{name} contains {cells(np.isnan(arr), 'NaN')}; fill or drop them: labels must be 0 or 1."
         )
         return None, names
     bad = (arr != 0) & (arr != 1)
