@@ -165,6 +165,8 @@ def _replace_folder(staging: Path, target: Path, attempts: int = 50) -> None:
         except OSError as exc:  # a folder with files is there (Windows: any folder)
             if attempt == attempts - 1 or exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EACCES):
                 raise
+        if attempt:  # another writer filled the place again: get out of step with it
+            time.sleep(_jitter.uniform(0, 0.001 * attempt))
         old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
         try:
             os.replace(target, old)
@@ -172,7 +174,6 @@ def _replace_folder(staging: Path, target: Path, attempts: int = 50) -> None:
             pass
         else:
             shutil.rmtree(old, ignore_errors=True)
-        time.sleep(_jitter.uniform(0, 0.001 * (attempt + 1)))  # out of step with the other writer
 
 
 def save_estimator(estimator, path: str | os.PathLike) -> Path:
