@@ -914,9 +914,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 f"{type(encoder).__name__} ({self._model_path}) has none. "
                 "Use pooling='cls', 'mean' or 'attention'."
             )
-        beyond = ids_beyond_embeddings(tokenizer, encoder)
+        size, beyond = ids_beyond_embeddings(tokenizer, encoder)
         if beyond:
-            size = encoder.get_input_embeddings().num_embeddings
             shown = first_few(beyond, repr)
             problems.append(
                 f"The tokenizer of model_name={self._model_path!r} has {len(tokenizer)} tokens, but the "

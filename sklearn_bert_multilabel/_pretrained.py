@@ -169,8 +169,8 @@ def load_encoder(model_name: str, *, progress: bool = False, **kwargs):
     return encoder
 
 
-def ids_beyond_embeddings(tokenizer, encoder) -> list[str]:
-    """The tokens of ``tokenizer`` whose ids the encoder's embedding table does not hold.
+def ids_beyond_embeddings(tokenizer, encoder) -> tuple[int | None, list[str]]:
+    """The encoder's embedding rows, and the tokens of ``tokenizer`` whose ids lie beyond them.
 
     Tokens added to a tokenizer without resizing the model's embeddings
     would otherwise fail deep inside torch with "index out of range".
@@ -178,12 +178,11 @@ def ids_beyond_embeddings(tokenizer, encoder) -> list[str]:
     try:
         size = encoder.get_input_embeddings().num_embeddings
     except (AttributeError, NotImplementedError):  # no embedding table to check against
-        return []
+        return None, []
     if len(tokenizer) <= size:
-        return []
-    return [
-        token for token, i in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]) if i >= size
-    ]
+        return size, []
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    return size, [token for token, i in vocab if i >= size]
 
 
 def newly_initialized(encoder) -> tuple[str, ...]:
