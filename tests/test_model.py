@@ -139,3 +139,26 @@ def test_attention_pooling_of_a_text_without_tokens_is_zero_and_trains():
     out.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in pool.parameters())
     assert torch.isfinite(hidden.grad).all() and torch.equal(hidden.grad[1], torch.zeros(3, 4))
+
+
+def test_embedding_table_check(tiny_model_dir):
+    """Tokens beyond the embedding rows are listed; an encoder without a table is not checked."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from sklearn_bert_multilabel._pretrained import ids_beyond_embeddings
+
+    encoder, tokenizer = (
+        AutoModel.from_pretrained(tiny_model_dir),
+        AutoTokenizer.from_pretrained(tiny_model_dir),
+    )
+    rows = encoder.get_input_embeddings().num_embeddings
+    assert ids_beyond_embeddings(tokenizer, encoder) == (rows, [])
+    tokenizer.add_tokens(["zebraword"])
+    assert ids_beyond_embeddings(tokenizer, encoder) == (rows, ["zebraword"])
+
+    class NoTable(nn.Module):
+        def get_input_embeddings(self):
+            raise NotImplementedError
+
+    assert ids_beyond_embeddings(tokenizer, NoTable()) == (None, [])
+    assert ids_beyond_embeddings(tokenizer, nn.Linear(2, 2)) == (None, [])
