@@ -228,7 +228,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
     accumulate_batches : int, default=1
         Gradients of this many batches are summed before each optimizer
         step: an effective batch of ``batch_size * accumulate_batches`` in
-        the memory of one batch.
+        the memory of one batch. An epoch's last window, when it has fewer
+        batches, steps on the mean gradient of the batches it has.
     max_grad_norm : float or None, default=1.0
         Gradient norm clipping; None disables it.
     early_stopping : bool, default=False

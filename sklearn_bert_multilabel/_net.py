@@ -705,17 +705,32 @@ class MultiLabelNet(NeuralNet):
             self._stop_non_finite("loss", value)
         return value
 
-    def _optimizer_step(self, batch=None, lean: HeadEpoch | None = None) -> None:
+    def _optimizer_step(self, batch=None, lean: HeadEpoch | None = None, partial: int = 0) -> None:
         """Clip, step the optimizer and the schedule, and drop the gradients.
 
         With ``lean`` (see :meth:`_head_epoch`), no callback is told of the
         gradients, since none listens, the optimizer step takes ``lean``'s
         cheaper route, and the gradients stay in place for the next batch to
         overwrite; the lean epoch keeps its own count of pending batches.
+
+        ``partial`` is the number of batches in an epoch's last accumulation
+        window when it is shorter than ``accumulate_batches``. Each batch
+        added ``1 / accumulate_batches`` of its mean gradient, so the sum is
+        scaled up to the mean over the window's own batches, as every full
+        window's is.
         """
         scaler = self.grad_scaler_ if self.grad_scaler_.is_enabled() else None
         if scaler is not None:
             scaler.unscale_(self.optimizer_)
+        if 0 < partial < self.accumulate_batches:
+            factor = self.accumulate_batches / partial
+            if lean is not None:
+                lean.flat.mul_(factor)
+            else:
+                with torch.no_grad():
+                    for param in self._trained_parameters():
+                        if param.grad is not None:
+                            param.grad.mul_(factor)
         if lean is None:
             self.notify(
                 "on_grad_computed",
@@ -791,7 +806,7 @@ class MultiLabelNet(NeuralNet):
         if lean is None:
             super().run_single_epoch(iterator, training, prefix, step_fn, **fit_params)
             if training and self._pending:
-                self._optimizer_step()  # the epoch's last, partial accumulation window
+                self._optimizer_step(partial=self._pending)  # the epoch's last, partial window
             return
         try:
             with intra_op_threads(1 if lean.small else None), flushed_denormals(), torch.no_grad():
@@ -859,4 +874,4 @@ class MultiLabelNet(NeuralNet):
             row[size_key] = size
         history.record(prefix + "_batch_count", len(batches))
         if pending:
-            self._optimizer_step(lean=lean)  # the epoch's last, partial accumulation window
+            self._optimizer_step(lean=lean, partial=pending)  # the epoch's last, partial window

@@ -68,6 +68,33 @@ def test_accumulation_matches_one_large_batch_in_expectation(fast_params, toy_da
     np.testing.assert_allclose(accumulated.predict_proba(X), big.predict_proba(X), atol=2e-3)
 
 
+@pytest.mark.parametrize("freeze", [False, True])
+def test_short_last_window_steps_on_the_mean_of_its_batches(freeze, fast_params, toy_data):
+    """An epoch of one batch with accumulate_batches=4 takes the step of accumulate_batches=1.
+
+    Plain SGD moves by the gradient itself, so a window summed to a quarter of its mean would
+    take a quarter of the step.
+    """
+    X, Y = toy_data
+    common = dict(
+        fast_params,
+        batch_size=96,
+        max_epochs=2,
+        optimizer=torch.optim.SGD,
+        lr=0.5,
+        lr_schedule="constant",
+        warmup_ratio=0.0,
+        max_grad_norm=None,
+        dropout=0.0,
+        encoder__hidden_dropout_prob=0.0,
+        encoder__attention_probs_dropout_prob=0.0,
+        freeze_encoder=freeze,
+    )
+    one = BertMultiLabelClassifier(**common).fit(X, Y)
+    four = BertMultiLabelClassifier(**dict(common, accumulate_batches=4)).fit(X, Y)
+    np.testing.assert_allclose(four.decision_function(X), one.decision_function(X), atol=1e-5)
+
+
 def test_layer_decay_groups(tiny_model_dir):
     from transformers import AutoModel
 
