@@ -197,7 +197,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
     chunk_aggregation : {"max", "mean", "attention"}, default="max"
         ``"max"``: a label is as present as in its strongest window (a label
         present anywhere); ``"mean"``: the windows' average; ``"attention"``:
-        learned weights over each text's windows, per label.
+        learned weights over each text's windows, per label. Predictions use
+        the current value: ``"max"`` and ``"mean"`` apply to any fitted
+        model, ``"attention"`` only to one fitted with it.
     max_chunks : int or None, default=16
         At most this many windows per text (the first ones), which bounds
         the memory of a training batch; texts that lose windows are counted
@@ -682,6 +684,14 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
     def _check_prediction_params(self, problems: Problems) -> None:
         """The parameters that predictions read, which may have changed since fit."""
         self._check_fitted_text_params(problems)
+        if self._chunked and self.chunk_aggregation == "attention" and self.module_.window_scorer is None:
+            fitted = self.module_.chunk_aggregation
+            how = "long_text='truncate'" if fitted is None else f"chunk_aggregation={fitted!r}"
+            problems.append(
+                "chunk_aggregation='attention' combines windows with weights learned in fit, and this "
+                f"model was fitted with {how}: predict with chunk_aggregation='max' or 'mean', or refit "
+                "with long_text='chunk' and chunk_aggregation='attention'."
+            )
         self._check_precision(problems)
         self._check_memory(problems)
         self._check_fp16_on(self._module_device.type, problems)
@@ -1471,7 +1481,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         the same function the training forward pass uses.
         """
         module = self.module_
-        attention = module.window_scorer is not None
+        aggregation = self.chunk_aggregation  # a model fitted with "attention" may also use the others
+        attention = aggregation == "attention"  # checked: then the model has its window scorer
         L = self.n_labels_
 
         def outputs(input_ids, attention_mask):
@@ -1485,7 +1496,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         doc_index = torch.from_numpy(np.repeat(np.arange(len(windows)), [len(w) for w in windows]))
         values = torch.from_numpy(flat)
         combined = aggregate_windows(
-            module.chunk_aggregation or "max",
+            aggregation,
             values[:, :L],
             doc_index,
             len(windows),
@@ -1514,7 +1525,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         if cache is not None and getattr(self, "cache_key_", None) is not None:
             # Everything besides the weights that shapes the logits is in the key.
             precision = self._precision_on(self._module_device)
-            key = stable_hash(self.cache_key_, self.max_length, precision, texts_digest(texts))
+            windows = (self._stride, self.max_chunks, self.chunk_aggregation) if self._chunked else None
+            key = stable_hash(self.cache_key_, self.max_length, precision, windows, texts_digest(texts))
             logits = cache.load_logits(key, (len(texts), self.n_labels_))
             if logits is not None:
                 return logits

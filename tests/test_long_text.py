@@ -184,3 +184,52 @@ def test_chunked_model_saves_and_loads(chunked, tmp_path):
     np.testing.assert_array_equal(loaded.predict_proba(X), chunked.predict_proba(X))
     with pytest.raises(ValueError, match="long_text='chunk'"):
         chunked.export_pretrained(tmp_path / "hf")
+
+
+def test_chunk_aggregation_set_after_fit_is_used_by_predictions(chunk_params):
+    X, Y = long_documents(40, seed=6, length=60)
+    attention = BertMultiLabelClassifier(
+        long_text="chunk", chunk_aggregation="attention", **{**chunk_params, "max_epochs": 1}
+    ).fit(X, Y)
+    learned = attention.decision_function(X)
+    windows, _ = attention._windows(X)
+    assert min(len(w) for w in windows) > 1  # every text has several windows to combine
+    highest = attention.set_params(chunk_aggregation="max").decision_function(X)
+    average = attention.set_params(chunk_aggregation="mean").decision_function(X)
+    assert (average <= highest + 1e-6).all() and (average < highest - 1e-3).any()
+    assert (learned <= highest + 1e-6).all() and not np.allclose(learned, average, atol=1e-4)
+    np.testing.assert_allclose(
+        attention.set_params(chunk_aggregation="attention").decision_function(X), learned, atol=1e-6
+    )
+
+
+def test_attention_after_a_fit_without_it_is_refused(chunk_params):
+    X, Y = long_documents(16, seed=7, length=40)
+    clf = BertMultiLabelClassifier(long_text="chunk", **{**chunk_params, "max_epochs": 1}).fit(X, Y)
+    clf.set_params(chunk_aggregation="attention")
+    with pytest.raises(InvalidInputError, match="fitted with chunk_aggregation='max'.*'max' or 'mean'"):
+        clf.predict(X)
+    truncated = BertMultiLabelClassifier(**{**chunk_params, "max_epochs": 1}).fit(X, Y)
+    truncated.set_params(long_text="chunk", chunk_aggregation="attention")
+    with pytest.raises(InvalidInputError, match="fitted with long_text='truncate'"):
+        truncated.decision_function(X)
+    truncated.set_params(long_text="truncate")  # attention is not used without windows
+    assert truncated.predict(X).shape == (16, 1)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn_bert_multilabel.LongTextWarning")  # max_chunks=1 cuts
+def test_cached_logits_follow_window_parameters_set_after_fit(chunk_params, tmp_path):
+    """With memory, a prediction's cache entry holds the window settings it was made with."""
+    X, Y = long_documents(16, seed=8, length=60)
+    params = {**chunk_params, "max_epochs": 1}
+    cached = BertMultiLabelClassifier(memory=tmp_path, **params).fit(X, Y)
+    plain = BertMultiLabelClassifier(**params).fit(X, Y)
+    before = plain.decision_function(X)
+    np.testing.assert_allclose(cached.decision_function(X), before, atol=1e-5)
+    for change in ({"long_text": "chunk"}, {"stride": 2}, {"chunk_aggregation": "mean"}, {"max_chunks": 1}):
+        cached.set_params(**change)
+        plain.set_params(**change)
+        after = plain.decision_function(X)
+        assert not np.allclose(after, before, atol=1e-4), change  # the change matters here
+        np.testing.assert_allclose(cached.decision_function(X), after, atol=1e-5)
+        before = after
