@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._model import head_layout
+
 logger = logging.getLogger(__name__)
 
 #: Encoders whose ``*ForSequenceClassification`` computes
@@ -27,7 +29,8 @@ def _unsupported(estimator, model_type: str) -> ValueError:
     return ValueError(
         f"export_pretrained cannot express this model as a standard Hugging Face "
         f"AutoModelForSequenceClassification: encoder type {model_type!r}, "
-        f"pooling={estimator.pooling!r}, hidden_layer_sizes={tuple(estimator.hidden_layer_sizes)!r}. "
+        f"pooling={estimator.module_.pooling!r}, "
+        f"hidden_layer_sizes={head_layout(estimator.module_.head)[0]!r}. "
         "The standard classes compute a BERT-style encoder's pooler output followed by one linear "
         f"layer (encoder types {sorted(POOLER_LINEAR_TYPES)}: fit with pooling='pooler' and "
         "hidden_layer_sizes=()), or DistilBERT's first-token state through one hidden layer of its "
@@ -62,7 +65,7 @@ def build_pretrained(estimator):
     config = copy.deepcopy(module.encoder.config)
     model_type = getattr(config, "model_type", "")
     linears = _linears(module.head)
-    hidden = tuple(estimator.hidden_layer_sizes)
+    hidden = head_layout(module.head)[0]  # as fitted: set_params after fit does not change it
     if model_type in POOLER_LINEAR_TYPES and module.pooling == "pooler" and len(linears) == 1:
         classifier_layers = {"classifier": linears[0]}
     elif (

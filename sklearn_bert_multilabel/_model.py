@@ -120,6 +120,12 @@ def build_head(
     return nn.Sequential(*layers)
 
 
+def head_layout(head: nn.Sequential) -> tuple[tuple[int, ...], float]:
+    """The ``hidden_layer_sizes`` and ``dropout`` that :func:`build_head` built ``head`` with."""
+    linears = [layer for layer in head if isinstance(layer, nn.Linear)]
+    return tuple(layer.out_features for layer in linears[:-1]), float(head[0].p)
+
+
 class AttentionPooling(nn.Module):
     """Learned attention weights over tokens; padding gets exactly zero weight.
 

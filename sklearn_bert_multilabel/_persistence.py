@@ -199,7 +199,10 @@ def save_estimator(estimator, path: str | os.PathLike) -> Path:
             UserWarning,
             stacklevel=3,
         )
+    from ._model import head_layout
+
     module = estimator.module_
+    hidden_layer_sizes, dropout = head_layout(module.head)
     with staged_folder(target) as staging:
         cpu_module = module if _on_cpu(module) else _cpu_copy(module)
         save_model(cpu_module, str(staging / WEIGHTS), metadata={"format": FORMAT_NAME})
@@ -224,8 +227,9 @@ def save_estimator(estimator, path: str | os.PathLike) -> Path:
             },
             "module": {
                 "pooling": module.pooling,
-                "hidden_layer_sizes": [int(s) for s in estimator.hidden_layer_sizes],
-                "dropout": float(estimator.dropout),
+                # The fitted head's, which set_params after fit does not change.
+                "hidden_layer_sizes": list(hidden_layer_sizes),
+                "dropout": dropout,
                 "freeze_encoder": bool(module.freeze_encoder),
                 "chunk_aggregation": module.chunk_aggregation,
             },

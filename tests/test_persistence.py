@@ -237,6 +237,20 @@ def test_save_refuses_a_folder_with_other_files_and_replaces_a_saved_model(tuned
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "m"]  # no staging left behind
 
 
+def test_head_parameters_changed_after_fit_do_not_change_what_is_saved(tuned, tmp_path):
+    """The saved layout is the fitted module's: set_params after fit changes neither it nor
+    predictions, so the folder must load into the same head."""
+    clf, X = tuned
+    copied = copy.deepcopy(clf)
+    expected = clf.predict_proba(X)
+    copied.set_params(hidden_layer_sizes=(8, 4), dropout=0.5)
+    np.testing.assert_array_equal(copied.predict_proba(X), expected)
+    copied.save(tmp_path / "m")
+    loaded = BertMultiLabelClassifier.load(tmp_path / "m")
+    np.testing.assert_array_equal(loaded.predict_proba(X), expected)
+    assert loaded.hidden_layer_sizes == (8, 4)  # the parameters are kept as they were set
+
+
 def test_save_before_fit_raises_not_fitted(tiny_model_dir, tmp_path):
     from sklearn.exceptions import NotFittedError
 
