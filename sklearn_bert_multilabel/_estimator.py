@@ -949,6 +949,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         )
         self._set_model(module, tokenizer, device, label_names)
         self.cache_key_ = fit_key
+        # Fixed now: set_params(model_name=, pooling=...) after fit must not relabel this encoder's features.
+        self._feature_source = self._feature_source_key() if self._uses_feature_cache() else None
 
         if entry is not None and not _matches(module, entry["weights"], bool(self.freeze_encoder)):
             warnings.warn(
@@ -1288,15 +1290,42 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
     def _encoder_fingerprint(self) -> str:
         return model_fingerprint(resolve_model_path(os.path.expanduser(self._model_path)))
 
-    def _feature_key(self) -> str:
-        return stable_hash(
-            __version__,
-            self._encoder_fingerprint(),
-            self.pooling,
-            self.max_length,
-            self._precision_on(self._module_device),
-            self._prefixed("encoder"),
-            self._prefixed("tokenizer"),
+    def _feature_source_key(self) -> str | None:
+        """What a frozen encoder's pooled features depend on, as fitted, besides ``max_length``
+        and ``precision``: the model files, the pooling and the loading options. None when
+        the options cannot be hashed (the features are then not cached)."""
+        try:
+            return stable_hash(
+                __version__,
+                self._encoder_fingerprint(),
+                self.pooling,
+                self._prefixed("encoder"),
+                self._prefixed("tokenizer"),
+            )
+        except Exception:  # noqa: BLE001 - e.g. an option joblib cannot pickle
+            return None
+
+    def _feature_key(self) -> str | None:
+        """The feature cache's key for this fitted model's encoder, as the texts are read now."""
+        source = getattr(self, "_feature_source", None)
+        if source is None:
+            return None
+        return stable_hash(source, self.max_length, self._precision_on(self._module_device))
+
+    def _predicts_from_features(self) -> bool:
+        """Whether this fitted model's logits may come from cached frozen-encoder features.
+
+        Decided by the fitted module, not by the parameters, which may have
+        changed since: a fine-tuned encoder's features must never be stored
+        under the pretrained encoder's key.
+        """
+        module = self.module_
+        return (
+            module.freeze_encoder
+            and module.attention is None
+            and not self._chunked
+            and getattr(self, "_feature_source", None) is not None
+            and getattr(self, "_accelerator", None) is None
         )
 
     def _pooled_features(self, texts: Sequence[str]) -> np.ndarray:
@@ -1305,9 +1334,11 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         hidden = self.module_.encoder.config.hidden_size
         out = np.empty((len(texts), hidden), dtype=np.float32)
         todo = np.arange(len(texts))
-        if cache is not None:
+        feature_key = self._feature_key() if cache is not None else None
+        if feature_key is None:
+            cache = None
+        else:
             keys = text_keys(list(texts))
-            feature_key = self._feature_key()  # reads the model folder's file stamps: once
             found = cache.load_features(feature_key, hidden).fill(keys, out)
             todo = np.flatnonzero(~found)
         if len(todo):
@@ -1519,7 +1550,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         """
         texts = self._check_predict_texts(X)
         cache = self._cache()
-        if cache is not None and self._uses_feature_cache():
+        if cache is not None and self._predicts_from_features():
             return self._head_logits(self._pooled_features(texts))
         key = None
         if cache is not None and getattr(self, "cache_key_", None) is not None:

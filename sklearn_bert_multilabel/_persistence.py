@@ -223,6 +223,7 @@ def save_estimator(estimator, path: str | os.PathLike) -> Path:
                 "pos_weight": _optional_list(estimator.pos_weight_),
                 "device": str(estimator.device_),
                 "cache_key": estimator.cache_key_,
+                "feature_source": getattr(estimator, "_feature_source", None),
                 "history": _history_json(estimator.history_),
             },
             "module": {
@@ -393,5 +394,7 @@ def load_estimator(cls, path: str | os.PathLike, *, device: str | None = None):
     estimator.tuned_thresholds_ = _fitted_value(fitted, "tuned_thresholds", n_labels)
     estimator.pos_weight_ = _fitted_value(fitted, "pos_weight", n_labels)
     estimator.cache_key_ = fitted.get("cache_key") if isinstance(fitted.get("cache_key"), str) else None
+    source = fitted.get("feature_source")
+    estimator._feature_source = source if isinstance(source, str) and spec.get("freeze_encoder") else None
     estimator.history_ = History(fitted.get("history") or [])
     return estimator

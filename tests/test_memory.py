@@ -812,3 +812,52 @@ def test_the_shared_frozen_encoder_can_be_dropped(params, toy_data):
     assert second.tokenizer_ is not first.tokenizer_
     third = BertMultiLabelClassifier(**p).fit(X, Y)
     assert third.module_.encoder is second.module_.encoder and third.tokenizer_ is second.tokenizer_
+
+
+def _frozen_logits_with_and_without(params, X, Y, **changes):
+    """A frozen fit in the shared cache, and the same fit without a cache."""
+    frozen = dict(params, freeze_encoder=True, random_state=21, **changes)
+    cached = BertMultiLabelClassifier(**frozen).fit(X, Y)
+    plain = BertMultiLabelClassifier(**dict(frozen, memory=None)).fit(X, Y)
+    return cached.decision_function(X), plain.decision_function(X)
+
+
+def test_a_fine_tuned_encoder_never_stores_features_for_the_pretrained_one(params, toy_data):
+    """freeze_encoder=True set after a fit that trained the encoder, then predictions with memory:
+    the features of the trained encoder must not be stored as the pretrained encoder's."""
+    X, Y = toy_data
+    tuned = BertMultiLabelClassifier(**dict(params, lr=5e-3, random_state=20)).fit(X, Y)
+    before = tuned.decision_function(X)
+    tuned.set_params(freeze_encoder=True)
+    np.testing.assert_allclose(tuned.decision_function(X), before, atol=1e-5)
+    cached, plain = _frozen_logits_with_and_without(params, X, Y)
+    np.testing.assert_allclose(cached, plain, atol=1e-5)
+
+
+def test_parameters_changed_after_a_frozen_fit_do_not_relabel_its_features(
+    params, toy_data, tiny_model_dir, tmp_path
+):
+    """pooling or model_name set after a frozen fit: the fitted encoder's features keep its own key."""
+    import shutil
+
+    from transformers import AutoModel
+
+    X, Y = toy_data
+    other = tmp_path / "other-encoder"
+    shutil.copytree(tiny_model_dir, other)
+    torch.manual_seed(1)
+    encoder = AutoModel.from_pretrained(str(other))
+    for p in encoder.parameters():
+        p.data.normal_(0.0, 0.2)
+    encoder.save_pretrained(str(other))
+
+    mean = BertMultiLabelClassifier(**dict(params, freeze_encoder=True, random_state=22)).fit(X, Y)
+    before = mean.decision_function(X)
+    for change in ({"pooling": "cls"}, {"model_name": str(other)}):
+        mean.set_params(**change)
+        np.testing.assert_allclose(mean.decision_function(X[:50]), before[:50], atol=1e-5)
+    # Fits of those settings in the same cache read only their own encoder's features.
+    cached, plain = _frozen_logits_with_and_without(params, X, Y, pooling="cls")
+    np.testing.assert_allclose(cached, plain, atol=1e-5)
+    cached, plain = _frozen_logits_with_and_without(params, X, Y, model_name=str(other))
+    np.testing.assert_allclose(cached, plain, atol=1e-5)
