@@ -349,7 +349,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
     device_ : str
         Device the model was fitted on.
     cache_key_ : str or None
-        Key of this fit in the ``memory`` cache (None without ``memory``).
+        Key of this fit in the ``memory`` cache (None without ``memory``, and
+        for a fit that continued the previous one with ``warm_start``, whose
+        result the data and parameters alone do not determine).
 
     See Also
     --------
@@ -952,6 +954,12 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         # Fixed now: set_params(model_name=, pooling=...) after fit must not relabel this encoder's features.
         self._feature_source = self._feature_source_key() if self._uses_feature_cache() else None
 
+        start = self._starting_point(module, fit_key, before)
+        if start["weights"] is not None:
+            # warm_start continues the previous fit: the cache entry of this key (a fit from the
+            # pretrained encoder) is not its result, and its predictions are not that entry's.
+            entry = None
+            self.cache_key_ = None
         if entry is not None and not _matches(module, entry["weights"], bool(self.freeze_encoder)):
             warnings.warn(
                 f"ignoring the cache entry {fit_key}: its weights do not match this model; "
@@ -972,7 +980,6 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         else:
             pos_weight = self._pos_weight(Y_train, n_labels)
             self.pos_weight_ = None if pos_weight is None else pos_weight.numpy().astype(np.float64)
-            start = self._starting_point(module, fit_key, before)
             try:
                 valid, complete = self._train(
                     module, tokenizer, train_texts, Y_train, val_texts, Y_val, pos_weight, seed, start

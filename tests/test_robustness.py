@@ -341,6 +341,26 @@ def test_warm_start_continues_from_the_previous_fit(fast_params, toy_data):
     assert clf.n_labels_ == 2
 
 
+def test_warm_start_with_memory_continues_and_leaves_the_cache_alone(fast_params, toy_data, tmp_path):
+    """A warm-started fit is not the cold fit that memory holds for the same data and parameters:
+    it must neither load that entry nor serve that entry's cached predictions."""
+    X, Y = toy_data
+    params = {**fast_params, "max_epochs": 1, "lr": 5e-3, "warm_start": True}
+    plain = BertMultiLabelClassifier(**params).fit(X, Y)
+    cold = plain.decision_function(X)
+    cached = BertMultiLabelClassifier(**params, memory=tmp_path).fit(X, Y)
+    np.testing.assert_allclose(cached.decision_function(X), cold, atol=1e-5)  # now in the cache
+    plain.fit(X, Y)
+    cached.fit(X, Y)
+    warm = plain.decision_function(X)
+    assert not np.allclose(warm, cold, atol=1e-4)
+    np.testing.assert_allclose(cached.decision_function(X), warm, atol=1e-5)
+    assert cached.cache_key_ is None
+    fresh = BertMultiLabelClassifier(**params, memory=tmp_path).fit(X, Y)  # a cold fit: the entry
+    np.testing.assert_allclose(fresh.decision_function(X), cold, atol=1e-5)
+    assert fresh.cache_key_ is not None
+
+
 class StartingWeights(Callback):
     """The model's weights when training starts."""
 
