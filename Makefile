@@ -1,6 +1,6 @@
 # Two entry points, each sets everything up first (idempotent):
 #   make demo   fine-tune the default encoder on a GoEmotions slice, print a per-label report
-#   make test   lint and run the test suite
+#   make test   lint, check formatting and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -24,6 +24,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 clean:
