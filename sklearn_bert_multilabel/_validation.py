@@ -107,10 +107,11 @@ def check_texts(X: object, problems: Problems, name: str = "X") -> list[str] | N
     bad = [(i, t) for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
         shown = first_few(bad, lambda pair: f"{name}[{pair[0]}]={describe(pair[1])}")
-        problems.append(
-            f"{name} must contain only str; {len(bad)} element(s) are not text: "
-            f"{shown}. Convert or drop them (missing texts: use '' or remove the rows)."
-        )
+        if all(isinstance(t, (bytes, bytearray)) for _, t in bad):
+            fix = "Decode them first, e.g. [t.decode('utf-8') for t in X]."
+        else:
+            fix = "Convert or drop them (missing texts: use '' or remove the rows)."
+        problems.append(f"{name} must contain only str; {len(bad)} element(s) are not text: {shown}. {fix}")
         return None
     broken = [i for i, t in enumerate(texts) if _SURROGATE.search(t)]
     if broken:

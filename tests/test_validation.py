@@ -34,7 +34,8 @@ def no_training(monkeypatch):
 @pytest.mark.parametrize(
     "X, match",
     [
-        (["ok", 3, "fine", "yes"], r"X must contain only str.*X\[1\]=3"),
+        (["ok", 3, "fine", "yes"], r"X must contain only str.*X\[1\]=3.*Convert or drop them"),
+        ([b"ok", b"fine", "yes", "no"], r"2 element\(s\) are not text.*t\.decode\('utf-8'\)"),
         (["ok", None, "fine", "yes"], r"X\[1\]=None"),
         (["ok", float("nan"), "fine", "yes"], r"X\[1\]=nan"),
         (np.array([1.0, 2.0, 3.0, 4.0]), "X must contain only str"),
@@ -50,6 +51,7 @@ def no_training(monkeypatch):
     ],
     ids=[
         "int",
+        "bytes",
         "none",
         "nan",
         "numeric-array",
