@@ -1559,15 +1559,27 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         cache = self._cache()
         if cache is not None and self._predicts_from_features():
             return self._head_logits(self._pooled_features(texts))
-        key = None
-        if cache is not None and getattr(self, "cache_key_", None) is not None:
-            # Everything besides the weights that shapes the logits is in the key.
-            precision = self._precision_on(self._module_device)
-            windows = (self._stride, self.max_chunks, self.chunk_aggregation) if self._chunked else None
-            key = stable_hash(self.cache_key_, self.max_length, precision, windows, texts_digest(texts))
-            logits = cache.load_logits(key, (len(texts), self.n_labels_))
-            if logits is not None:
-                return logits
+        if cache is None or getattr(self, "cache_key_", None) is None:
+            return self._compute_logits(texts, stacklevel=4)
+        # One store of per-text rows per model and reading: everything besides the weights that
+        # shapes the logits is in its key. Texts seen before (in any earlier call) are read back,
+        # and a model predicting one text per call merges its rows as the feature store does.
+        precision = self._precision_on(self._module_device)
+        windows = (self._stride, self.max_chunks, self.chunk_aggregation) if self._chunked else None
+        key = stable_hash(self.cache_key_, self.max_length, precision, windows)
+        keys = text_keys(texts)
+        logits = np.empty((len(texts), self.n_labels_), dtype=np.float32)
+        found = cache.load_logits(key, self.n_labels_).fill(keys, logits)
+        todo = np.flatnonzero(~found)
+        if len(todo):
+            computed = self._compute_logits([texts[i] for i in todo], stacklevel=4)
+            logits[todo] = computed
+            cache.save_logits(key, keys[todo], computed)
+        logger.debug("logits: %d cached, %d computed", len(texts) - len(todo), len(todo))
+        return logits
+
+    def _compute_logits(self, texts: list[str], stacklevel: int) -> np.ndarray:
+        """The logits of ``texts`` from the model (``stacklevel``: of the caller for warnings)."""
         if self._chunked:
             logits = np.empty((len(texts), self.n_labels_), dtype=np.float32)
             cut = 0
@@ -1575,20 +1587,17 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 windows, n_cut = self._windows(texts[start : start + PREDICT_CHUNK])
                 cut += n_cut
                 logits[start : start + len(windows)] = self._logits_from_windows(windows)
-            self._warn_cut(cut, len(texts), stacklevel=3)
-        else:
-            batches = iter_text_batches(
-                self.tokenizer_,
-                texts,
-                self.max_length,
-                self.predict_batch_size,
-                self._pad_id,
-                self._prediction_workers,
-            )
-            logits = self._run(batches)
-        if key is not None:
-            cache.save_logits(key, logits)
-        return logits
+            self._warn_cut(cut, len(texts), stacklevel=stacklevel)
+            return logits
+        batches = iter_text_batches(
+            self.tokenizer_,
+            texts,
+            self.max_length,
+            self.predict_batch_size,
+            self._pad_id,
+            self._prediction_workers,
+        )
+        return self._run(batches)
 
     def predict_proba(self, X: Sequence[str]) -> np.ndarray:
         """Independent probability of each label for each text.

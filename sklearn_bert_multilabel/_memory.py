@@ -5,7 +5,7 @@ Layout under ``<location>/sklearn_bert_multilabel/``::
     fits/<key>/weights.safetensors   trained weights (head only when the encoder is frozen)
     fits/<key>/meta.json             history, pos_weight, label count
     fits/<key>/valid.npz             validation logits and labels (for threshold="auto")
-    logits/<key>.npy                 logits of one fitted model on one set of texts
+    logits/<key>/chunk-<rows>-*/     logits of one fitted model, per text, in chunks as below
     features/<key>/chunk-<rows>-*/   pooled features of a frozen encoder: keys.npy (text
                                      hashes, sorted) and features.npy (rows, same order)
 
@@ -13,7 +13,7 @@ Every entry is written to a temporary name and renamed into place, so
 processes sharing a cache (``GridSearchCV(n_jobs=...)``) never see a partial
 entry. Unreadable entries are ignored with a :class:`CacheWarning`.
 
-Each call that computes features writes one chunk, so a model that keeps
+Each call that computes features (or logits) writes one chunk, so a model that keeps
 predicting new texts (one call per text, say) would leave ever more chunks
 for every look-up to open. Chunks of similar size are therefore merged, as
 a log-structured store does: once a size class holds :data:`MERGE_FAN_IN`
@@ -401,34 +401,25 @@ class FitCache:
             shutil.rmtree(tmp, ignore_errors=True)
 
     # ------------------------------------------------------------------ logits
-    def load_logits(self, key: str, shape: tuple[int, int]) -> np.ndarray | None:
-        path = self.root / "logits" / f"{key}.npy"
-        if not path.is_file():
-            return None
-        try:
-            logits = np.load(path, allow_pickle=False)
-            if logits.shape != shape:
-                raise ValueError(f"shape {logits.shape}, expected {shape}")
-        except Exception as exc:  # noqa: BLE001
-            _warn("logits", path, exc)
-            path.unlink(missing_ok=True)
-            return None
-        return logits
+    def load_logits(self, key: str, width: int) -> FeatureStore:
+        """The cached logits (``width`` labels) of one fitted model and reading, by text."""
+        return self._load_rows("logits", key, width)
 
-    def save_logits(self, key: str, logits: np.ndarray) -> None:
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.save(f, logits, allow_pickle=False)
-
-        try:
-            _write_file(self.root / "logits" / f"{key}.npy", write)
-        except OSError as exc:
-            warnings.warn(f"could not write logits to the cache: {exc}", CacheWarning, stacklevel=3)
+    def save_logits(self, key: str, keys: np.ndarray, logits: np.ndarray) -> None:
+        self._save_rows("logits", key, keys, logits)
 
     # ---------------------------------------------------------------- features
     def load_features(self, key: str, width: int) -> FeatureStore:
         """All cached feature chunks of one encoder setting (``width`` values a row), mapped."""
-        folder = self.root / "features" / key
+        return self._load_rows("features", key, width)
+
+    def save_features(self, key: str, keys: np.ndarray, features: np.ndarray) -> None:
+        """Store rows as a new chunk (a folder of sorted keys and rows, renamed into place),
+        then merge the chunks of any size class that it fills."""
+        self._save_rows("features", key, keys, features)
+
+    def _load_rows(self, kind: str, key: str, width: int) -> FeatureStore:
+        folder = self.root / kind / key
         if not folder.is_dir():
             return FeatureStore([])
         listed = sorted(folder.glob("chunk-*"))
@@ -442,20 +433,18 @@ class FitCache:
                 _MAPPED.forget(chunk)
                 if not chunk.exists():
                     continue  # removed by another process since the listing
-                _warn("features", chunk, exc)
+                _warn(kind, chunk, exc)
                 _remove_chunk(chunk)
                 continue
             if len(keys):
                 chunks.append((keys, features))
         return FeatureStore(chunks)
 
-    def save_features(self, key: str, keys: np.ndarray, features: np.ndarray) -> None:
-        """Store rows as a new chunk (a folder of sorted keys and rows, renamed into place),
-        then merge the chunks of any size class that it fills."""
+    def _save_rows(self, kind: str, key: str, keys: np.ndarray, features: np.ndarray) -> None:
         if len(keys) == 0:
             return
         keys, features = _sorted_chunk(keys, np.ascontiguousarray(features, dtype=np.float32))
-        folder = self.root / "features" / key
+        folder = self.root / kind / key
 
         def write(tmp: Path) -> None:
             np.save(tmp / "features.npy", features, allow_pickle=False)
@@ -464,7 +453,7 @@ class FitCache:
         try:
             _publish_chunk(folder, len(keys), write)
         except OSError as exc:
-            warnings.warn(f"could not write features to the cache: {exc}", CacheWarning, stacklevel=3)
+            warnings.warn(f"could not write {kind} to the cache: {exc}", CacheWarning, stacklevel=4)
             return
         for _ in range(MAX_MERGES_PER_SAVE):
             if not _merge_a_full_class(folder, features.shape[1]):

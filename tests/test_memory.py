@@ -118,6 +118,31 @@ def test_logits_are_cached_for_repeated_prediction(params, toy_data, count_encod
     assert sum(count_encoder_texts) == 20  # the second call read the cache
 
 
+def test_cached_logits_are_read_back_per_text(params, toy_data, count_encoder_texts):
+    """Texts predicted in an earlier call are not encoded again when they come back among others."""
+    X, Y = toy_data
+    clf = BertMultiLabelClassifier(**params).fit(X, Y)
+    plain = BertMultiLabelClassifier(**dict(params, memory=None)).fit(X, Y)
+    count_encoder_texts.clear()
+    clf.predict_proba(X[:20])
+    assert sum(count_encoder_texts) == 20
+    mixed = clf.predict_proba(X[10:30] + X[:3])
+    assert sum(count_encoder_texts) == 30  # only X[20:30] were new
+    np.testing.assert_allclose(mixed, plain.predict_proba(X[10:30] + X[:3]), atol=1e-5)
+
+
+def test_predicting_one_text_at_a_time_keeps_few_logit_chunks(params, toy_data, tmp_path):
+    X, Y = toy_data
+    clf = BertMultiLabelClassifier(**params).fit(X, Y)
+    plain = BertMultiLabelClassifier(**dict(params, memory=None)).fit(X, Y)
+    texts = [f"{X[i % len(X)]} again {i}" for i in range(70)]
+    proba = np.vstack([clf.predict_proba([text]) for text in texts])
+    np.testing.assert_allclose(proba, plain.predict_proba(texts), atol=1e-5)
+    (folder,) = (tmp_path / "cache" / "sklearn_bert_multilabel" / "logits").iterdir()
+    # 70 one-text chunks merged as 1 x 64 + 6 x 1.
+    assert len(list(folder.glob("chunk-*"))) == 7
+
+
 def test_logit_cache_follows_prediction_settings(params, toy_data):
     X, Y = toy_data
     clf = BertMultiLabelClassifier(**params).fit(X, Y)
@@ -228,8 +253,10 @@ def test_corrupt_logits_and_features_are_ignored(params, toy_data, tmp_path):
     X, Y = toy_data
     clf = BertMultiLabelClassifier(**params).fit(X, Y)
     expected = clf.predict_proba(X[:10])
-    for f in (tmp_path / "cache" / "sklearn_bert_multilabel" / "logits").iterdir():
-        f.write_bytes(b"\x93NUMPY garbage")
+    logit_chunks = list((tmp_path / "cache" / "sklearn_bert_multilabel" / "logits").rglob("chunk-*"))
+    assert logit_chunks
+    for chunk in logit_chunks:
+        (chunk / "features.npy").write_bytes(b"\x93NUMPY garbage")
     with pytest.warns(CacheWarning):
         np.testing.assert_array_equal(clf.predict_proba(X[:10]), expected)
 
