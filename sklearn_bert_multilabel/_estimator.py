@@ -349,9 +349,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
     device_ : str
         Device the model was fitted on.
     cache_key_ : str or None
-        Key of this fit in the ``memory`` cache (None without ``memory``, and
-        for a fit that continued the previous one with ``warm_start``, whose
-        result the data and parameters alone do not determine).
+        Key of this fit in the ``memory`` cache (None without ``memory``, for
+        a fit that continued the previous one with ``warm_start``, and for one
+        that was interrupted or stopped on a non-finite loss: the data and
+        parameters alone do not determine their weights).
 
     See Also
     --------
@@ -987,6 +988,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             except NonFiniteLossError as exc:
                 self._keep_after_error(exc)
                 raise
+            if not complete:
+                # Interrupted: these weights are not what the key's data and parameters give, so
+                # their predictions must not be cached where a complete fit would read them.
+                self.cache_key_ = None
             if cache is not None and fit_key is not None and complete and start["weights"] is None:
                 meta = {
                     "history": _jsonable(self.history_),
@@ -1110,6 +1115,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         """
         self.module_.eval()
         self.history_ = exc.history
+        self.cache_key_ = None  # a partly trained model: its predictions are not the key's
         # Nothing was tuned: "auto" falls back to 0.5 until fit_thresholds is called.
         self.tuned_thresholds_ = np.full(self.n_labels_, 0.5) if isinstance(self.threshold, str) else None
         exc.model_kept = True

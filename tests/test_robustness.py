@@ -240,6 +240,50 @@ def test_keyboard_interrupt_leaves_a_usable_model_with_the_best_weights(
         torch.testing.assert_close(state[key], value, rtol=0, atol=0)
 
 
+def test_an_interrupted_fit_leaves_no_predictions_for_a_complete_one_to_read(
+    fast_params, toy_data, tmp_path, monkeypatch
+):
+    """With memory, the interrupted model's predictions must not be cached under the key of the
+    data and parameters, where the complete fit that follows would read them."""
+    X, Y = toy_data
+    params = {**fast_params, "max_epochs": 3, "lr": 5e-3, "memory": tmp_path}
+    real_train_step = MultiLabelNet.train_step
+    calls = {"n": 0}
+
+    def train_step(self, batch, **fit_params):
+        calls["n"] += 1
+        if calls["n"] == 2 * 6 + 2:  # once, during epoch 3 (6 batches an epoch)
+            raise KeyboardInterrupt
+        return real_train_step(self, batch, **fit_params)
+
+    monkeypatch.setattr(MultiLabelNet, "train_step", train_step)
+    clf = BertMultiLabelClassifier(**params)
+    with pytest.warns(UserWarning, match="interrupted during epoch 3"):
+        clf.fit(X, Y)
+    assert clf.cache_key_ is None
+    interrupted = clf.decision_function(X)
+    clf.fit(X, Y)  # the same data and parameters, uninterrupted
+    assert len(clf.history_) == 3 and clf.cache_key_ is not None
+    complete = BertMultiLabelClassifier(**{**params, "memory": None}).fit(X, Y).decision_function(X)
+    assert not np.allclose(complete, interrupted, atol=1e-4)
+    np.testing.assert_allclose(clf.decision_function(X), complete, atol=1e-5)
+
+
+def test_a_model_kept_after_a_non_finite_loss_has_no_cache_key(fast_params, toy_data, tmp_path, monkeypatch):
+    real_get_loss = MultiLabelNet.get_loss
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        loss = real_get_loss(self, y_pred, y_true, X=X, training=training)
+        return loss * float("nan") if training and len(self.history) == 2 else loss
+
+    monkeypatch.setattr(MultiLabelNet, "get_loss", get_loss)
+    X, Y = toy_data
+    clf = BertMultiLabelClassifier(**{**fast_params, "memory": tmp_path})
+    with pytest.raises(NonFiniteLossError):
+        clf.fit(X, Y)
+    assert clf.cache_key_ is None and np.isfinite(clf.decision_function(X)).all()
+
+
 def test_the_best_weights_are_copied_only_while_an_epoch_is_left(fast_params, toy_data, monkeypatch):
     import sklearn_bert_multilabel._checkpoint as checkpoint_module
 
