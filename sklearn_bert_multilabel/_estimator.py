@@ -267,7 +267,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         Extra skorch callbacks.
     device : str, default="cpu"
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``..., or ``"auto"`` (CUDA when
-        available), resolved in :meth:`fit`.
+        available), resolved in :meth:`fit`. Predictions run where the fitted
+        model is (``device_``); setting ``device`` after fit does not move it:
+        ``load(path, device=...)`` places a saved model.
     random_state : int, RandomState instance or None, default=None
         Seed of the head's initialisation, dropout, batch order and
         validation split. An int gives identical predictions run to run on
