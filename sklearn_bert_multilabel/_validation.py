@@ -73,14 +73,14 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 def check_texts(X: object, problems: Problems, name: str = "X") -> list[str] | None:
     """Return ``X`` as a list of str, or record why it cannot be.
 
-    Accepts a list, tuple, 1-D ndarray or pandas Series of str. Empty strings
+    Accepts a list, tuple, 1-D ndarray, pandas Series or Index of str. Empty strings
     are accepted (they predict the model's prior).
     """
     if isinstance(X, str):
         problems.append(f"{name} must be a sequence of texts, got a single str; wrap it in a list: [text].")
         return None
-    if hasattr(X, "iloc") and hasattr(X, "to_numpy") and getattr(X, "ndim", 1) == 1:
-        X = X.to_numpy()  # pandas Series: drop the index
+    if hasattr(X, "to_numpy") and getattr(X, "ndim", None) == 1 and not hasattr(X, "columns"):
+        X = X.to_numpy()  # a pandas Series (its index dropped) or Index
     if isinstance(X, np.ndarray):
         if X.ndim != 1:
             problems.append(
@@ -96,8 +96,11 @@ def check_texts(X: object, problems: Problems, name: str = "X") -> list[str] | N
         )
         return None
     elif not isinstance(X, (list, tuple)):
+        hint = ""
+        if hasattr(X, "__iter__") and not hasattr(X, "__len__"):  # a generator, map, dict view...
+            hint = f" Make it a list first: list({name})."
         problems.append(
-            f"{name} must be a list, tuple, 1-D array or pandas Series of str, got {type(X).__name__}."
+            f"{name} must be a list, tuple, 1-D array or pandas Series of str, got {type(X).__name__}.{hint}"
         )
         return None
     texts = list(X)

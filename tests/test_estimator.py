@@ -156,8 +156,14 @@ def test_each_label_format_gives_the_same_model(convert, fast_params, toy_data):
 
 @pytest.mark.parametrize(
     "convert",
-    [tuple, np.array, lambda X: pd.Series(X, index=np.arange(len(X)) * 3 + 7)],
-    ids=["tuple", "ndarray", "series"],
+    [
+        tuple,
+        np.array,
+        lambda X: pd.Series(X, index=np.arange(len(X)) * 3 + 7),
+        lambda X: pd.Series(X, dtype="string"),
+        pd.Index,
+    ],
+    ids=["tuple", "ndarray", "series", "string-series", "index"],
 )
 def test_each_text_format(convert, fitted, toy_data):
     X, _ = toy_data

@@ -42,7 +42,8 @@ def no_training(monkeypatch):
         ("one text", "got a single str; wrap it in a list"),
         (np.array([["a"], ["b"], ["c"], ["d"]]), r"X must be 1-D.*X\[:, 0\]"),
         (pd.DataFrame({"text": X4}), r"select the text column"),
-        (42, "X must be a list, tuple, 1-D array or pandas Series of str"),
+        (42, "X must be a list, tuple, 1-D array or pandas Series of str, got int\\.$"),
+        ((t for t in X4), r"got generator\. Make it a list first: list\(X\)"),
         (["", "  ", "\n", ""], r"X holds only empty or blank texts \(all 4\)"),
         (
             ["ok", "a \ud83d\ude00 b", "fine", "lone \udc00"],
@@ -59,6 +60,7 @@ def no_training(monkeypatch):
         "2d",
         "dataframe",
         "scalar",
+        "generator",
         "all-blank",
         "surrogates",
     ],
