@@ -147,19 +147,8 @@ def _publish_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_file(final: Path, write) -> None:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 class FeatureStore:
-    """Cached feature rows of one encoder setting, looked up by text key.
+    """Cached rows of one encoder setting (features) or one model (logits), looked up by text key.
 
     Each chunk holds its keys sorted, with its rows in the same order, and
     both are memory-mapped: a lookup binary-searches every chunk's keys and

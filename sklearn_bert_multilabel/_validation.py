@@ -98,7 +98,7 @@ def check_texts(X: object, problems: Problems, name: str = "X") -> list[str] | N
     elif not isinstance(X, (list, tuple)):
         hint = ""
         if hasattr(X, "__iter__") and not hasattr(X, "__len__"):  # a generator, map, dict view...
-            hint = f" Make it a list first: list({name})."
+            hint = " Make it a list first: list(texts)."
         problems.append(
             f"{name} must be a list, tuple, 1-D array or pandas Series of str, got {type(X).__name__}.{hint}"
         )

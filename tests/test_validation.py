@@ -43,7 +43,7 @@ def no_training(monkeypatch):
         (np.array([["a"], ["b"], ["c"], ["d"]]), r"X must be 1-D.*X\[:, 0\]"),
         (pd.DataFrame({"text": X4}), r"select the text column"),
         (42, "X must be a list, tuple, 1-D array or pandas Series of str, got int\\.$"),
-        ((t for t in X4), r"got generator\. Make it a list first: list\(X\)"),
+        ((t for t in X4), r"got generator\. Make it a list first: list\(texts\)"),
         (["", "  ", "\n", ""], r"X holds only empty or blank texts \(all 4\)"),
         (
             ["ok", "a \ud83d\ude00 b", "fine", "lone \udc00"],
