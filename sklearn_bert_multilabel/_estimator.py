@@ -954,7 +954,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         )
         self._set_model(module, tokenizer, device, label_names)
         self.cache_key_ = fit_key
-        # Fixed now: set_params(model_name=, pooling=...) after fit must not relabel this encoder's features.
+        # Fixed at fit, so that set_params(model_name=, pooling=...) after it cannot relabel features.
         self._feature_source = self._feature_source_key() if self._uses_feature_cache() else None
 
         start = self._starting_point(module, fit_key, before)
