@@ -282,7 +282,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         ``predict_batch_size``, ``verbose``; ``device`` only as CPU or
         CUDA) are not in the key, so
         ``GridSearchCV`` over thresholds trains once per fold. Predicted
-        logits are cached too, and with ``freeze_encoder=True`` (and a pooling
+        logits are cached too, per text, and with ``freeze_encoder=True`` (and a pooling
         other than ``"attention"``) the pooled encoder features of each text
         are computed once across fits; such fits also share one loaded copy
         of the (never trained) encoder per process, so a search over heads
@@ -291,8 +291,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         are skipped with a ``CacheWarning``. With ``random_state=None``, a
         cached fit is reused as if it were deterministic: unseeded fits of
         the same data and parameters get the same weights. Prediction calls
-        write to the cache too (the logits of each new set of texts, and the
-        features of each new text with a frozen encoder), so set
+        write to the cache too (the logits of each new text, and its
+        features with a frozen encoder), so set
         ``memory=None`` on a model that serves predictions; :meth:`save` does
         not keep it.
     warm_start : bool, default=False
