@@ -955,7 +955,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         self._set_model(module, tokenizer, device, label_names)
         self.cache_key_ = fit_key
         # Fixed at fit, so that set_params(model_name=, pooling=...) after it cannot relabel features.
-        self._feature_source = self._feature_source_key() if self._uses_feature_cache() else None
+        fixed_features = module.freeze_encoder and module.attention is None
+        self._feature_source = self._feature_source_key() if fixed_features else None
 
         start = self._starting_point(module, fit_key, before)
         if start["weights"] is not None:

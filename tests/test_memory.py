@@ -888,3 +888,22 @@ def test_parameters_changed_after_a_frozen_fit_do_not_relabel_its_features(
     np.testing.assert_allclose(cached, plain, atol=1e-5)
     cached, plain = _frozen_logits_with_and_without(params, X, Y, model_name=str(other))
     np.testing.assert_allclose(cached, plain, atol=1e-5)
+
+
+def test_a_frozen_model_fitted_on_windows_predicts_whole_texts_from_cached_features(
+    params, toy_data, tmp_path
+):
+    X, Y = toy_data
+    frozen = dict(params, freeze_encoder=True, long_text="chunk", max_length=8, stride=2, random_state=23)
+    cached = BertMultiLabelClassifier(**frozen).fit(X, Y)
+    plain = BertMultiLabelClassifier(**dict(frozen, memory=None)).fit(X, Y)
+    features = tmp_path / "cache" / "sklearn_bert_multilabel" / "features"
+    assert not features.exists()  # training on windows does not go through the feature cache
+    for clf in (cached, plain):
+        clf.set_params(long_text="truncate", max_length=32)
+    np.testing.assert_allclose(cached.decision_function(X), plain.decision_function(X), atol=1e-5)
+    assert list(features.rglob("chunk-*"))  # the fixed encoder's features, cached for later fits
+    same_reading = dict(params, freeze_encoder=True, max_length=32, random_state=24)
+    later = BertMultiLabelClassifier(**same_reading).fit(X, Y)
+    alone = BertMultiLabelClassifier(**dict(same_reading, memory=None)).fit(X, Y)
+    np.testing.assert_allclose(later.decision_function(X), alone.decision_function(X), atol=1e-5)
