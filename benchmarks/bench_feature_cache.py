@@ -9,10 +9,11 @@ data sets or searches). Each lookup is timed 5 times (median), after the
 files are in the page cache.
 
 It then predicts ``--n-calls`` new texts one call at a time with a fitted
-frozen model, with and without ``memory``: each such call stores one more
-chunk, and the chunks are merged as they accumulate, so the time of a call
-should not grow with the number of calls before it. Printed: the median
-time of the first and of the last 100 calls, and the chunks left.
+frozen model and with a fine-tuned one, with and without ``memory``: each
+such call stores one more chunk (features, or logits), and the chunks are
+merged as they accumulate, so the time of a call should not grow with the
+number of calls before it. Printed: the median time of the first and of the
+last 100 calls, and the chunks left.
 
     python benchmarks/bench_feature_cache.py [--n-texts 800] [--n-calls 1000]
 """
@@ -73,24 +74,32 @@ def main() -> None:
             lookup = statistics.median(times[1:])
             print(f"{cached:14,d} {chunks:7d} {lookup * 1000:8.1f} ms {encode / lookup:15.0f}x")
 
-    print(f"\n{args.n_calls} calls of predict_proba, one new text each, after a fit on {len(X)} texts:")
-    print(f"{'memory':>8s} {'first 100 calls':>16s} {'last 100 calls':>15s} {'chunks left':>12s}")
+    print(f"\n{args.n_calls} calls of predict_proba, one new text each, after a fit on {len(X)} texts")
+    print("(frozen: features cached; fine-tuned: logits cached, in the same kind of chunks):")
+    print(
+        f"{'model':>10s} {'memory':>7s} {'first 100 calls':>16s} {'last 100 calls':>15s} {'chunks left':>12s}"
+    )
     texts = [f"{X[i % len(X)]} (call {i})" for i in range(args.n_calls)]
-    with tempfile.TemporaryDirectory() as folder:
-        for memory in (None, folder):
-            model = BertMultiLabelClassifier(
-                freeze_encoder=True, max_epochs=1, max_length=64, train_split=None, memory=memory
-            )
-            model.fit(X, Y)
-            times = []
-            for text in texts:
-                start = time.perf_counter()
-                model.predict_proba([text])
-                times.append(time.perf_counter() - start)
-            first, last = statistics.median(times[:100]), statistics.median(times[-100:])
-            chunks = len(list(Path(folder).rglob("chunk-*"))) if memory else 0
-            label = "set" if memory else "None"
-            print(f"{label:>8s} {first * 1000:13.1f} ms {last * 1000:12.1f} ms {chunks:12d}")
+    for frozen in (True, False):
+        for use_memory in (False, True):
+            with tempfile.TemporaryDirectory() as folder:
+                model = BertMultiLabelClassifier(
+                    freeze_encoder=frozen,
+                    max_epochs=1,
+                    max_length=64,
+                    train_split=None,
+                    memory=folder if use_memory else None,
+                )
+                model.fit(X, Y)
+                times = []
+                for text in texts:
+                    start = time.perf_counter()
+                    model.predict_proba([text])
+                    times.append(time.perf_counter() - start)
+                first, last = statistics.median(times[:100]), statistics.median(times[-100:])
+                chunks = len(list(Path(folder).rglob("chunk-*")))
+            kind, label = ("frozen" if frozen else "fine-tuned"), ("set" if use_memory else "None")
+            print(f"{kind:>10s} {label:>7s} {first * 1000:13.1f} ms {last * 1000:12.1f} ms {chunks:12d}")
 
 
 if __name__ == "__main__":
