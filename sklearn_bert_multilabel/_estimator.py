@@ -37,7 +37,6 @@ from ._memory import (
     resolve_location,
     stable_hash,
     state_for_cache,
-    text_keys,
     texts_digest,
 )
 from ._model import (
@@ -1346,32 +1345,24 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
 
     def _pooled_features(self, texts: Sequence[str]) -> np.ndarray:
         """Pooled frozen-encoder vectors of ``texts``, through the feature cache if any."""
-        cache = self._cache()
         hidden = self.module_.encoder.config.hidden_size
-        out = np.empty((len(texts), hidden), dtype=np.float32)
-        todo = np.arange(len(texts))
-        feature_key = self._feature_key() if cache is not None else None
-        if feature_key is None:
-            cache = None
-        else:
-            keys = text_keys(list(texts))
-            found = cache.load_features(feature_key, hidden).fill(keys, out)
-            todo = np.flatnonzero(~found)
-        if len(todo):
+
+        def compute(todo: list[str]) -> np.ndarray:
             batches = iter_text_batches(
                 self.tokenizer_,
-                [texts[i] for i in todo],
+                todo,
                 self.max_length,
                 self.predict_batch_size,
                 self._pad_id,
                 self._prediction_workers,
             )
-            computed = self._run(batches, self.module_.pool, hidden)
-            out[todo] = computed
-            if cache is not None:
-                cache.save_features(feature_key, keys[todo], computed)
-        logger.debug("features: %d cached, %d computed", len(texts) - len(todo), len(todo))
-        return out
+            return self._run(batches, self.module_.pool, hidden)
+
+        cache = self._cache()
+        feature_key = self._feature_key() if cache is not None else None
+        if feature_key is None:
+            return compute(list(texts))
+        return cache.rows("features", feature_key, list(texts), hidden, compute)
 
     def _head_logits(self, features: np.ndarray) -> np.ndarray:
         self._evaluation_mode()  # features read from the cache have not been through _run
@@ -1576,16 +1567,12 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         precision = self._precision_on(self._module_device)
         windows = (self._stride, self.max_chunks, self.chunk_aggregation) if self._chunked else None
         key = stable_hash(self.cache_key_, self.max_length, precision, windows)
-        keys = text_keys(texts)
-        logits = np.empty((len(texts), self.n_labels_), dtype=np.float32)
-        found = cache.load_logits(key, self.n_labels_).fill(keys, logits)
-        todo = np.flatnonzero(~found)
-        if len(todo):
-            computed = self._compute_logits([texts[i] for i in todo], stacklevel=4)
-            logits[todo] = computed
-            cache.save_logits(key, keys[todo], computed)
-        logger.debug("logits: %d cached, %d computed", len(texts) - len(todo), len(todo))
-        return logits
+
+        def compute(todo: list[str]) -> np.ndarray:
+            # A warning points past _warn_cut, _compute_logits, compute, rows and this method.
+            return self._compute_logits(todo, stacklevel=6)
+
+        return cache.rows("logits", key, texts, self.n_labels_, compute)
 
     def _compute_logits(self, texts: list[str], stacklevel: int) -> np.ndarray:
         """The logits of ``texts`` from the model (``stacklevel``: of the caller for warnings)."""

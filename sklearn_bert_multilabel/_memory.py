@@ -389,13 +389,25 @@ class FitCache:
             warnings.warn(f"could not write the cache entry {final}: {exc}", CacheWarning, stacklevel=3)
             shutil.rmtree(tmp, ignore_errors=True)
 
-    # ------------------------------------------------------------------ logits
-    def load_logits(self, key: str, width: int) -> FeatureStore:
-        """The cached logits (``width`` labels) of one fitted model and reading, by text."""
-        return self._load_rows("logits", key, width)
+    # ------------------------------------------------------- per-text rows
+    def rows(
+        self, kind: str, key: str, texts: list[str], width: int, compute: Callable[[list[str]], np.ndarray]
+    ) -> np.ndarray:
+        """One row of ``width`` float32 values per text: read from the store ``kind/key`` where
+        an earlier call left it, the others from ``compute`` (given those texts), then stored.
 
-    def save_logits(self, key: str, keys: np.ndarray, logits: np.ndarray) -> None:
-        self._save_rows("logits", key, keys, logits)
+        ``kind`` is ``"features"`` (pooled features of a frozen encoder) or ``"logits"`` (of
+        one fitted model and reading of the texts).
+        """
+        keys = text_keys(texts)
+        out = np.empty((len(texts), width), dtype=np.float32)
+        todo = np.flatnonzero(~self._load_rows(kind, key, width).fill(keys, out))
+        if len(todo):
+            computed = compute([texts[i] for i in todo])
+            out[todo] = computed
+            self._save_rows(kind, key, keys[todo], computed)
+        logger.debug("%s: %d cached, %d computed", kind, len(texts) - len(todo), len(todo))
+        return out
 
     # ---------------------------------------------------------------- features
     def load_features(self, key: str, width: int) -> FeatureStore:
