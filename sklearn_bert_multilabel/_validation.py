@@ -139,7 +139,8 @@ def _is_missing(value: object) -> bool:
         return True
 
 
-def _is_number(value: object) -> bool:
+def _reads_as_float(value: object) -> bool:
+    """Whether ``float(value)`` succeeds (``"1"`` does), unlike :func:`is_number`, a type check."""
     try:
         float(value)
     except (TypeError, ValueError):
@@ -204,7 +205,7 @@ def check_label_matrix(
         except (TypeError, ValueError):
             odd: dict[str, object] = {}  # the first few values that are not numbers, by repr
             for value in arr.ravel():
-                if not _is_number(value):
+                if not _reads_as_float(value):
                     value = value.item() if isinstance(value, np.generic) else value  # np.str_ -> str
                     odd.setdefault(describe(value), value)
                     if len(odd) == 3:
