@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._model import head_layout
+from ._model import head_layout, head_linears
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +39,6 @@ def _unsupported(estimator, model_type: str) -> ValueError:
     )
 
 
-def _linears(head: nn.Sequential) -> list[nn.Linear]:
-    return [layer for layer in head if isinstance(layer, nn.Linear)]
-
-
 def _new_folder(path: str | os.PathLike) -> Path:
     target = Path(path).expanduser()
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
@@ -64,7 +60,7 @@ def build_pretrained(estimator):
         )
     config = copy.deepcopy(module.encoder.config)
     model_type = getattr(config, "model_type", "")
-    linears = _linears(module.head)
+    linears = head_linears(module.head)
     hidden = head_layout(module.head)[0]  # as fitted: set_params after fit does not change it
     if model_type in POOLER_LINEAR_TYPES and module.pooling == "pooler" and len(linears) == 1:
         classifier_layers = {"classifier": linears[0]}

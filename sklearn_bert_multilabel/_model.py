@@ -120,10 +120,14 @@ def build_head(
     return nn.Sequential(*layers)
 
 
+def head_linears(head: nn.Sequential) -> list[nn.Linear]:
+    """The linear layers of a head that :func:`build_head` built, in order."""
+    return [layer for layer in head if isinstance(layer, nn.Linear)]
+
+
 def head_layout(head: nn.Sequential) -> tuple[tuple[int, ...], float]:
     """The ``hidden_layer_sizes`` and ``dropout`` that :func:`build_head` built ``head`` with."""
-    linears = [layer for layer in head if isinstance(layer, nn.Linear)]
-    return tuple(layer.out_features for layer in linears[:-1]), float(head[0].p)
+    return tuple(layer.out_features for layer in head_linears(head)[:-1]), float(head[0].p)
 
 
 class AttentionPooling(nn.Module):
