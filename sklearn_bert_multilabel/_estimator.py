@@ -946,8 +946,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             encoder,
             n_labels,
             pooling=self.pooling,
-            hidden_layer_sizes=tuple(self.hidden_layer_sizes),
-            dropout=self.dropout,
+            hidden_layer_sizes=tuple(int(size) for size in self.hidden_layer_sizes),
+            dropout=float(self.dropout),
             freeze_encoder=bool(self.freeze_encoder),
             chunk_aggregation=self.chunk_aggregation if self._chunked else None,
         )
@@ -1264,7 +1264,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
 
     def _fit_key(self, texts, Y, val_texts, Y_val, device) -> str | None:
         excluded = PREDICT_ONLY_PARAMS | RUN_ONLY_PARAMS
-        params = {k: v for k, v in self.get_params(deep=False).items() if k not in excluded}
+        params = {k: _plain(v) for k, v in self.get_params(deep=False).items() if k not in excluded}
         params["model_name"] = self._model_path  # a path object and its text are one model
         accelerator = getattr(self, "_accelerator", None)
         processes = 1 if accelerator is None else accelerator.num_processes  # the effective batch
@@ -1923,6 +1923,16 @@ class _RowDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> int:
         return i
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars as Python numbers and lists as tuples, for the fit key:
+    ``max_epochs=np.int64(2)`` (as a search over ``np.arange`` gives) trains as ``2`` does."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v) for v in value)
+    return value
 
 
 def _jsonable(history) -> list:

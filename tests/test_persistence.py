@@ -267,6 +267,25 @@ def _pipeline_proba(folder, texts, names):
     return np.array([[{r["label"]: r["score"] for r in row}[name] for name in names] for row in rows])
 
 
+def test_numpy_valued_head_parameters_save_and_export(fast_params, tmp_path):
+    """Sizes from ``np.arange`` or a search's distributions are numpy integers; the saved
+    and exported files must still hold plain JSON numbers."""
+    X, Y = make_texts(48, seed=8)
+    params = dict(fast_params, max_epochs=np.int64(1), pooling="pooler", random_state=np.int64(4))
+    clf = BertMultiLabelClassifier(hidden_layer_sizes=(np.int64(8),), dropout=np.float32(0.25), **params)
+    clf.fit(X, Y)
+    expected = clf.predict_proba(X)
+    clf.save(tmp_path / "m")
+    loaded = BertMultiLabelClassifier.load(tmp_path / "m")
+    np.testing.assert_array_equal(loaded.predict_proba(X), expected)
+    assert loaded.hidden_layer_sizes == (8,) and type(loaded.hidden_layer_sizes[0]) is int
+    linear = BertMultiLabelClassifier(hidden_layer_sizes=(), **params).fit(X, Y)
+    linear.export_pretrained(tmp_path / "hf")
+    np.testing.assert_allclose(
+        _pipeline_proba(tmp_path / "hf", X, linear.label_names_), linear.predict_proba(X), atol=1e-5
+    )
+
+
 def test_export_pretrained_reproduces_predict_proba(fast_params, tmp_path):
     X, Y = make_texts(64, seed=5)
     frame = pd.DataFrame(Y, columns=["sports", "business", "positive"])
