@@ -59,6 +59,8 @@ def _encode_value(value: Any) -> tuple[bool, Any]:
     """(ok, JSON value) for one parameter value; ok is False when JSON cannot hold it."""
     if value is None or isinstance(value, (bool, str)):
         return True, value
+    if isinstance(value, np.bool_):
+        return True, bool(value)
     if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
         number = value.item() if isinstance(value, np.generic) else value
         if isinstance(number, float) and not np.isfinite(number):

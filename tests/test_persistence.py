@@ -271,7 +271,9 @@ def test_numpy_valued_head_parameters_save_and_export(fast_params, tmp_path):
     """Sizes from ``np.arange`` or a search's distributions are numpy integers; the saved
     and exported files must still hold plain JSON numbers."""
     X, Y = make_texts(48, seed=8)
-    params = dict(fast_params, max_epochs=np.int64(1), pooling="pooler", random_state=np.int64(4))
+    params = dict(
+        fast_params, max_epochs=np.int64(1), pooling="pooler", random_state=np.int64(4), warm_start=np.True_
+    )
     clf = BertMultiLabelClassifier(hidden_layer_sizes=(np.int64(8),), dropout=np.float32(0.25), **params)
     clf.fit(X, Y)
     expected = clf.predict_proba(X)
@@ -279,6 +281,7 @@ def test_numpy_valued_head_parameters_save_and_export(fast_params, tmp_path):
     loaded = BertMultiLabelClassifier.load(tmp_path / "m")
     np.testing.assert_array_equal(loaded.predict_proba(X), expected)
     assert loaded.hidden_layer_sizes == (8,) and type(loaded.hidden_layer_sizes[0]) is int
+    assert loaded.warm_start is True  # kept, not replaced by its default (False) with a warning
     linear = BertMultiLabelClassifier(hidden_layer_sizes=(), **params).fit(X, Y)
     linear.export_pretrained(tmp_path / "hf")
     np.testing.assert_allclose(
