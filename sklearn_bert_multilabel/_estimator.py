@@ -156,8 +156,11 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         Dropout probability in the head, in [0, 1). On the CPU, dropout
         (the encoder's too) uses 16-bit random draws: the probability is
         rounded to a multiple of 1/65536.
-    threshold : float, array-like of shape (n_labels,) or "auto", default=0.5
-        Decision threshold(s) on the probabilities, used by :meth:`predict`.
+    threshold : float, array-like of shape (n_labels,), dict or "auto", default=0.5
+        Decision threshold(s) on the probabilities, used by :meth:`predict`:
+        one for all labels, one per label in column order, or one per label
+        by name (a dict, or a pandas Series indexed by the label names, e.g.
+        ``{"sports": 0.3, "business": 0.6}``; every label must be named).
         ``"auto"`` tunes one threshold per label on the validation data at the
         end of :meth:`fit` (see ``threshold_metric``). Changing it with
         ``set_params`` after fitting changes :meth:`predict` without refitting.
@@ -169,8 +172,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         highest recall with precision at least P; a label that never reaches
         P on the tuning data is then predicted for none of its texts, with a
         warning).
-    pos_weight : None, "balanced" or array-like of shape (n_labels,), default=None
-        Weight of positive examples in the loss, per label. ``"balanced"``
+    pos_weight : None, "balanced", array-like of shape (n_labels,) or dict, default=None
+        Weight of positive examples in the loss, per label: one for all
+        labels, one per label in column order, or one per label by name (as
+        for ``threshold``). ``"balanced"``
         uses negatives / positives of each label in this fit's training data,
         capped at ``max_pos_weight``.
     max_pos_weight : float, default=50.0
@@ -715,16 +720,13 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         self._check_fp16_on(torch.device(device).type, problems)
         return device
 
-    def _thresholds_for(self, value: object, n_labels: int) -> np.ndarray:
+    def _thresholds_for(self, value: object) -> np.ndarray:
         problems = Problems()
-        arr = check_per_label(value, "threshold", problems, low=0.0, high=1.0)
-        if arr is not None and len(arr) not in (1, n_labels):
-            problems.append(
-                f"threshold has {len(arr)} values but the model has {n_labels} labels; "
-                "give one number or one per label."
-            )
+        thresholds = check_per_label(
+            value, "threshold", problems, low=0.0, high=1.0, labels=self.label_names_, whose="the model"
+        )
         problems.raise_if_any()
-        return np.broadcast_to(arr, (n_labels,)).astype(np.float64)
+        return thresholds
 
     def _check_predict_texts(self, X: object) -> list[str]:
         check_is_fitted(self)
@@ -842,20 +844,17 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 "fit(..., validation_data=(X_val, Y_val))."
             )
         n_labels = Y.shape[1] if Y is not None else None
+        label_names = names if names is not None else default_label_names(n_labels or 0)
         if n_labels is not None:
-            for name in ("threshold", "pos_weight"):
+            for name, high in (("threshold", 1.0), ("pos_weight", None)):
                 value = getattr(self, name)
-                if value is None or isinstance(value, str) or is_number(value):
-                    continue
-                try:
-                    length = len(value)
-                except TypeError:
-                    continue
-                if length != n_labels:
-                    problems.append(f"{name} has {length} values but Y has {n_labels} label columns.")
+                if value is not None and not isinstance(value, str):
+                    found = Problems()
+                    check_per_label(value, name, found, low=0.0, high=high, labels=label_names)
+                    # A problem with the value itself is listed already, by the parameter checks.
+                    problems.extend(problem for problem in found if problem not in problems)
         problems.raise_if_any()
 
-        label_names = names if names is not None else default_label_names(n_labels)
         warn_unused_labels(Y, label_names)
         warn_single_label(n_labels)
         device = self._resolve_device(Problems())
@@ -981,7 +980,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             self.pos_weight_ = None if weights is None else np.asarray(weights)
             valid = entry["valid"]
         else:
-            pos_weight = self._pos_weight(Y_train, n_labels)
+            pos_weight = self._pos_weight(Y_train)
             self.pos_weight_ = None if pos_weight is None else pos_weight.numpy().astype(np.float64)
             try:
                 valid, complete = self._train(
@@ -1376,7 +1375,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 out[start : start + step] = head(x).float().cpu().numpy()
         return out
 
-    def _pos_weight(self, Y_train: np.ndarray, n_labels: int) -> torch.Tensor | None:
+    def _pos_weight(self, Y_train: np.ndarray) -> torch.Tensor | None:
         if self.pos_weight is None:
             return None
         if isinstance(self.pos_weight, str):  # "balanced"
@@ -1386,7 +1385,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 ratio = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0)
             weights = np.clip(ratio, 1.0 / self.max_pos_weight, self.max_pos_weight)
         else:
-            weights = np.broadcast_to(np.asarray(self.pos_weight, dtype=np.float64), (n_labels,))
+            # Checked in fit: one value, one per label or one per label name.
+            weights = check_per_label(
+                self.pos_weight, "pos_weight", Problems(), low=0.0, high=None, labels=self.label_names_
+            )
         return torch.as_tensor(np.array(weights), dtype=torch.float32)
 
     def _build_net(self, module, pos_weight, valid_set, device, seed, epochs, folder) -> MultiLabelNet:
@@ -1662,7 +1664,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                     ]
                 )
             return self.tuned_thresholds_.copy()
-        return self._thresholds_for(self.threshold, self.n_labels_)
+        return self._thresholds_for(self.threshold)
 
     def fit_thresholds(
         self, X: Sequence[str], y: Any, *, metric: str | None = None

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validation import Problems, check_device, device_here
+from ._validation import Problems, by_label, check_device, device_here, is_number
 from ._version import __version__
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ ENCODER_DIR = "encoder"
 TOKENIZER_DIR = "tokenizer"
 #: Parameters stored as tuples, which JSON turns into lists.
 TUPLE_PARAMS = ("hidden_layer_sizes",)
+#: Parameters that may be given per label name (a dict or a labelled pandas Series).
+PER_LABEL_PARAMS = ("threshold", "pos_weight")
 
 
 class ModelFileError(ValueError):
@@ -68,6 +70,8 @@ def _encode_value(value: Any) -> tuple[bool, Any]:
         return True, number
     if isinstance(value, os.PathLike):
         return True, os.fspath(value)
+    if hasattr(value, "to_numpy") and getattr(value, "ndim", None) == 1:  # a Series by position
+        value = value.to_numpy()
     if isinstance(value, np.ndarray) and value.dtype.kind in "biuf" and value.ndim == 1:
         return True, {"ndarray": value.tolist(), "dtype": value.dtype.str}
     if isinstance(value, (list, tuple)):
@@ -87,6 +91,8 @@ def _encode_value(value: Any) -> tuple[bool, Any]:
 
 def _decode_value(name: str, value: Any) -> Any:
     if isinstance(value, dict):
+        if set(value) == {"by_label"} and isinstance(value["by_label"], dict):
+            return dict(value["by_label"])
         if set(value) == {"ndarray", "dtype"}:
             return np.asarray(value["ndarray"], dtype=np.dtype(value["dtype"]))
         if set(value) == {"class"}:
@@ -106,10 +112,19 @@ def _decode_value(name: str, value: Any) -> Any:
     return value
 
 
+def _encode_by_label(named: dict[str, Any]) -> tuple[bool, Any]:
+    """(ok, JSON value) for a per-label parameter given by label name."""
+    items = {key: _encode_value(item) for key, item in named.items()}
+    if all(ok and is_number(number) for ok, number in items.values()):
+        return True, {"by_label": {key: number for key, (_, number) in items.items()}}
+    return False, None
+
+
 def _encode_params(params: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     encoded, dropped = {}, []
     for name, value in params.items():
-        ok, json_value = _encode_value(value)
+        named = by_label(value) if name in PER_LABEL_PARAMS else None
+        ok, json_value = _encode_value(value) if named is None else _encode_by_label(named)
         if ok:
             encoded[name] = json_value
         else:
@@ -193,6 +208,9 @@ def save_estimator(estimator, path: str | os.PathLike) -> Path:
     # The cache folder belongs to this machine and to model selection; a loaded model that
     # kept it would write the logits and features of every prediction call into it.
     params, dropped = _encode_params(dict(estimator.get_params(deep=False), memory=None))
+    if "threshold" in dropped:  # an array-like JSON cannot hold: the thresholds it gives
+        params["threshold"] = _encode_value(estimator.thresholds_)[1]
+        dropped.remove("threshold")
     if dropped:
         warnings.warn(
             f"these parameters cannot be written as JSON and are saved as their defaults: "

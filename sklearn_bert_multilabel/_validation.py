@@ -6,7 +6,7 @@ import numbers
 import re
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -355,16 +355,47 @@ def is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def by_label(value: object) -> dict[str, object] | None:
+    """A per-label parameter's values keyed by label name, where it is given that way.
+
+    A mapping, or a pandas Series whose index is anything but the positions
+    ``0..n-1``, names its labels; keys are compared as text, as label names
+    are. None for a number or a sequence, which are matched by position.
+    """
+    if isinstance(value, Mapping):
+        return {str(key): item for key, item in value.items()}
+    if hasattr(value, "to_numpy") and hasattr(value, "index") and getattr(value, "ndim", None) == 1:
+        index = list(value.index)
+        if index != list(range(len(index))):
+            return {str(key): item for key, item in zip(index, value.to_numpy().tolist(), strict=True)}
+    return None
+
+
 def check_per_label(
-    value: object, name: str, problems: Problems, *, low: float, high: float | None
+    value: object,
+    name: str,
+    problems: Problems,
+    *,
+    low: float,
+    high: float | None,
+    labels: Sequence[str] | None = None,
+    whose: str = "Y",
 ) -> np.ndarray | None:
-    """Validate a scalar or per-label array parameter; return it as a 1-D float array."""
+    """Validate a scalar or per-label parameter; return it as a 1-D float array.
+
+    The value is a number, a sequence (one number per label, by position) or
+    a mapping / labelled pandas Series (by label name, see :func:`by_label`).
+    With ``labels``, the label names of ``whose`` (``"Y"`` or ``"the model"``),
+    the result holds one value per label, in their order, and a value that
+    does not fit them is a problem; without, the values as given.
+    """
     high_text = "" if high is None else f" and <= {high}"
+    named = by_label(value)
     if is_number(value):
         arr = np.asarray([value], dtype=np.float64)
     else:
         try:
-            arr = np.asarray(value, dtype=np.float64)
+            arr = np.asarray(value if named is None else list(named.values()), dtype=np.float64)
         except (TypeError, ValueError):
             problems.append(f"{name} must be a number or an array of numbers, got {describe(value)}.")
             return None
@@ -374,4 +405,26 @@ def check_per_label(
     if not np.isfinite(arr).all() or (arr < low).any() or (high is not None and (arr > high).any()):
         problems.append(f"{name} must be >= {low}{high_text} (finite), got {describe(value)}.")
         return None
-    return arr
+    if labels is None:
+        return arr
+    if named is not None:
+        missing = [label for label in labels if label not in named]
+        known = set(labels)
+        unknown = [key for key in named if key not in known]
+        if missing or unknown:
+            gaps = [f"no value for {first_few(missing, repr)}"] if missing else []
+            gaps += [f"{first_few(unknown, repr)} not among them"] if unknown else []
+            problems.append(
+                f"{name} is given by label name, so it needs one value for each label of {whose} "
+                f"({first_few(list(labels), repr)}): {'; '.join(gaps)}."
+            )
+            return None
+        values = dict(zip(named, arr, strict=True))
+        return np.array([values[label] for label in labels], dtype=np.float64)
+    if len(arr) not in (1, len(labels)):
+        problems.append(
+            f"{name} has {len(arr)} values but {whose} has {len(labels)} labels; "
+            "give one number, one per label or a mapping from label name to value."
+        )
+        return None
+    return np.broadcast_to(arr, (len(labels),)).astype(np.float64)

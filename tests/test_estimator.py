@@ -100,6 +100,50 @@ def test_threshold_of_wrong_length_at_predict_is_clear(fitted):
         clf.predict(["a game"])
 
 
+def test_thresholds_by_label_name(fitted):
+    """A dict or a labelled Series is matched by name, whatever its order; a Series with the
+    default index stays positional."""
+    clf = pickle.loads(pickle.dumps(fitted))  # label names "0", "1", "2"
+    X, _ = make_texts(30, seed=12)
+    proba = clf.predict_proba(X)
+    for value in (
+        {2: 0.7, 0: 0.2, 1: 0.5},
+        {"1": 0.5, "2": 0.7, "0": 0.2},
+        pd.Series([0.7, 0.2, 0.5], index=[2, 0, 1]),
+        pd.Series([0.2, 0.5, 0.7]),
+    ):
+        clf.set_params(threshold=value)
+        np.testing.assert_array_equal(clf.thresholds_, [0.2, 0.5, 0.7])
+        np.testing.assert_array_equal(clf.predict(X), proba >= [0.2, 0.5, 0.7])
+    clf.set_params(threshold={"0": 0.2, "1": 0.5})
+    with pytest.raises(InvalidInputError, match=r"label of the model \('0', '1', '2'\): no value for '2'\."):
+        clf.predict(X)
+
+
+def test_per_label_parameters_by_name_follow_the_label_columns(fast_params, tmp_path):
+    """Given by name, pos_weight lands on the right columns, and a threshold saved by name
+    loads and predicts the same."""
+    X, Y = make_texts(48, seed=13)
+    frame = pd.DataFrame(Y, columns=["sports", "business", "positive"])
+    clf = BertMultiLabelClassifier(
+        pos_weight=pd.Series({"positive": 3.0, "sports": 1.0, "business": 2.0}),
+        threshold={"business": 0.4, "positive": 0.6, "sports": 0.5},
+        **fast_params,
+    ).fit(X, frame)
+    np.testing.assert_array_equal(clf.pos_weight_, [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(clf.thresholds_, [0.5, 0.4, 0.6])
+    by_position = BertMultiLabelClassifier(pos_weight=[1.0, 2.0, 3.0], **fast_params).fit(X, frame)
+    np.testing.assert_array_equal(clf.predict_proba(X), by_position.predict_proba(X))
+    clf.save(tmp_path / "m")
+    loaded = BertMultiLabelClassifier.load(tmp_path / "m")
+    np.testing.assert_array_equal(loaded.thresholds_, [0.5, 0.4, 0.6])
+    np.testing.assert_array_equal(loaded.predict(X), clf.predict(X))
+    assert clone(loaded).get_params()["pos_weight"] == {"positive": 3.0, "sports": 1.0, "business": 2.0}
+    clf.set_params(threshold=torch.tensor([0.25, 0.5, 0.75]))  # array-like that JSON cannot hold
+    clf.save(tmp_path / "m")
+    np.testing.assert_allclose(BertMultiLabelClassifier.load(tmp_path / "m").thresholds_, [0.25, 0.5, 0.75])
+
+
 def test_score_is_subset_accuracy(fitted):
     X, Y = make_texts(40, seed=10)
     expected = np.mean((fitted.predict(X) == Y).all(axis=1))

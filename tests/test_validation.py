@@ -138,7 +138,16 @@ def test_never_positive_label_warns(tiny_model_dir, monkeypatch):
         ({"threshold": -0.1}, r"threshold must be >= 0.0 and <= 1.0"),
         ({"threshold": 1.5}, r"threshold must be >= 0.0 and <= 1.0"),
         ({"threshold": "best"}, "threshold must be a number in"),
-        ({"threshold": [0.5, 0.5, 0.5]}, "threshold has 3 values but Y has 2 label columns"),
+        ({"threshold": [0.5, 0.5, 0.5]}, "threshold has 3 values but Y has 2 labels"),
+        (
+            {"threshold": {"0": 0.4, "2": 0.5}},
+            "threshold is given by label name.* no value for '1'; '2' not among",
+        ),
+        (
+            {"pos_weight": pd.Series([2.0], index=["x"])},
+            "pos_weight is given by label name.*of Y \\('0', '1'\\)",
+        ),
+        ({"pos_weight": {"0": "high", "1": 2}}, "pos_weight must be a number or an array of numbers"),
         ({"dropout": 1.0}, r"dropout must be a number in \[0, 1\)"),
         ({"dropout": -0.1}, r"dropout must be a number in \[0, 1\)"),
         ({"hidden_layer_sizes": (0,)}, "hidden_layer_sizes must be a tuple of positive ints"),
