@@ -165,6 +165,7 @@ def export_onnx(estimator, path: str | os.PathLike, *, opset_version: int | None
             "export_onnx exports the graph of one window per text; with long_text='chunk' the windows "
             "are combined outside that graph, which the export does not cover. Use clf.save(path)."
         )
+    thresholds = _thresholds_or_none(estimator)  # before the export: a bad threshold raises here
     graph = _OnnxGraph(copy.deepcopy(estimator.module_).to("cpu").float()).eval()
     example = next(_example_batches(estimator))
     target = _new_folder(path)
@@ -192,7 +193,6 @@ def export_onnx(estimator, path: str | os.PathLike, *, opset_version: int | None
             exporter_log.setLevel(level)
         program.save(str(staging / "model.onnx"))
         estimator.tokenizer_.save_pretrained(str(staging / "tokenizer"))
-        thresholds = _thresholds_or_none(estimator)
         meta = {
             "label_names": [str(n) for n in estimator.label_names_],
             "thresholds": thresholds,
@@ -215,10 +215,15 @@ def _example_batches(estimator):
 
 
 def _thresholds_or_none(estimator) -> list[float] | None:
-    try:
-        return np.asarray(estimator.thresholds_, dtype=np.float64).tolist()
-    except ValueError:  # threshold="auto" with nothing tuned
+    """The thresholds ``predict`` applies; None for ``threshold="auto"`` with nothing tuned.
+    A threshold that does not fit the model raises, as ``predict`` would."""
+    if (
+        isinstance(estimator.threshold, str)
+        and estimator.threshold == "auto"
+        and estimator.tuned_thresholds_ is None
+    ):
         return None
+    return np.asarray(estimator.thresholds_, dtype=np.float64).tolist()
 
 
 def _missing(name: str) -> bool:

@@ -397,3 +397,16 @@ def test_exports_refuse_a_max_length_the_model_cannot_use(tuned, tmp_path):
         with pytest.raises(InvalidInputError, match=r"max_length=1000000 exceeds the \d+ positions"):
             export(tmp_path / export.__name__)
         assert not (tmp_path / export.__name__).exists()
+
+
+def test_export_onnx_writes_the_thresholds_predict_applies(tuned, tmp_path):
+    """None where threshold='auto' has nothing tuned; a threshold that does not fit the model
+    is refused before anything is written, as predict would refuse it."""
+    pytest.importorskip("onnxscript")
+    clf = copy.deepcopy(tuned[0]).set_params(threshold={"sports": 0.3, "business": 0.4})
+    with pytest.raises(InvalidInputError, match="no value for 'positive'"):
+        clf.export_onnx(tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    clf.set_params(threshold="auto").tuned_thresholds_ = None
+    clf.export_onnx(tmp_path / "auto")
+    assert json.loads((tmp_path / "auto" / "labels.json").read_text())["thresholds"] is None
