@@ -150,8 +150,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         zero weight on padding.
     hidden_layer_sizes : tuple of int, default=()
         Hidden layers of the head, as in ``MLPClassifier``. ``()`` is dropout
-        then one linear layer; ``(256,)`` is dropout, Linear, ReLU, dropout,
-        Linear.
+        then one linear layer; ``(256,)`` (or ``256``) is dropout, Linear,
+        ReLU, dropout, Linear.
     dropout : float, default=0.1
         Dropout probability in the head, in [0, 1). On the CPU, dropout
         (the encoder's too) uses 16-bit random draws: the probability is
@@ -512,11 +512,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             )
         if self.pooling not in POOLINGS:
             problems.append(f"pooling must be one of {list(POOLINGS)}, got {self.pooling!r}.")
-        sizes = self.hidden_layer_sizes
-        if not isinstance(sizes, (tuple, list)) or not all(is_int(s) and s > 0 for s in sizes):
+        if self._layer_sizes() is None:
             problems.append(
                 "hidden_layer_sizes must be a tuple of positive ints, e.g. () for a linear head "
-                f"or (256,) for one hidden layer; got {sizes!r}."
+                f"or (256,) (or 256) for one hidden layer; got {self.hidden_layer_sizes!r}."
             )
         if not is_number(self.dropout) or not 0 <= self.dropout < 1:
             problems.append(f"dropout must be a number in [0, 1), got {self.dropout!r}.")
@@ -689,6 +688,18 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         problems = Problems()
         self._check_fitted_text_params(problems)
         problems.raise_if_any()
+
+    def _layer_sizes(self) -> tuple[int, ...] | None:
+        """``hidden_layer_sizes`` as a tuple of ints, read as :class:`~sklearn.neural_network.MLPClassifier`
+        reads it (an int is one hidden layer; a list or 1-D array works as a tuple); None if invalid."""
+        sizes = self.hidden_layer_sizes
+        if is_int(sizes):
+            sizes = (sizes,)
+        if not isinstance(sizes, (tuple, list, np.ndarray)) or np.ndim(sizes) != 1:
+            return None
+        if not all(is_int(size) and size > 0 for size in sizes):
+            return None
+        return tuple(int(size) for size in sizes)
 
     def _check_prediction_params(self, problems: Problems) -> None:
         """The parameters that predictions read, which may have changed since fit."""
@@ -945,7 +956,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             encoder,
             n_labels,
             pooling=self.pooling,
-            hidden_layer_sizes=tuple(int(size) for size in self.hidden_layer_sizes),
+            hidden_layer_sizes=self._layer_sizes(),
             dropout=float(self.dropout),
             freeze_encoder=bool(self.freeze_encoder),
             chunk_aggregation=self.chunk_aggregation if self._chunked else None,
@@ -1265,6 +1276,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         excluded = PREDICT_ONLY_PARAMS | RUN_ONLY_PARAMS
         params = {k: _plain(v) for k, v in self.get_params(deep=False).items() if k not in excluded}
         params["model_name"] = self._model_path  # a path object and its text are one model
+        params["hidden_layer_sizes"] = self._layer_sizes()  # 256, [256] and (256,) are one head
         accelerator = getattr(self, "_accelerator", None)
         processes = 1 if accelerator is None else accelerator.num_processes  # the effective batch
         try:

@@ -88,10 +88,11 @@ def test_numpy_valued_parameters_hit_the_entry_of_their_python_values(params, to
     X, Y = toy_data
     first = BertMultiLabelClassifier(**params, hidden_layer_sizes=(8,)).fit(X, Y)
     numpy_valued = dict(params, max_epochs=np.int64(2), lr=np.float64(1e-3), random_state=np.int32(0))
-    again = BertMultiLabelClassifier(**numpy_valued, hidden_layer_sizes=[np.int64(8)]).fit(X, Y)
+    for sizes in ([np.int64(8)], np.array([8]), 8):  # each the same head, as in MLPClassifier
+        again = BertMultiLabelClassifier(**numpy_valued, hidden_layer_sizes=sizes).fit(X, Y)
+        assert again.cache_key_ == first.cache_key_
+        np.testing.assert_array_equal(again.predict_proba(X), first.predict_proba(X))
     assert count_trainings == [len(X)]
-    assert again.cache_key_ == first.cache_key_
-    np.testing.assert_array_equal(again.predict_proba(X), first.predict_proba(X))
 
 
 def test_different_data_misses_the_cache(params, toy_data, count_trainings):
