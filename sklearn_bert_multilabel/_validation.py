@@ -405,6 +405,11 @@ def check_per_label(
     if not np.isfinite(arr).all() or (arr < low).any() or (high is not None and (arr > high).any()):
         problems.append(f"{name} must be >= {low}{high_text} (finite), got {describe(value)}.")
         return None
+    if named is not None and len(named) < len(value):  # 1 and "1", or a repeated Series index
+        keys = value.keys() if isinstance(value, Mapping) else value.index
+        repeated = [key for key, count in Counter(str(key) for key in keys).items() if count > 1]
+        problems.append(f"{name} names the label(s) {first_few(repeated, repr)} more than once.")
+        return None
     if labels is None:
         return arr
     if named is not None:

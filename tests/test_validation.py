@@ -148,6 +148,11 @@ def test_never_positive_label_warns(tiny_model_dir, monkeypatch):
             "pos_weight is given by label name.*of Y \\('0', '1'\\)",
         ),
         ({"pos_weight": {"0": "high", "1": 2}}, "pos_weight must be a number or an array of numbers"),
+        (
+            {"threshold": pd.Series([0.5] * 3, index=["0", "1", "0"])},
+            r"threshold names the label\(s\) '0' more than once",
+        ),
+        ({"pos_weight": {0: 1.0, "0": 2.0, "1": 1.0}}, r"pos_weight names the label\(s\) '0' more than once"),
         ({"dropout": 1.0}, r"dropout must be a number in \[0, 1\)"),
         ({"dropout": -0.1}, r"dropout must be a number in \[0, 1\)"),
         ({"hidden_layer_sizes": (0,)}, "hidden_layer_sizes must be a tuple of positive ints"),
