@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from ._validation import Problems, cells, check_label_matrix
+from ._validation import Problems, cells, check_label_matrix, check_label_names
 
 #: Threshold metrics by name, each an F-beta score with this beta.
 THRESHOLD_METRICS = {"f1": 1.0, "f0.5": 0.5, "f2": 2.0}
@@ -121,7 +121,16 @@ def constrained_threshold(scores: np.ndarray, y: np.ndarray, kind: str, level: f
 def _check_scores_and_labels(proba: object, Y: object) -> tuple[np.ndarray, np.ndarray]:
     """``proba`` as a 2-D float array without NaN and ``Y`` as a 0/1 matrix of its shape."""
     problems = Problems()
-    Y_arr, _ = check_label_matrix(Y, problems)
+    Y_arr, names = check_label_matrix(Y, problems)
+    if hasattr(proba, "columns"):  # a DataFrame: its columns must be Y's, in Y's order
+        check_label_names(
+            [str(c) for c in proba.columns],
+            names,
+            problems,
+            name="proba",
+            against="Y",
+            reorder="proba[Y.columns]",
+        )
     if sp.issparse(proba):
         proba = proba.toarray()
     try:

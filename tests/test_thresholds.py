@@ -104,6 +104,10 @@ def test_tune_thresholds_takes_array_likes_and_checks_shapes():
     np.testing.assert_allclose(tune_thresholds(proba, Y), [0.5, 0.25])
     with pytest.raises(ValueError, match=r"same shape .* got \(4, 2\) and \(4, 1\)"):
         tune_thresholds(proba, Y[["a"]])
+    frame = pd.DataFrame(proba, columns=["a", "b"])
+    np.testing.assert_allclose(tune_thresholds(frame, Y), [0.5, 0.25])
+    with pytest.raises(InvalidInputError, match=r"proba has the same labels in another order than Y"):
+        tune_thresholds(frame, Y[["b", "a"]])  # matched by position, it would swap the thresholds
 
 
 @pytest.mark.parametrize(
