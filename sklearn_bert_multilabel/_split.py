@@ -18,11 +18,15 @@ from sklearn.utils import check_random_state
 from ._validation import InvalidInputError, Problems, check_label_matrix, is_int
 
 
-def iterative_stratification(Y: np.ndarray, proportions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def iterative_stratification(
+    Y: np.ndarray, proportions: np.ndarray, rng: np.random.Generator | None
+) -> np.ndarray:
     """The part (0 to ``len(proportions) - 1``) of each row of the binary matrix ``Y``.
 
     Part ``j`` gets about ``proportions[j]`` of the rows and of each label's
-    positives. Ties (between labels, rows and parts) are broken with ``rng``.
+    positives. Rows are dealt in random order and ties (between labels and
+    parts) broken at random with ``rng``; with ``rng=None``, rows are dealt in
+    their order and ties go to the first label or part.
     """
     Y = np.asarray(Y) != 0
     n = len(Y)
@@ -34,19 +38,22 @@ def iterative_stratification(Y: np.ndarray, proportions: np.ndarray, rng: np.ran
     part = np.full(n, -1, dtype=np.intp)
     unassigned = np.ones(n, dtype=bool)
 
+    def one_of(candidates: np.ndarray) -> int:
+        return int(candidates[0] if len(candidates) == 1 or rng is None else rng.choice(candidates))
+
     def pick(scores: np.ndarray, then: np.ndarray | None = None) -> int:
-        """The part with the highest score; ties go to the highest ``then``, then at random."""
+        """The part with the highest score; ties go to the highest ``then``, then as ``one_of``."""
         best = np.flatnonzero(scores == scores.max())
         if len(best) > 1 and then is not None:
             best = best[then[best] == then[best].max()]
-        return int(best[0] if len(best) == 1 else rng.choice(best))
+        return one_of(best)
 
     while left.any():
         # The label with the fewest positives still to deal (ties at random).
-        rarest = np.flatnonzero(left == left[left > 0].min())
-        label = int(rarest[0] if len(rarest) == 1 else rng.choice(rarest))
+        label = one_of(np.flatnonzero(left == left[left > 0].min()))
         rows = np.flatnonzero(unassigned & Y[:, label])
-        rng.shuffle(rows)
+        if rng is not None:
+            rng.shuffle(rows)
         for row in rows:
             j = pick(wanted[:, label], wanted_rows)
             part[row] = j
@@ -56,7 +63,8 @@ def iterative_stratification(Y: np.ndarray, proportions: np.ndarray, rng: np.ran
             left -= Y[row]
     # Rows with no positive label fill what each part still wants.
     rows = np.flatnonzero(unassigned)
-    rng.shuffle(rows)
+    if rng is not None:
+        rng.shuffle(rows)
     for row in rows:
         j = pick(wanted_rows)
         part[row] = j
@@ -65,7 +73,7 @@ def iterative_stratification(Y: np.ndarray, proportions: np.ndarray, rng: np.ran
     for j in range(len(proportions)):
         if n >= len(proportions) and not (part == j).any():
             largest = np.bincount(part, minlength=len(proportions)).argmax()
-            part[rng.choice(np.flatnonzero(part == largest))] = j
+            part[one_of(np.flatnonzero(part == largest))] = j
     return part
 
 
@@ -96,9 +104,17 @@ class MultilabelStratifiedKFold(BaseCrossValidator):
     ----------
     n_splits : int, default=5
         Number of folds, at least 2.
+    shuffle : bool, default=True
+        Deal the rows out in random order and break ties between labels and
+        folds at random (with ``random_state``). With False the rows are
+        dealt in their order and ties go to the first fold, so every call
+        gives the same folds; ``random_state`` must then be None. The
+        parameter has the name and meaning it has in ``iterstrat``'s splitter
+        of this name, whose code therefore runs unchanged, but defaults to
+        True.
     random_state : int, RandomState instance or None, default=None
-        Breaks ties between labels, rows and folds. Pass an int for the same
-        folds on every call.
+        With ``shuffle=True``, the seed of that order and those ties. Pass an
+        int for the same folds on every call.
 
     Examples
     --------
@@ -112,8 +128,9 @@ class MultilabelStratifiedKFold(BaseCrossValidator):
     [1, 1, 1]
     """
 
-    def __init__(self, n_splits: int = 5, *, random_state=None):
+    def __init__(self, n_splits: int = 5, *, shuffle: bool = True, random_state=None):
         self.n_splits = n_splits
+        self.shuffle = shuffle
         self.random_state = random_state
 
     def get_n_splits(self, X=None, y=None, groups=None) -> int:
@@ -140,6 +157,13 @@ class MultilabelStratifiedKFold(BaseCrossValidator):
         problems = Problems()
         if not (is_int(self.n_splits) and self.n_splits >= 2):
             problems.append(f"n_splits must be an integer of at least 2, got {self.n_splits!r}.")
+        if not isinstance(self.shuffle, (bool, np.bool_)):
+            problems.append(f"shuffle must be True or False, got {self.shuffle!r}.")
+        elif not self.shuffle and self.random_state is not None:
+            problems.append(
+                "random_state has no effect with shuffle=False (the folds do not depend on chance); "
+                "set shuffle=True or leave random_state=None."
+            )
         Y, _ = check_label_matrix(y, problems, name="y")
         n = len(X)
         if Y is not None and len(Y) != n:
@@ -148,9 +172,11 @@ class MultilabelStratifiedKFold(BaseCrossValidator):
             problems.append(f"n_splits={self.n_splits} is more than the {n} rows; lower it.")
         if problems:
             raise InvalidInputError(problems)
-        seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        rng = None
+        if self.shuffle:
+            rng = np.random.default_rng(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         shares = np.full(self.n_splits, 1.0 / self.n_splits)
-        part = iterative_stratification(Y, shares, np.random.default_rng(seed))
+        part = iterative_stratification(Y, shares, rng)
         rows = np.arange(n)
         for fold in range(self.n_splits):
             test = part == fold

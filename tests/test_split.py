@@ -53,6 +53,26 @@ def test_folds_are_reproducible_with_an_int_random_state():
     assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
 
 
+def test_unshuffled_folds_are_the_same_on_every_call_and_still_stratified():
+    """shuffle=False, as in iterstrat's splitter: rows dealt in their order, ties to the first
+    fold; the call iterstrat's users write, with shuffle=True and a seed, runs unchanged."""
+    Y = skewed_labels()
+    cv = MultilabelStratifiedKFold(n_splits=3, shuffle=False)
+    first = [t for _, t in cv.split(Y, Y)]
+    assert all(np.array_equal(a, b) for a, b in zip(first, [t for _, t in cv.split(Y, Y)], strict=True))
+    np.testing.assert_array_equal(np.sort(np.concatenate(first)), np.arange(len(Y)))
+    assert deviation(Y, first).max() <= 2
+    assert [int(Y[t][:, -1].sum()) for t in first] == [2, 2, 2]
+    seeded = [t for _, t in MultilabelStratifiedKFold(n_splits=3, shuffle=True, random_state=0).split(Y, Y)]
+    default = [t for _, t in MultilabelStratifiedKFold(n_splits=3, random_state=0).split(Y, Y)]
+    assert all(np.array_equal(a, b) for a, b in zip(seeded, default, strict=True))  # True is the default
+    assert not all(np.array_equal(a, b) for a, b in zip(seeded, first, strict=True))
+    with pytest.raises(InvalidInputError, match="random_state has no effect with shuffle=False"):
+        list(MultilabelStratifiedKFold(3, shuffle=False, random_state=0).split(Y, Y))
+    with pytest.raises(InvalidInputError, match="shuffle must be True or False, got 'yes'"):
+        list(MultilabelStratifiedKFold(3, shuffle="yes").split(Y, Y))
+
+
 def test_no_part_is_left_empty():
     Y = np.ones((3, 2), dtype=int)  # every row the same: nothing to tell the parts apart
     part = iterative_stratification(Y, np.full(3, 1 / 3), np.random.default_rng(0))
