@@ -118,8 +118,9 @@ def constrained_threshold(scores: np.ndarray, y: np.ndarray, kind: str, level: f
     return _threshold_at(s, int(best)), True
 
 
-def _check_scores_and_labels(proba: object, Y: object) -> tuple[np.ndarray, np.ndarray]:
-    """``proba`` as a 2-D float array without NaN and ``Y`` as a 0/1 matrix of its shape."""
+def _check_scores_and_labels(proba: object, Y: object) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    """``proba`` as a 2-D float array without NaN, ``Y`` as a 0/1 matrix of its shape, and
+    ``Y``'s column names (None unless it is a DataFrame)."""
     problems = Problems()
     Y_arr, names = check_label_matrix(Y, problems)
     if hasattr(proba, "columns"):  # a DataFrame: its columns must be Y's, in Y's order
@@ -155,7 +156,7 @@ def _check_scores_and_labels(proba: object, Y: object) -> tuple[np.ndarray, np.n
             "come first: tune_thresholds(proba, Y), unlike scikit-learn's metrics (y_true first)."
         )
     problems.raise_if_any()
-    return scores, Y_arr
+    return scores, Y_arr, names
 
 
 def tune_thresholds(
@@ -181,7 +182,8 @@ def tune_thresholds(
         this data gets a threshold above all its scores (it is predicted
         for none of these rows), with a warning.
     label_names : sequence of str, optional
-        Names used in that warning; column numbers otherwise.
+        Names used in that warning; by default ``Y``'s column names if it
+        is a DataFrame, column numbers otherwise.
 
     Returns
     -------
@@ -209,7 +211,8 @@ def tune_thresholds(
         kind, value = parse_metric(metric)
     except ValueError as exc:
         raise ValueError(f"metric {exc}") from None
-    proba, Y = _check_scores_and_labels(proba, Y)
+    proba, Y, names = _check_scores_and_labels(proba, Y)
+    label_names = names if label_names is None else label_names
     if kind == "fbeta":
         return np.array(
             [best_threshold(proba[:, j], Y[:, j], value) for j in range(proba.shape[1])],

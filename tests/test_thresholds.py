@@ -79,6 +79,10 @@ def test_recall_at_precision_out_of_reach_warns_and_predicts_nothing():
     with pytest.warns(UserWarning, match=r"precision 0.9 .* label\(s\) a; they get a threshold above"):
         t = tune_thresholds(proba, Y, "recall@precision=0.9", label_names=["a", "b"])
     assert 0.9 < t[0] <= 1.0 and not (proba[:, 0] >= t[0]).any()  # no false alarm, recall 0
+    import pandas as pd
+
+    with pytest.warns(UserWarning, match=r"label\(s\) sports; they get"):  # a DataFrame's names
+        tune_thresholds(proba, pd.DataFrame(Y, columns=["sports", "news"]), "recall@precision=0.9")
     assert rates(proba[:, 1], Y[:, 1], t[1]) == (1.0, 1.0)
     saturated = np.array([1.0, 1.0, 0.5])  # probabilities: the threshold stays at most 1
     t, met = constrained_threshold(saturated, np.array([0, 1, 1]), "recall@precision", 0.9)
