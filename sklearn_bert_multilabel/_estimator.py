@@ -97,6 +97,7 @@ from ._validation import (
     first_few,
     is_int,
     is_number,
+    warn_misaligned_rows,
     warn_single_label,
     warn_unused_labels,
 )
@@ -749,6 +750,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
 
     def _check_eval_labels(self, X: object, Y: object) -> tuple[list[str], np.ndarray]:
         check_is_fitted(self)
+        warn_misaligned_rows(X, Y, stacklevel=4)  # called by score and fit_thresholds
         problems = Problems()
         self._check_prediction_params(problems)
         texts = check_texts(X, problems)
@@ -815,6 +817,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             start random: the pooler of a masked-language-model checkpoint
             with ``pooling="pooler"``, or any other encoder weight.
         """
+        warn_misaligned_rows(X, y)
+        if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
+            warn_misaligned_rows(*validation_data, name="X_val", y_name="Y_val")
         problems = Problems()
         self._check_params(problems)
         texts = check_texts(X, problems)

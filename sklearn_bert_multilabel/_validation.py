@@ -269,6 +269,37 @@ def check_label_names(
     )
 
 
+def warn_misaligned_rows(
+    X: object, Y: object, *, name: str = "X", y_name: str = "Y", stacklevel: int = 3
+) -> None:
+    """Warn when ``X`` and ``Y`` are pandas objects with the same index labels in another order.
+
+    Rows are matched by position, as everywhere in scikit-learn; such indexes
+    say that the rows were meant to match by label, and they do not.
+    """
+    x_index, y_index = getattr(X, "index", None), getattr(Y, "index", None)
+    if not (hasattr(x_index, "is_unique") and hasattr(y_index, "is_unique")):  # not both pandas
+        return
+    if (
+        len(x_index) != len(y_index)
+        or not (x_index.is_unique and y_index.is_unique)
+        or x_index.equals(y_index)
+    ):
+        return
+    if set(x_index) != set(y_index):  # other rows (a reset index, say): nothing to tell
+        return
+    xs, ys = x_index.tolist(), y_index.tolist()  # Python values: numpy's reprs say np.int64(...)
+    j = next(i for i, (a, b) in enumerate(zip(xs, ys, strict=True)) if a != b)
+    warnings.warn(
+        f"{name} and {y_name} have the same index labels in another order (row {j}: {xs[j]!r} "
+        f"in {name}, {ys[j]!r} in {y_name}), but rows are matched by position, not by index. "
+        f"Align them first, e.g. {y_name}.loc[{name}.index], or pass {name}.to_numpy() if the order "
+        "is right as it is.",
+        UserWarning,
+        stacklevel=stacklevel,
+    )
+
+
 def warn_unused_labels(Y: np.ndarray, label_names: Sequence[str]) -> None:
     """Warn about label columns with no positive example."""
     never = np.flatnonzero(Y.sum(axis=0) == 0)

@@ -144,6 +144,30 @@ def test_per_label_parameters_by_name_follow_the_label_columns(fast_params, tmp_
     np.testing.assert_allclose(BertMultiLabelClassifier.load(tmp_path / "m").thresholds_, [0.25, 0.5, 0.75])
 
 
+def test_pandas_rows_in_another_order_than_their_labels_warn(fast_params):
+    """Rows are matched by position; X and Y indexes with the same labels in another order say
+    they were meant to match by index. Each warning points at the caller's line."""
+    X, Y = make_texts(24, seed=14)
+    frame = pd.DataFrame(Y, columns=["a", "b", "c"])
+    texts = pd.Series(X)
+    shuffled = texts.sample(frac=1, random_state=0)
+    clf = BertMultiLabelClassifier(**dict(fast_params, max_epochs=1))
+    with pytest.warns(UserWarning, match=r"X and Y have the same index labels in another order") as record:
+        clf.fit(shuffled, frame)
+    assert record[0].filename == __file__
+    with pytest.warns(UserWarning, match=r"X_val and Y_val .* e\.g\. Y_val\.loc\[X_val\.index\]"):
+        clf.fit(texts, frame, validation_data=(shuffled, frame))
+    for call in (clf.score, clf.fit_thresholds):
+        with pytest.warns(UserWarning, match="rows are matched by position, not by index") as record:
+            call(shuffled, frame)
+        assert record[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clf.score(shuffled, frame.loc[shuffled.index])  # aligned
+        clf.score(shuffled.reset_index(drop=True), frame)  # another index: nothing to tell
+        clf.score(shuffled.to_numpy(), frame)
+
+
 def test_score_is_subset_accuracy(fitted):
     X, Y = make_texts(40, seed=10)
     expected = np.mean((fitted.predict(X) == Y).all(axis=1))
