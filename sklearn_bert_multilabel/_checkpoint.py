@@ -89,7 +89,8 @@ class ResumableEarlyStopping(EarlyStopping):
     A fit resumed from a checkpoint starts with the checkpoint's history: the
     epochs since the best one, the best score and (from the checkpoint) the
     best epoch's weights are taken from it, so patience runs out and the best
-    weights come back exactly as in an uninterrupted run.
+    weights come back exactly as in an uninterrupted run. A run whose patience
+    had already run out is not resumed at all (the estimator sees that first).
     """
 
     def on_train_begin(self, net, **kwargs):
@@ -100,11 +101,6 @@ class ResumableEarlyStopping(EarlyStopping):
         if self.best_epoch_:
             self.dynamic_threshold_ = net.history[self.best_epoch_ - 1, self.monitor]
             self.best_model_weights_ = getattr(net, "resumed_best_weights_", None)
-
-    def on_epoch_end(self, net, **kwargs):
-        super().on_epoch_end(net, **kwargs)  # stops when the misses reach the patience
-        if self.misses_ > self.patience:  # it had run out before the resume: stop now
-            raise KeyboardInterrupt
 
 
 class TrainingGuard(Callback):

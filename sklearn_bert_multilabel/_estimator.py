@@ -26,6 +26,7 @@ from ._checkpoint import (
     ResumableEarlyStopping,
     TrainingGuard,
     latest_checkpoint,
+    replay_best,
     restore_training,
 )
 from ._distributed import make_accelerator, release, shared_seed, wants_accelerate
@@ -1217,6 +1218,12 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             net_module = module
         checkpoint = start["checkpoint"]
         done = checkpoint["progress"]["epochs"] if checkpoint is not None else 0
+        left = self.max_epochs - done
+        stops = valid_set is not None and bool(self.early_stopping)
+        if checkpoint is not None and stops and left > 0:
+            _, misses = replay_best(checkpoint["progress"]["history"], *self._stopping_monitor())
+            if misses >= self.n_iter_no_change:  # early stopping had ended that run
+                left = 0
         net = self._build_net(
             net_module, pos_weight, valid_set, self.device_, seed, self.max_epochs - done, start["folder"]
         )
@@ -1236,8 +1243,11 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 module.load_state_dict({k: v.to(self.device_) for k, v in weights.items()}, strict=False)
                 if checkpoint is not None:
                     restore_training(net, checkpoint, self.device_)
-                if self.max_epochs - done > 0:
-                    net.partial_fit(train_set, None, epochs=self.max_epochs - done)
+                if left > 0:
+                    net.partial_fit(train_set, None, epochs=left)
+                elif stops and getattr(net, "resumed_best_weights_", None) is not None:
+                    # A finished run: early stopping had ended it with its best epoch's weights.
+                    net.module_.load_state_dict(net.resumed_best_weights_)
         except NonFiniteLossError as exc:
             exc.history = net.history_
             raise
@@ -1408,18 +1418,23 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             )
         return torch.as_tensor(np.array(weights), dtype=torch.float32)
 
+    def _stopping_monitor(self) -> tuple[str, bool]:
+        """The history key that early stopping and the best epoch go by, and its direction."""
+        by_f1 = self.early_stopping_metric == "f1_macro"
+        return ("valid_f1_macro" if by_f1 else "valid_loss"), not by_f1
+
     def _build_net(self, module, pos_weight, valid_set, device, seed, epochs, folder) -> MultiLabelNet:
         from skorch.callbacks import ProgressBar
         from skorch.helper import predefined_split
 
         callbacks = []
-        by_f1 = self.early_stopping_metric == "f1_macro"
+        monitor, lower_is_better = self._stopping_monitor()
         stopper = None
         if valid_set is not None:
             callbacks.append(("valid_scores", ValidationScores()))
         guard = TrainingGuard(
-            monitor=None if valid_set is None else ("valid_f1_macro" if by_f1 else "valid_loss"),
-            lower_is_better=not by_f1,
+            monitor=None if valid_set is None else monitor,
+            lower_is_better=lower_is_better,
             epochs=epochs,
         )
         callbacks.append(("training_guard", guard))
@@ -1432,15 +1447,15 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 folder,
                 self._trainable_state(frozen),
                 write=main,
-                monitor=("valid_f1_macro" if by_f1 else "valid_loss") if stops else None,
-                lower_is_better=not by_f1,
+                monitor=monitor if stops else None,
+                lower_is_better=lower_is_better,
             )
             callbacks.append(("checkpoint", checkpoint))
         if valid_set is not None:
             if self.early_stopping:
                 stopper = ResumableEarlyStopping(
-                    monitor="valid_f1_macro" if by_f1 else "valid_loss",
-                    lower_is_better=not by_f1,
+                    monitor=monitor,
+                    lower_is_better=lower_is_better,
                     patience=self.n_iter_no_change,
                     threshold=0.0,
                     load_best=True,

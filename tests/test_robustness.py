@@ -374,6 +374,28 @@ def test_resume_with_early_stopping_keeps_its_patience_and_best_weights(fast_par
     np.testing.assert_allclose(resumed.predict_proba(valid[0]), expected, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("ended_by", ["patience", "max_epochs"])
+def test_resuming_a_finished_run_trains_nothing_and_keeps_its_best_weights(ended_by, fast_params, tmp_path):
+    """A script that always fits with warm_start=True and checkpoint_dir, run again after its
+    fit finished, gets that fit's model: no extra epoch, and the best epoch's weights that early
+    stopping restored, not the last epoch's."""
+    X, Y = make_texts(96, seed=30)
+    valid = make_texts(48, seed=31)
+    params = dict(fast_params, lr=0.5, early_stopping=True, lr_schedule="constant", warmup_ratio=0.0)
+    if ended_by == "patience":
+        params.update(max_epochs=15, n_iter_no_change=2)
+    else:
+        params.update(max_epochs=6, n_iter_no_change=10)
+    params.update(checkpoint_dir=tmp_path)
+    full = BertMultiLabelClassifier(**params).fit(X, Y, validation_data=valid)
+    n = len(full.history_)
+    best = int(np.argmax(full.history_[:, "valid_f1_macro"])) + 1
+    assert best < n and (n < 15 if ended_by == "patience" else n == 6)
+    again = BertMultiLabelClassifier(warm_start=True, **params).fit(X, Y, validation_data=valid)
+    assert len(again.history_) == n
+    np.testing.assert_allclose(again.predict_proba(valid[0]), full.predict_proba(valid[0]), rtol=0, atol=1e-6)
+
+
 def test_warm_start_continues_from_the_previous_fit(fast_params, toy_data):
     X, Y = toy_data
     clf = BertMultiLabelClassifier(**{**fast_params, "max_epochs": 1}).fit(X, Y)
