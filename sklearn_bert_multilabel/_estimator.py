@@ -816,7 +816,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         UserWarning
             Weights the model uses were not in the encoder's checkpoint and
             start random: the pooler of a masked-language-model checkpoint
-            with ``pooling="pooler"``, or any other encoder weight.
+            with ``pooling="pooler"``, or any other encoder weight. Also when
+            ``X`` and ``y`` are pandas objects whose indexes hold the same
+            labels in another order (rows are matched by position).
         """
         warn_misaligned_rows(X, y)
         if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
