@@ -39,6 +39,7 @@ import torch
 from skorch.callbacks import Callback, EarlyStopping
 
 from ._distributed import process_seed
+from ._validation import caller_stacklevel
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ class TrainingGuard(Callback):
             f"fit was interrupted during epoch {epoch}; the model keeps {kept}. With checkpoint_dir "
             "set, fit again with warm_start=True to continue from the last completed epoch.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=caller_stacklevel(),
         )
         self.best_weights_ = self.spare_weights_ = None
 
@@ -283,7 +284,7 @@ def latest_checkpoint(folder: Path) -> dict | None:
             warnings.warn(
                 f"ignoring the unreadable checkpoint {path} ({type(exc).__name__}: {exc}).",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=caller_stacklevel(),
             )
     return None
 

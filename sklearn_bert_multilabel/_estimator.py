@@ -87,6 +87,7 @@ from ._thresholds import parse_metric, tune_thresholds
 from ._validation import (
     InvalidInputError,
     Problems,
+    caller_stacklevel,
     check_device,
     check_label_matrix,
     check_label_names,
@@ -751,7 +752,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
 
     def _check_eval_labels(self, X: object, Y: object) -> tuple[list[str], np.ndarray]:
         check_is_fitted(self)
-        warn_misaligned_rows(X, Y, stacklevel=4)  # called by score and fit_thresholds
+        warn_misaligned_rows(X, Y)
         problems = Problems()
         self._check_prediction_params(problems)
         texts = check_texts(X, problems)
@@ -986,7 +987,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 f"ignoring the cache entry {fit_key}: its weights do not match this model; "
                 "it is trained again.",
                 CacheWarning,
-                stacklevel=3,
+                stacklevel=caller_stacklevel(),
             )
             cache.discard_fit(fit_key)
             entry = None
@@ -1040,7 +1041,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 f"model_name={self._model_path!r} has no weights for it ({', '.join(pooler)}): it "
                 f"starts random{kept}. Use pooling='cls' or 'mean', or a checkpoint with a trained pooler.",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=caller_stacklevel(),
             )
         if others:
             total = sum(1 for _ in encoder.state_dict())
@@ -1050,7 +1051,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 f"not in its checkpoint and start random ({shown}): the encoder is not the "
                 "pretrained one there. Check that the folder's weights belong to its config.json.",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=caller_stacklevel(),
             )
 
     def _load_pretrained(self, cached: bool, device: str):
@@ -1088,7 +1089,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                     "validation_data was given; using 0.5 for every label. Call "
                     "fit_thresholds(X_val, Y_val) to tune them on data of your own.",
                     UserWarning,
-                    stacklevel=4,
+                    stacklevel=caller_stacklevel(),
                 )
                 self.tuned_thresholds_ = np.full(n_labels, 0.5)
             else:
@@ -1121,7 +1122,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                     "warm_start=True but the previous fit has other labels or another architecture; "
                     "starting from the pretrained encoder.",
                     UserWarning,
-                    stacklevel=4,
+                    stacklevel=caller_stacklevel(),
                 )
         return start
 
@@ -1185,14 +1186,14 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
     def _windows(self, texts: Sequence[str]) -> tuple[list[list[np.ndarray]], int]:
         return window_text_ids(self.tokenizer_, texts, self.max_length, self._stride, self.max_chunks)
 
-    def _warn_cut(self, cut: int, total: int, stacklevel: int) -> None:
+    def _warn_cut(self, cut: int, total: int) -> None:
         if cut:
             warnings.warn(
                 f"{cut} of {total} texts have more than max_chunks={self.max_chunks} windows of "
                 f"max_length={self.max_length} tokens; only their first {self.max_chunks} windows are "
                 "read. Raise max_chunks (or set it to None) to read more.",
                 LongTextWarning,
-                stacklevel=stacklevel,
+                stacklevel=caller_stacklevel(),
             )
 
     def _train(self, module, tokenizer, train_texts, Y_train, val_texts, Y_val, pos_weight, seed, start):
@@ -1209,7 +1210,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         elif self._chunked:
             all_texts = train_texts + (val_texts if has_valid else [])
             windows, cut = self._windows(all_texts)
-            self._warn_cut(cut, len(all_texts), stacklevel=5)
+            self._warn_cut(cut, len(all_texts))
             train_set = WindowDataset(windows[: len(train_texts)], Y_train)
             valid_set = WindowDataset(windows[len(train_texts) :], Y_val) if has_valid else None
             net_module = module
@@ -1321,7 +1322,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 "this fit is not cached. Parameters must be picklable (define callbacks and other "
                 "objects at module level) for fits to be cached.",
                 CacheWarning,
-                stacklevel=4,
+                stacklevel=caller_stacklevel(),
             )
             return None
 
@@ -1596,7 +1597,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         if cache is not None and self._predicts_from_features():
             return self._head_logits(self._pooled_features(texts))
         if cache is None or getattr(self, "cache_key_", None) is None:
-            return self._compute_logits(texts, stacklevel=4)
+            return self._compute_logits(texts)
         # One store of per-text rows per model and reading: everything besides the weights that
         # shapes the logits is in its key. Texts seen before (in any earlier call) are read back,
         # and a model predicting one text per call merges its rows as the feature store does.
@@ -1604,14 +1605,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         windows = (self._stride, self.max_chunks, self.chunk_aggregation) if self._chunked else None
         key = stable_hash(self.cache_key_, self.max_length, precision, windows)
 
-        def compute(todo: list[str]) -> np.ndarray:
-            # A warning points past _warn_cut, _compute_logits, compute, rows and this method.
-            return self._compute_logits(todo, stacklevel=6)
+        return cache.rows("logits", key, texts, self.n_labels_, self._compute_logits)
 
-        return cache.rows("logits", key, texts, self.n_labels_, compute)
-
-    def _compute_logits(self, texts: list[str], stacklevel: int) -> np.ndarray:
-        """The logits of ``texts`` from the model (``stacklevel``: of the caller for warnings)."""
+    def _compute_logits(self, texts: list[str]) -> np.ndarray:
+        """The logits of ``texts`` from the model."""
         if self._chunked:
             logits = np.empty((len(texts), self.n_labels_), dtype=np.float32)
             cut = 0
@@ -1619,7 +1616,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 windows, n_cut = self._windows(texts[start : start + PREDICT_CHUNK])
                 cut += n_cut
                 logits[start : start + len(windows)] = self._logits_from_windows(windows)
-            self._warn_cut(cut, len(texts), stacklevel=stacklevel)
+            self._warn_cut(cut, len(texts))
             return logits
         batches = iter_text_batches(
             self.tokenizer_,

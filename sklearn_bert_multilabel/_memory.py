@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from ._pretrained import file_stamps
+from ._validation import caller_stacklevel
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def _warn(what: str, where: Path, exc: BaseException) -> None:
         f"ignoring the unreadable cache entry {where} ({what}: {type(exc).__name__}: {exc}); "
         "it is computed again.",
         CacheWarning,
-        stacklevel=4,
+        stacklevel=caller_stacklevel(),
     )
 
 
@@ -386,7 +387,11 @@ class FitCache:
             (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
             _publish_dir(tmp, final)
         except OSError as exc:
-            warnings.warn(f"could not write the cache entry {final}: {exc}", CacheWarning, stacklevel=3)
+            warnings.warn(
+                f"could not write the cache entry {final}: {exc}",
+                CacheWarning,
+                stacklevel=caller_stacklevel(),
+            )
             shutil.rmtree(tmp, ignore_errors=True)
 
     # ------------------------------------------------------- per-text rows
@@ -454,7 +459,9 @@ class FitCache:
         try:
             _publish_chunk(folder, len(keys), write)
         except OSError as exc:
-            warnings.warn(f"could not write {kind} to the cache: {exc}", CacheWarning, stacklevel=4)
+            warnings.warn(
+                f"could not write {kind} to the cache: {exc}", CacheWarning, stacklevel=caller_stacklevel()
+            )
             return
         for _ in range(MAX_MERGES_PER_SAVE):
             if not _merge_a_full_class(folder, features.shape[1]):

@@ -33,6 +33,7 @@ from ._text import (
     WindowDataset,
 )
 from ._thresholds import tune_thresholds
+from ._validation import caller_stacklevel
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def warn_if_emulated_bf16(precision: str, device: str | torch.device) -> None:
             "products are emulated and can run several times slower than fp32. Use "
             "precision='fp32', or precision='auto' to use bf16 only where the hardware has it.",
             PrecisionWarning,
-            stacklevel=3,
+            stacklevel=caller_stacklevel(),
         )
 
 
@@ -573,7 +574,7 @@ class MultiLabelNet(NeuralNet):
                     f"{names} ignored: with freeze_encoder=True the cached text features are batched "
                     "by slicing, which uses only batch_size, shuffle and drop_last.",
                     UserWarning,
-                    stacklevel=2,
+                    stacklevel=caller_stacklevel(),
                 )
             loader = FeatureBatches(dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
             order = loader

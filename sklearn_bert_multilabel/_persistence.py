@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validation import Problems, by_label, check_device, device_here, is_number
+from ._validation import Problems, by_label, caller_stacklevel, check_device, device_here, is_number
 from ._version import __version__
 
 logger = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ def save_estimator(estimator, path: str | os.PathLike) -> Path:
             f"{', '.join(sorted(dropped))}. Predictions are unaffected; set them again before "
             "refitting the loaded model.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=caller_stacklevel(),
         )
     from ._model import head_layout
 
@@ -316,7 +316,7 @@ def _read_manifest(folder: Path) -> dict:
             "format is compatible, but results may differ slightly. To silence this, save it again "
             f"with this version, or install sklearn-bert-multilabel=={saved_with}.",
             UserWarning,
-            stacklevel=4,
+            stacklevel=caller_stacklevel(),
         )
     for key, kind in (("params", dict), ("fitted", dict), ("module", dict), ("files", dict)):
         if not isinstance(manifest.get(key), kind):

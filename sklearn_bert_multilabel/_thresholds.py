@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from ._validation import Problems, cells, check_label_matrix, check_label_names
+from ._validation import Problems, caller_stacklevel, cells, check_label_matrix, check_label_names
 
 #: Threshold metrics by name, each an F-beta score with this beta.
 THRESHOLD_METRICS = {"f1": 1.0, "f0.5": 0.5, "f2": 2.0}
@@ -230,6 +230,6 @@ def tune_thresholds(
             f"label(s) {', '.join(missed)}; they get a threshold above all their scores, so they are "
             "predicted for none of these texts. Lower the precision floor to predict them.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=caller_stacklevel(),
         )
     return np.array(thresholds, dtype=np.float64)

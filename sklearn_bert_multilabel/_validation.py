@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numbers
+import os
 import re
+import sys
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -269,9 +271,25 @@ def check_label_names(
     )
 
 
-def warn_misaligned_rows(
-    X: object, Y: object, *, name: str = "X", y_name: str = "Y", stacklevel: int = 3
-) -> None:
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning, issued by the function that calls this one,
+    name the first caller outside this package and skorch: the user's line, however deep
+    the calls (``predict`` -> ``predict_proba`` -> ``decision_function``, or a skorch
+    callback inside ``fit``) that led to it."""
+    skorch = sys.modules.get("skorch")
+    inside = (_PACKAGE_DIR,) if skorch is None else (_PACKAGE_DIR, os.path.dirname(skorch.__file__) + os.sep)
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(inside):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+def warn_misaligned_rows(X: object, Y: object, *, name: str = "X", y_name: str = "Y") -> None:
     """Warn when ``X`` and ``Y`` are pandas objects with the same index labels in another order.
 
     Rows are matched by position, as everywhere in scikit-learn; such indexes
@@ -296,7 +314,7 @@ def warn_misaligned_rows(
         f"Align them first, e.g. {y_name}.loc[{name}.index], or pass {name}.to_numpy() if the order "
         "is right as it is.",
         UserWarning,
-        stacklevel=stacklevel,
+        stacklevel=caller_stacklevel(),
     )
 
 
@@ -309,7 +327,7 @@ def warn_unused_labels(Y: np.ndarray, label_names: Sequence[str]) -> None:
             f"{len(never)} label column(s) are never positive in the training data "
             f"({shown}); the model can only learn to predict 0 for them.",
             UnusedLabelWarning,
-            stacklevel=3,
+            stacklevel=caller_stacklevel(),
         )
 
 
@@ -324,7 +342,7 @@ def warn_single_label(n_labels: int) -> None:
             "scoring='f1_macro', 'accuracy' or a callable such as "
             "lambda est, X, y: roc_auc_score(y, est.predict_proba(X)).",
             SingleLabelWarning,
-            stacklevel=3,
+            stacklevel=caller_stacklevel(),
         )
 
 

@@ -132,10 +132,14 @@ def test_max_chunks_warns_with_the_count_of_cut_texts(chunk_params):
     X, Y = long_documents(16, seed=4)  # 90 words: 5 windows of 22 text tokens with stride 6
     X[3] = X[3][:30]
     clf = BertMultiLabelClassifier(long_text="chunk", max_chunks=2, **{**chunk_params, "max_epochs": 1})
-    with pytest.warns(LongTextWarning, match="15 of 16 texts have more than max_chunks=2 windows"):
+    with pytest.warns(LongTextWarning, match="15 of 16 texts have more than max_chunks=2 windows") as record:
         clf.fit(X, Y)
-    with pytest.warns(LongTextWarning, match="1 of 2 texts"):
-        clf.predict([X[0], X[3]])
+    assert record[0].filename == __file__
+    # However deep the calls that reach it, the warning names the caller's line.
+    for call in (clf.predict, clf.predict_proba, clf.decision_function, lambda X: clf.score(X, Y[[0, 3]])):
+        with pytest.warns(LongTextWarning, match="1 of 2 texts") as record:
+            call([X[0], X[3]])
+        assert record[0].filename == __file__, record[0].filename
 
 
 @pytest.mark.skipif(not hasattr(resource, "getrusage"), reason="needs getrusage")
