@@ -49,7 +49,7 @@ def iterative_stratification(
         return one_of(best)
 
     while left.any():
-        # The label with the fewest positives still to deal (ties at random).
+        # The label with the fewest positives still to deal (ties as one_of breaks them).
         label = one_of(np.flatnonzero(left == left[left > 0].min()))
         rows = np.flatnonzero(unassigned & Y[:, label])
         if rng is not None:
