@@ -283,10 +283,8 @@ def test_numpy_valued_head_parameters_save_and_export(fast_params, tmp_path):
     assert loaded.hidden_layer_sizes == (8,) and type(loaded.hidden_layer_sizes[0]) is int
     assert loaded.warm_start is True  # kept, not replaced by its default (False) with a warning
     one_layer = BertMultiLabelClassifier(hidden_layer_sizes=8, **params).fit(X, Y)  # MLPClassifier's int
-    assert [layer.out_features for layer in one_layer.module_.head if hasattr(layer, "out_features")] == [
-        8,
-        3,
-    ]
+    sizes = [layer.out_features for layer in one_layer.module_.head if hasattr(layer, "out_features")]
+    assert sizes == [8, 3]  # one hidden layer of 8, then the 3 labels
     one_layer.save(tmp_path / "int")
     np.testing.assert_array_equal(
         BertMultiLabelClassifier.load(tmp_path / "int").predict_proba(X), one_layer.predict_proba(X)
