@@ -57,18 +57,18 @@ def main() -> None:
     print(f"{'texts cached':>14s} {'chunks':>7s} {'lookup':>10s} {'encode / lookup':>16s}")
     with tempfile.TemporaryDirectory() as folder:
         cache = FitCache(Path(folder))
-        cache.save_features("k", keys, features)
+        cache.save_rows("features", "k", keys, features)
         cached, chunks = len(X), 1
         for extra in (0, 10_000, 100_000, 200_000):
             if extra:  # features of other texts, one chunk as one fit would write
                 other = text_keys([f"other text {cached + i}" for i in range(extra)])
-                cache.save_features("k", other, rng.random((extra, width), dtype=np.float32))
+                cache.save_rows("features", "k", other, rng.random((extra, width), dtype=np.float32))
                 cached, chunks = cached + extra, chunks + 1
             times = []
             for _ in range(6):
                 out = np.empty_like(features)
                 start = time.perf_counter()
-                found = cache.load_features("k", width).fill(keys, out)
+                found = cache.load_rows("features", "k", width).fill(keys, out)
                 times.append(time.perf_counter() - start)
                 assert found.all() and np.array_equal(out, features)
             lookup = statistics.median(times[1:])

@@ -406,25 +406,16 @@ class FitCache:
         """
         keys = text_keys(texts)
         out = np.empty((len(texts), width), dtype=np.float32)
-        todo = np.flatnonzero(~self._load_rows(kind, key, width).fill(keys, out))
+        todo = np.flatnonzero(~self.load_rows(kind, key, width).fill(keys, out))
         if len(todo):
             computed = compute([texts[i] for i in todo])
             out[todo] = computed
-            self._save_rows(kind, key, keys[todo], computed)
+            self.save_rows(kind, key, keys[todo], computed)
         logger.debug("%s: %d cached, %d computed", kind, len(texts) - len(todo), len(todo))
         return out
 
-    # ---------------------------------------------------------------- features
-    def load_features(self, key: str, width: int) -> FeatureStore:
-        """All cached feature chunks of one encoder setting (``width`` values a row), mapped."""
-        return self._load_rows("features", key, width)
-
-    def save_features(self, key: str, keys: np.ndarray, features: np.ndarray) -> None:
-        """Store rows as a new chunk (a folder of sorted keys and rows, renamed into place),
-        then merge the chunks of any size class that it fills."""
-        self._save_rows("features", key, keys, features)
-
-    def _load_rows(self, kind: str, key: str, width: int) -> FeatureStore:
+    def load_rows(self, kind: str, key: str, width: int) -> FeatureStore:
+        """All cached chunks of the store ``kind/key`` (``width`` values a row), mapped."""
         folder = self.root / kind / key
         if not folder.is_dir():
             return FeatureStore([])
@@ -446,7 +437,9 @@ class FitCache:
                 chunks.append((keys, features))
         return FeatureStore(chunks)
 
-    def _save_rows(self, kind: str, key: str, keys: np.ndarray, features: np.ndarray) -> None:
+    def save_rows(self, kind: str, key: str, keys: np.ndarray, features: np.ndarray) -> None:
+        """Store rows as a new chunk of ``kind/key`` (a folder of sorted keys and rows, renamed
+        into place), then merge the chunks of any size class that it fills."""
         if len(keys) == 0:
             return
         keys, features = _sorted_chunk(keys, np.ascontiguousarray(features, dtype=np.float32))

@@ -291,11 +291,11 @@ def test_feature_store_finds_every_stored_text_and_no_other(tmp_path):
     # Digests ending in zero bytes, which NumPy's bytes arrays treat specially.
     keys[:3] = [b"a" * 15 + b"\x00", b"a" * 14 + b"\x00\x01", b"\x00" * 16]
     rows = np.random.default_rng(0).random((300, 8)).astype(np.float32)
-    cache.save_features("k", keys[:200], rows[:200])
-    cache.save_features("k", keys[150:], rows[150:])  # 50 texts stored twice, by two fits
-    assert not cache.load_features("other", 8).fill(keys, np.zeros((300, 8), dtype=np.float32)).any()
+    cache.save_rows("features", "k", keys[:200], rows[:200])
+    cache.save_rows("features", "k", keys[150:], rows[150:])  # 50 texts stored twice, by two fits
+    assert not cache.load_rows("features", "other", 8).fill(keys, np.zeros((300, 8), dtype=np.float32)).any()
 
-    store = cache.load_features("k", 8)
+    store = cache.load_rows("features", "k", 8)
     assert len(store.chunks) == 2
     order = np.random.default_rng(1).permutation(300)
     queried = np.concatenate([keys[order], text_keys(["never stored", "text 3000"])])
@@ -304,7 +304,7 @@ def test_feature_store_finds_every_stored_text_and_no_other(tmp_path):
     np.testing.assert_array_equal(found, [True] * 300 + [False] * 2)
     np.testing.assert_array_equal(out[:300], rows[order])
     assert (out[300:] == -1).all()  # rows not found are left alone
-    assert not FitCache(tmp_path / "none").load_features("k", 8).fill(keys, out).any()
+    assert not FitCache(tmp_path / "none").load_rows("features", "k", 8).fill(keys, out).any()
 
 
 def test_feature_chunks_of_another_shape_are_ignored_and_removed(tmp_path):
@@ -312,10 +312,10 @@ def test_feature_chunks_of_another_shape_are_ignored_and_removed(tmp_path):
 
     cache = FitCache(tmp_path)
     keys = text_keys(["a", "b", "c"])
-    cache.save_features("k", keys[:2], np.ones((2, 8), dtype=np.float32))
-    cache.save_features("k", keys[2:], np.ones((1, 4), dtype=np.float32))  # another width
+    cache.save_rows("features", "k", keys[:2], np.ones((2, 8), dtype=np.float32))
+    cache.save_rows("features", "k", keys[2:], np.ones((1, 4), dtype=np.float32))  # another width
     with pytest.warns(CacheWarning, match="expected S16 keys and 8 values a row"):
-        store = cache.load_features("k", 8)
+        store = cache.load_rows("features", "k", 8)
     np.testing.assert_array_equal(store.fill(keys, np.zeros((3, 8), dtype=np.float32)), [True, True, False])
     assert len(list((tmp_path / "features" / "k").glob("chunk-*"))) == 1
 
@@ -328,13 +328,13 @@ def test_feature_lookup_reads_only_the_rows_it_returns(tmp_path):
     cache = FitCache(tmp_path)
     keys = text_keys([f"text {i}" for i in range(20_000)])
     rows = np.random.default_rng(0).random((20_000, 64)).astype(np.float32)  # 5 MB
-    cache.save_features("k", keys[:10_000], rows[:10_000])
-    cache.save_features("k", keys[10_000:], rows[10_000:])
+    cache.save_rows("features", "k", keys[:10_000], rows[:10_000])
+    cache.save_rows("features", "k", keys[10_000:], rows[10_000:])
     wanted = np.array([5, 17_000, 3, 9_999, 10_000])
     out = np.zeros((5, 64), dtype=np.float32)
     tracemalloc.start()
     try:
-        found = cache.load_features("k", 64).fill(keys[wanted], out)
+        found = cache.load_rows("features", "k", 64).fill(keys[wanted], out)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -351,7 +351,7 @@ def test_feature_chunks_are_read_whole_where_files_cannot_be_mapped(tmp_path, mo
     cache = FitCache(tmp_path)
     keys = text_keys(["a", "b"])
     rows = np.arange(8, dtype=np.float32).reshape(2, 4)
-    cache.save_features("k", keys, rows)
+    cache.save_rows("features", "k", keys, rows)
 
     def no_mmap(*args, **kwargs):
         raise OSError(19, "No such device")
@@ -360,7 +360,7 @@ def test_feature_chunks_are_read_whole_where_files_cannot_be_mapped(tmp_path, mo
     out = np.zeros((2, 4), dtype=np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a file that cannot be mapped is not a damaged entry
-        assert cache.load_features("k", 4).fill(keys, out).all()
+        assert cache.load_rows("features", "k", 4).fill(keys, out).all()
     np.testing.assert_array_equal(out, rows)
     assert len(list((tmp_path / "features" / "k").glob("chunk-*"))) == 1
 
@@ -374,7 +374,7 @@ def test_feature_chunks_written_as_one_file_are_still_read(tmp_path):
     folder.mkdir(parents=True)
     np.savez(folder / "chunk-0.npz", keys=keys, features=rows)
     out = np.zeros((3, 4), dtype=np.float32)
-    found = FitCache(tmp_path).load_features("k", 4).fill(text_keys(["a", "b", "z"]), out)
+    found = FitCache(tmp_path).load_rows("features", "k", 4).fill(text_keys(["a", "b", "z"]), out)
     np.testing.assert_array_equal(found, [True, True, False])
     np.testing.assert_array_equal(out[:2], rows[[1, 2]])
 
@@ -386,8 +386,8 @@ def test_feature_chunk_removed_while_reading_is_skipped_quietly(tmp_path, monkey
 
     cache = _memory.FitCache(tmp_path)
     keys = _memory.text_keys(["a", "b"])
-    cache.save_features("k", keys[:1], np.ones((1, 4), dtype=np.float32))
-    cache.save_features("k", keys[1:], np.full((1, 4), 2.0, dtype=np.float32))
+    cache.save_rows("features", "k", keys[:1], np.ones((1, 4), dtype=np.float32))
+    cache.save_rows("features", "k", keys[1:], np.full((1, 4), 2.0, dtype=np.float32))
     read = _memory._read_chunk
     gone = sorted((tmp_path / "features" / "k").glob("chunk-*"))[0]
 
@@ -399,7 +399,7 @@ def test_feature_chunk_removed_while_reading_is_skipped_quietly(tmp_path, monkey
     monkeypatch.setattr(_memory, "_read_chunk", read_after_another_process_removed_one)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        store = cache.load_features("k", 4)
+        store = cache.load_rows("features", "k", 4)
     assert len(store.chunks) == 1
     assert store.fill(keys, np.zeros((2, 4), dtype=np.float32)).sum() == 1
 
@@ -411,7 +411,7 @@ def _one_text_chunks(cache, texts, width=4):
     keys = text_keys(texts)
     rows = np.random.default_rng(0).random((len(texts), width)).astype(np.float32)
     for i in range(len(texts)):
-        cache.save_features("k", keys[i : i + 1], rows[i : i + 1])
+        cache.save_rows("features", "k", keys[i : i + 1], rows[i : i + 1])
     return keys, rows
 
 
@@ -428,7 +428,7 @@ def test_feature_chunks_of_one_size_class_are_merged(tmp_path):
     assert all(chunk.name.startswith("chunk-") for chunk in folder.iterdir())  # nothing left over
     order = np.random.default_rng(1).permutation(100)
     out = np.zeros((100, 4), dtype=np.float32)
-    assert cache.load_features("k", 4).fill(keys[order], out).all()
+    assert cache.load_rows("features", "k", 4).fill(keys[order], out).all()
     np.testing.assert_array_equal(out, rows[order])
 
 
@@ -439,16 +439,18 @@ def test_merging_keeps_the_rows_a_look_up_read(tmp_path, monkeypatch):
     keys = _memory.text_keys(["a", "b", "c"])
     monkeypatch.setattr(_memory, "MERGE_FAN_IN", 100)  # no merging yet
     for i in range(8):  # the same texts, with other rows each time (as by several "fits")
-        cache.save_features("k", keys[: 1 + i % 3], np.full((1 + i % 3, 4), float(i), dtype=np.float32))
+        cache.save_rows(
+            "features", "k", keys[: 1 + i % 3], np.full((1 + i % 3, 4), float(i), dtype=np.float32)
+        )
     folder = tmp_path / "features" / "k"
     assert len(list(folder.glob("chunk-*"))) == 8
     before = np.zeros((3, 4), dtype=np.float32)
-    assert cache.load_features("k", 4).fill(keys, before).all()
+    assert cache.load_rows("features", "k", 4).fill(keys, before).all()
     monkeypatch.undo()
     assert _memory._merge_a_full_class(folder, 4)
     assert len(list(folder.glob("chunk-*"))) == 1
     after = np.zeros((3, 4), dtype=np.float32)
-    assert cache.load_features("k", 4).fill(keys, after).all()
+    assert cache.load_rows("features", "k", 4).fill(keys, after).all()
     np.testing.assert_array_equal(after, before)
     assert len(np.unique(before)) > 1  # the rows came from several chunks
 
@@ -474,11 +476,11 @@ def test_a_chunk_removed_during_a_merge_stops_it_quietly(tmp_path, monkeypatch):
     extra = _memory.text_keys(["text 7"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        cache.save_features("k", extra, np.ones((1, 4), dtype=np.float32))
+        cache.save_rows("features", "k", extra, np.ones((1, 4), dtype=np.float32))
     monkeypatch.undo()
     assert len(list(folder.glob("chunk-*"))) == 7  # nothing merged, nothing else removed
     out = np.zeros((8, 4), dtype=np.float32)
-    found = cache.load_features("k", 4).fill(np.concatenate([keys, extra]), out)
+    found = cache.load_rows("features", "k", 4).fill(np.concatenate([keys, extra]), out)
     assert found.sum() == 7  # all but the chunk removed "by the other process"
     stored = np.vstack([rows, np.ones((1, 4), dtype=np.float32)])
     np.testing.assert_array_equal(out[found], stored[found])
@@ -500,7 +502,7 @@ warnings.simplefilter("error", CacheWarning)  # nothing unreadable, nothing unwr
 cache, name = FitCache(Path(sys.argv[1])), sys.argv[2]
 for i in range(60):
     key = text_keys([f"{name} {i}"])
-    cache.save_features("k", key, np.full((1, 4), i, dtype=np.float32))
+    cache.save_rows("features", "k", key, np.full((1, 4), i, dtype=np.float32))
 """
     workers = [
         subprocess.Popen([sys.executable, "-c", script, str(tmp_path), name]) for name in ("first", "second")
@@ -508,7 +510,7 @@ for i in range(60):
     assert [worker.wait(timeout=120) for worker in workers] == [0, 0]
     texts = [f"{name} {i}" for name in ("first", "second") for i in range(60)]
     out = np.full((120, 4), -1.0, dtype=np.float32)
-    assert FitCache(tmp_path).load_features("k", 4).fill(text_keys(texts), out).all()
+    assert FitCache(tmp_path).load_rows("features", "k", 4).fill(text_keys(texts), out).all()
     np.testing.assert_array_equal(out[:, 0], np.tile(np.arange(60), 2))
     # 120 rows: one chunk of 64 or more, and fewer than 8 in each smaller class (some twice
     # where both processes merged the same chunks).
@@ -524,15 +526,15 @@ def test_later_look_ups_reuse_the_mapped_chunks(tmp_path, monkeypatch):
     read = _memory._read_chunk
     monkeypatch.setattr(_memory, "_read_chunk", lambda chunk: reads.append(chunk) or read(chunk))
     out = np.zeros((3, 4), dtype=np.float32)
-    assert cache.load_features("k", 4).fill(keys, out).all()
+    assert cache.load_rows("features", "k", 4).fill(keys, out).all()
     assert len(reads) == 3
-    assert cache.load_features("k", 4).fill(keys, out).all()
+    assert cache.load_rows("features", "k", 4).fill(keys, out).all()
     assert len(reads) == 3  # all three mapped already
     np.testing.assert_array_equal(out, rows)
     damaged = sorted((tmp_path / "features" / "k").glob("chunk-*"))[0]
     (damaged / "features.npy").write_bytes(b"\x93NUMPY garbage")  # changed: read again
     with pytest.warns(CacheWarning, match="unreadable cache entry"):
-        store = cache.load_features("k", 4)
+        store = cache.load_rows("features", "k", 4)
     assert len(reads) == 4 and len(store.chunks) == 2 and not damaged.exists()
 
 
@@ -547,10 +549,10 @@ def test_mappings_of_removed_caches_are_dropped(tmp_path):
     removed, kept = _memory.FitCache(tmp_path / "removed"), _memory.FitCache(tmp_path / "kept")
     for cache in (removed, kept):
         keys, _ = _one_text_chunks(cache, ["a", "b"])
-        assert cache.load_features("k", 4).fill(keys, np.zeros((2, 4), dtype=np.float32)).all()
+        assert cache.load_rows("features", "k", 4).fill(keys, np.zeros((2, 4), dtype=np.float32)).all()
     assert len(mapped_under(tmp_path / "removed")) == 2
     shutil.rmtree(tmp_path / "removed")  # as a temporary folder is at the end of a search
-    assert kept.load_features("k", 4).fill(keys, np.zeros((2, 4), dtype=np.float32)).all()
+    assert kept.load_rows("features", "k", 4).fill(keys, np.zeros((2, 4), dtype=np.float32)).all()
     assert mapped_under(tmp_path / "removed") == []
     assert len(mapped_under(tmp_path / "kept")) == 2
 
