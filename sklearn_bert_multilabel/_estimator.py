@@ -1377,15 +1377,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         hidden = self.module_.encoder.config.hidden_size
 
         def compute(todo: list[str]) -> np.ndarray:
-            batches = iter_text_batches(
-                self.tokenizer_,
-                todo,
-                self.max_length,
-                self.predict_batch_size,
-                self._pad_id,
-                self._prediction_workers,
-            )
-            return self._run(batches, self.module_.pool, hidden)
+            return self._run(self._prediction_batches(todo), self.module_.pool, hidden)
 
         cache = self._cache()
         feature_key = self._feature_key() if cache is not None else None
@@ -1618,7 +1610,11 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 logits[start : start + len(windows)] = self._logits_from_windows(windows)
             self._warn_cut(cut, len(texts))
             return logits
-        batches = iter_text_batches(
+        return self._run(self._prediction_batches(texts))
+
+    def _prediction_batches(self, texts: list[str]):
+        """``texts`` tokenised and padded in batches of ``predict_batch_size``, as predictions read them."""
+        return iter_text_batches(
             self.tokenizer_,
             texts,
             self.max_length,
@@ -1626,7 +1622,6 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             self._pad_id,
             self._prediction_workers,
         )
-        return self._run(batches)
 
     def predict_proba(self, X: Sequence[str]) -> np.ndarray:
         """Independent probability of each label for each text.
