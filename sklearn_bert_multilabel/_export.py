@@ -93,15 +93,11 @@ def build_pretrained(estimator):
 
 def _check_same_logits(estimator, forward) -> None:
     """Raise when ``forward`` does not compute the estimator's logits on probe texts."""
-    from ._text import iter_text_batches
-
     module = estimator.module_
     was_training = module.training
     module.eval()
     try:
-        for _, inputs in iter_text_batches(
-            estimator.tokenizer_, list(PROBE_TEXTS), estimator.max_length, 8, estimator._pad_id
-        ):
+        for inputs in _example_batches(estimator):
             device = next(module.parameters()).device
             with torch.inference_mode():
                 ours = module(**{k: v.to(device) for k, v in inputs.items()}).float().cpu()
@@ -206,6 +202,7 @@ def export_onnx(estimator, path: str | os.PathLike, *, opset_version: int | None
 
 
 def _example_batches(estimator):
+    """The probe texts, tokenised as the estimator reads them, in batches of 8."""
     from ._text import iter_text_batches
 
     for _, inputs in iter_text_batches(
