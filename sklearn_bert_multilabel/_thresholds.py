@@ -54,9 +54,22 @@ def _cuts(scores: np.ndarray, y: np.ndarray):
 
 
 def _threshold_at(s: np.ndarray, best: int) -> float:
-    """Halfway between the lowest score predicted positive and the next lower score."""
-    lower = s[best + 1] if best + 1 < len(s) else max(s[best] - 1e-6, 0.0)
-    return float((s[best] + lower) / 2)
+    """Halfway between the lowest score predicted positive and the next lower score.
+
+    When every row is predicted positive, the threshold lies just below the
+    lowest score: not below 0 for scores that are all at least 0 (such as
+    probabilities), but below a negative score (such as a logit) too.
+    """
+    high = s[best]
+    if best + 1 < len(s):
+        low = s[best + 1]
+    else:
+        low = high - 1e-6
+        if high >= 0:
+            low = max(low, 0.0)
+    middle = (high + low) / 2
+    # Scores one float apart (or so large that 1e-6 is lost) have no middle: cut at the score.
+    return float(middle if low < middle <= high else high)
 
 
 def best_threshold(scores: np.ndarray, y: np.ndarray, beta: float = 1.0) -> float:

@@ -34,6 +34,35 @@ def test_best_threshold_matches_brute_force(beta, seed):
     assert achieved == pytest.approx(brute_force(scores, y, beta))
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_negative_scores_keep_every_cut(seed):
+    # Logits (decision_function) are negative for most rows; the best cut may predict every row.
+    rng = np.random.default_rng(seed)
+    y = rng.random(60) < 0.85
+    scores = rng.normal(-3.0 + 0.5 * y, 1.0)
+    for beta in (0.5, 1.0, 2.0):
+        t = best_threshold(scores, y, beta)
+        achieved = fbeta_score(y, scores >= t, beta=beta, zero_division=0)
+        assert achieved == pytest.approx(brute_force(scores, y, beta))
+    t, met = constrained_threshold(scores, y, "precision@recall", 1.0)
+    assert met and recall_score(y, scores >= t) == 1.0
+
+
+def test_every_row_positive_with_negative_scores():
+    logits = np.array([[2.0, 0.5], [-3.0, 4e-7]])
+    Y = np.array([[1, 1], [1, 1]])
+    for metric in ("f1", "precision@recall=1", "recall@precision=1"):
+        t = tune_thresholds(logits, Y, metric)
+        assert (logits >= t).all(), metric
+    assert 0.0 <= tune_thresholds(logits, Y)[1] < 4e-7  # scores >= 0 keep a threshold >= 0
+
+
+def test_scores_one_float_apart_are_cut_between():
+    scores = np.array([np.nextafter(0.1, 1.0), 0.1])  # their mean rounds to 0.1
+    t = best_threshold(scores, np.array([1, 0]))
+    assert (scores >= t).tolist() == [True, False]
+
+
 def rates(scores, y, t):
     predicted = scores >= t
     return precision_score(y, predicted, zero_division=0), recall_score(y, predicted)
