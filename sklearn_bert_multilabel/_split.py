@@ -89,6 +89,14 @@ def stratified_validation_split(
     return np.flatnonzero(part == 0), np.flatnonzero(part == 1)
 
 
+def _n_rows(X) -> int:
+    """The number of rows of ``X``: a sequence, an array, a DataFrame or a sparse matrix."""
+    shape = getattr(X, "shape", None)
+    if shape is not None and len(shape) > 0:
+        return int(shape[0])
+    return len(X)
+
+
 class MultilabelStratifiedKFold(BaseCrossValidator):
     """K-fold cross-validation that shares out every label's positives in proportion.
 
@@ -142,8 +150,8 @@ class MultilabelStratifiedKFold(BaseCrossValidator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...)
-            Only its length is used.
+        X : array-like or sparse matrix of shape (n_samples, ...)
+            Only its number of rows is used.
         y : array-like of shape (n_samples, n_labels)
             The binary label matrix to stratify on.
         groups : None
@@ -164,8 +172,12 @@ class MultilabelStratifiedKFold(BaseCrossValidator):
                 "random_state has no effect with shuffle=False (the folds do not depend on chance); "
                 "set shuffle=True or leave random_state=None."
             )
-        Y, _ = check_label_matrix(y, problems, name="y")
-        n = len(X)
+        if y is None:
+            problems.append("y is required: the folds are stratified on the label matrix, split(X, Y).")
+            Y = None
+        else:
+            Y, _ = check_label_matrix(y, problems, name="y")
+        n = _n_rows(X)
         if Y is not None and len(Y) != n:
             problems.append(f"X has {n} rows but y has {len(Y)}; they must match.")
         if not problems and self.n_splits > n:

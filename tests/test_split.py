@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
+import scipy.sparse as sp
 from sklearn.model_selection import GridSearchCV, KFold
 
 from sklearn_bert_multilabel import BertMultiLabelClassifier, InvalidInputError, MultilabelStratifiedKFold
@@ -94,6 +96,18 @@ def test_no_part_is_left_empty():
 def test_bad_splitter_input_is_refused_in_words(n_splits, y, message):
     with pytest.raises(InvalidInputError, match=message):
         list(MultilabelStratifiedKFold(n_splits).split(np.zeros(10), y))
+
+
+def test_splitter_reads_the_rows_of_a_sparse_or_2d_x_and_needs_y():
+    # Features made outside the estimator (a TF-IDF baseline, say) get the same folds as texts.
+    rng = np.random.default_rng(0)
+    Y = (rng.random((30, 3)) < 0.3).astype(int)
+    cv = MultilabelStratifiedKFold(3, random_state=0)
+    expected = [test.tolist() for _, test in cv.split(np.zeros(30), Y)]
+    for X in (sp.csr_matrix(rng.random((30, 5))), rng.random((30, 5)), pd.DataFrame(rng.random((30, 2)))):
+        assert [test.tolist() for _, test in cv.split(X, Y)] == expected
+    with pytest.raises(InvalidInputError, match="y is required"):
+        list(cv.split(np.zeros(30), None))
 
 
 def test_validation_split_gives_a_rare_label_its_share():
