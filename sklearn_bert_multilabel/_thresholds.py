@@ -184,7 +184,9 @@ def tune_thresholds(
     Parameters
     ----------
     proba : array-like of shape (n_samples, n_labels)
-        Scores, usually probabilities.
+        Scores, usually probabilities; any real scores work, such as the
+        logits of ``decision_function`` (compare them with the thresholds
+        returned: ``scores >= thresholds``).
     Y : array-like of shape (n_samples, n_labels)
         Binary labels (an array, a list of lists or a DataFrame).
     metric : str, default="f1"
