@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -141,6 +142,15 @@ def _progress_bars(enabled: bool):
             hf_logging.enable_progress_bar()
 
 
+@functools.cache
+def _dtype_keyword() -> str:
+    """``from_pretrained``'s dtype keyword: ``dtype`` since transformers 4.56, ``torch_dtype`` before."""
+    import transformers
+    from packaging.version import Version
+
+    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+
 def load_encoder(model_name: str, *, progress: bool = False, **kwargs):
     """Load the encoder (``AutoModel``) of ``model_name``, in float32.
 
@@ -157,7 +167,7 @@ def load_encoder(model_name: str, *, progress: bool = False, **kwargs):
     _check_local(model_name)
     path = resolve_model_path(os.path.expanduser(model_name))
     if "dtype" not in kwargs and "torch_dtype" not in kwargs:
-        kwargs["dtype"] = torch.float32
+        kwargs[_dtype_keyword()] = torch.float32
     kwargs["output_loading_info"] = True
     try:
         with _progress_bars(progress):
@@ -165,6 +175,10 @@ def load_encoder(model_name: str, *, progress: bool = False, **kwargs):
     except (OSError, ValueError) as exc:
         raise _load_error(model_name, exc) from exc
     missing = set(info.get("missing_keys", ())) | {key[0] for key in info.get("mismatched_keys", ())}
+    # Older transformers name them as the checkpoint did: "bert.pooler..." from a BertForMaskedLM.
+    prefix = f"{getattr(encoder, 'base_model_prefix', '')}."
+    own = set(encoder.state_dict())
+    missing = {key[len(prefix) :] if key not in own and key.startswith(prefix) else key for key in missing}
     encoder.newly_initialized_ = tuple(sorted(missing))
     return encoder
 

@@ -7,9 +7,14 @@ import os
 
 import numpy as np
 import pytest
+import transformers
+from packaging.version import Version
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+#: transformers 5 loads a checkpoint in its saved dtype and builds tokenizers from any folder.
+TRANSFORMERS_5 = Version(transformers.__version__).major >= 5
 
 WORDS = (
     "the a an and or but is was are were it this that he she they we you i "
