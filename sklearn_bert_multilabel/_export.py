@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -122,12 +123,24 @@ def export_pretrained(estimator, path: str | os.PathLike) -> Path:
         with _progress_bars(False):
             model.save_pretrained(str(staging))
         tokenizer = estimator.tokenizer_
-        old_max = tokenizer.model_max_length
+        old_max, old_inputs = tokenizer.model_max_length, tokenizer.model_input_names
+        old_kwargs = dict(tokenizer.init_kwargs)
         tokenizer.model_max_length = estimator.max_length  # so truncation=True cuts where predict does
+        # Only the inputs the exported model takes: a BERT tokenizer beside a DistilBERT model
+        # would otherwise give token_type_ids, which a pipeline passes on and the model refuses.
+        accepted = inspect.signature(model.forward).parameters
+        inputs = [name for name in old_inputs if name in accepted]
+        if inputs != list(old_inputs):
+            # transformers writes one or the other, depending on its version.
+            tokenizer.model_input_names = inputs
+            tokenizer.init_kwargs["model_input_names"] = inputs
         try:
             tokenizer.save_pretrained(str(staging))
         finally:
             tokenizer.model_max_length = old_max
+            tokenizer.model_input_names = old_inputs
+            tokenizer.init_kwargs.clear()
+            tokenizer.init_kwargs.update(old_kwargs)
     logger.info("exported %s to %s", type(model).__name__, target)
     return target
 

@@ -309,7 +309,7 @@ def test_export_pretrained_reproduces_predict_proba(fast_params, tmp_path):
 
 
 def test_export_pretrained_distilbert(tiny_model_dir, tmp_path):
-    from transformers import DistilBertConfig, DistilBertModel
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
 
     torch.manual_seed(0)
     source = Path(tiny_model_dir)
@@ -331,6 +331,10 @@ def test_export_pretrained_distilbert(tiny_model_dir, tmp_path):
         random_state=0,
     ).fit(X, Y)
     clf.export_pretrained(tmp_path / "hf")
+    # The BERT tokenizer beside it gives token_type_ids, which DistilBERT's forward does not take.
+    assert "token_type_ids" in clf.tokenizer_("a game")
+    assert list(AutoTokenizer.from_pretrained(tmp_path / "hf")("a game")) == ["input_ids", "attention_mask"]
+    assert "token_type_ids" in clf.tokenizer_("a game")  # the fitted tokenizer is left as it was
     got = _pipeline_proba(tmp_path / "hf", X, clf.label_names_)
     np.testing.assert_allclose(got, clf.predict_proba(X), atol=1e-5)
 
