@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Hashable
 from importlib import resources
@@ -146,9 +147,9 @@ def _progress_bars(enabled: bool):
 def _dtype_keyword() -> str:
     """``from_pretrained``'s dtype keyword: ``dtype`` since transformers 4.56, ``torch_dtype`` before."""
     import transformers
-    from packaging.version import Version
 
-    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+    major, minor = (int(part) for part in re.match(r"(\d+)\.(\d+)", transformers.__version__).groups())
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
 def load_encoder(model_name: str, *, progress: bool = False, **kwargs):
