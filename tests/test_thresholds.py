@@ -7,6 +7,8 @@ import warnings
 import numpy as np
 import pytest
 from conftest import make_texts
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.metrics import fbeta_score, precision_score, recall_score
 
 from sklearn_bert_multilabel import (
@@ -61,6 +63,37 @@ def test_scores_one_float_apart_are_cut_between():
     scores = np.array([np.nextafter(0.1, 1.0), 0.1])  # their mean rounds to 0.1
     t = best_threshold(scores, np.array([1, 0]))
     assert (scores >= t).tolist() == [True, False]
+
+
+@settings(deadline=None, derandomize=True, database=None, max_examples=200)
+@given(
+    pairs=st.lists(
+        st.tuples(
+            st.one_of(
+                st.floats(-1e300, 1e300, allow_nan=False),
+                st.sampled_from([0.0, 1.0, -1.0, 0.5, 5e-7, 1e-300]),  # ties and edges
+            ),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=25,
+    ),
+    beta=st.sampled_from([0.5, 1.0, 2.0]),
+)
+def test_any_real_scores_get_the_best_cut(pairs, beta):
+    scores = np.array([score for score, _ in pairs])
+    y = np.array([label for _, label in pairs])
+    t = best_threshold(scores, y, beta)
+    if y.any():
+        achieved = fbeta_score(y, scores >= t, beta=beta, zero_division=0)
+        assert achieved == pytest.approx(brute_force(scores, y, beta))
+        t, met = constrained_threshold(scores, y, "precision@recall", 1.0)
+        assert met and recall_score(y, scores >= t) == 1.0
+        best = brute_force_constrained(scores, y, "recall@precision", 0.5)
+        t, met = constrained_threshold(scores, y, "recall@precision", 0.5)
+        assert met == (best is not None)
+        if met:
+            assert rates(scores, y, t)[::-1] == pytest.approx(best)
 
 
 def rates(scores, y, t):
