@@ -365,8 +365,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
 
     See Also
     --------
-    sklearn.neural_network.MLPClassifier : multi-label MLP on numeric features.
-    sklearn.multiclass.OneVsRestClassifier : one binary classifier per label.
+    sklearn.neural_network.MLPClassifier : Multi-label MLP on numeric features.
+    sklearn.multiclass.OneVsRestClassifier : One binary classifier per label.
 
     Notes
     -----
@@ -477,11 +477,40 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         return {k: getattr(self, k) for k in getattr(self, "_extra_keys", ())}
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Parameters of this estimator, with the prefixed options set on it.
+
+        Parameters
+        ----------
+        deep : bool, default=True
+            Also return the parameters of contained estimators (scikit-learn's
+            convention; this estimator contains none).
+
+        Returns
+        -------
+        params : dict
+            The constructor's parameters and any ``encoder__*``, ``tokenizer__*``,
+            ``optimizer__*``, ``iterator_train__*``, ``iterator_valid__*`` or
+            ``callbacks__*`` option given to the constructor or ``set_params``.
+        """
         params = super().get_params(deep=deep)
         params.update(self._extra_params())
         return params
 
     def set_params(self, **params: Any) -> BertMultiLabelClassifier:
+        """Set parameters, including prefixed options such as ``optimizer__betas``.
+
+        Parameters
+        ----------
+        **params : dict
+            Constructor parameters and prefixed options (see :meth:`get_params`).
+            Those that only affect predictions (``threshold``,
+            ``predict_batch_size``...) take effect on a fitted model at once.
+
+        Returns
+        -------
+        self : BertMultiLabelClassifier
+            This estimator.
+        """
         extra = {k: v for k, v in params.items() if "__" in k and k.split("__", 1)[0] in EXTRA_PREFIXES}
         keys = tuple(getattr(self, "_extra_keys", ()))
         for key, value in extra.items():

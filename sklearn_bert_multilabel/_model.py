@@ -277,6 +277,18 @@ class MultiLabelTextModule(nn.Module):
                 param.requires_grad_(False)
 
     def train(self, mode: bool = True) -> MultiLabelTextModule:
+        """Set training mode, as :meth:`torch.nn.Module.train`; a frozen encoder stays in eval mode.
+
+        Parameters
+        ----------
+        mode : bool, default=True
+            Training (True) or evaluation (False) mode.
+
+        Returns
+        -------
+        self : MultiLabelTextModule
+            This module.
+        """
         if not self.freeze_encoder or not isinstance(mode, bool):
             return super().train(mode)  # which also rejects a mode that is not a bool
         # A frozen encoder is a fixed feature extractor: no dropout in it. Setting the flag of
@@ -290,7 +302,18 @@ class MultiLabelTextModule(nn.Module):
         return self
 
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Return the pooled text vectors, shape (batch, hidden_size)."""
+        """The pooled vector of each text.
+
+        Parameters
+        ----------
+        input_ids, attention_mask : torch.Tensor of shape (batch, length)
+            Token ids and the mask of real (1) and padding (0) tokens.
+
+        Returns
+        -------
+        pooled : torch.Tensor of shape (batch, hidden_size)
+            What ``pooling`` makes of each text's token states.
+        """
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
             out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
         if self.pooling == "pooler":
@@ -305,7 +328,20 @@ class MultiLabelTextModule(nn.Module):
     def window_outputs(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits of each window and, for attention aggregation, its scores."""
+        """Logits of each window and, for attention aggregation, its scores.
+
+        Parameters
+        ----------
+        input_ids, attention_mask : torch.Tensor of shape (n_windows, length)
+            The windows' token ids and masks.
+
+        Returns
+        -------
+        logits : torch.Tensor of shape (n_windows, n_labels)
+            The head's raw logits of each window.
+        scores : torch.Tensor of shape (n_windows, n_labels) or None
+            None unless ``chunk_aggregation="attention"``.
+        """
         pooled = self.pool(input_ids, attention_mask)
         scores = self.window_scorer(pooled) if self.window_scorer is not None else None
         return self.head(pooled), scores
@@ -317,7 +353,23 @@ class MultiLabelTextModule(nn.Module):
         doc_index: torch.Tensor | None = None,
         **_: object,
     ) -> torch.Tensor:
-        """Logits per row, or per document when rows are windows of documents (``doc_index``)."""
+        """Logits per row, or per document when rows are windows of documents.
+
+        Parameters
+        ----------
+        input_ids, attention_mask : torch.Tensor of shape (n_rows, length)
+            Token ids and the mask of real (1) and padding (0) tokens.
+        doc_index : torch.Tensor of shape (n_rows,), optional
+            The document of each row when rows are windows of longer texts;
+            the windows of a document are combined by ``chunk_aggregation``.
+        **_
+            Other batch entries (such as ``token_type_ids``), ignored.
+
+        Returns
+        -------
+        logits : torch.Tensor of shape (n_rows, n_labels) or (n_documents, n_labels)
+            One raw logit per label; ``torch.sigmoid`` gives the probabilities.
+        """
         if doc_index is None:
             return self.head(self.pool(input_ids, attention_mask))
         logits, scores = self.window_outputs(input_ids, attention_mask)

@@ -146,7 +146,18 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a non-finite loss (or gradient norm) and was stopped.
 
     The offending batch's update is never applied, so the model keeps the
-    weights of the last good step. ``epoch`` and ``batch`` are 1-based.
+    weights of the last good step.
+
+    Parameters
+    ----------
+    what : str
+        What became non-finite: ``"loss"`` or ``"gradient norm"``.
+    value : float
+        Its value (NaN or infinite).
+    epoch, batch : int
+        Where it happened, both 1-based; kept as attributes with ``value``.
+    precision : str
+        The training precision, which the message's advice depends on.
     """
 
     def __init__(self, what: str, value: float, epoch: int, batch: int, precision: str):

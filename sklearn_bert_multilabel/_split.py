@@ -142,7 +142,18 @@ class MultilabelStratifiedKFold(BaseCrossValidator):
         self.random_state = random_state
 
     def get_n_splits(self, X=None, y=None, groups=None) -> int:
-        """The number of folds, ``n_splits``."""
+        """The number of folds, ``n_splits``.
+
+        Parameters
+        ----------
+        X, y, groups : object
+            Not used; present for API compatibility.
+
+        Returns
+        -------
+        n_splits : int
+            The number of folds.
+        """
         return self.n_splits
 
     def split(self, X, y, groups=None):

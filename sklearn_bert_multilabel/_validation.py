@@ -20,6 +20,11 @@ class InvalidInputError(ValueError, TypeError):
 
     It is both a :class:`ValueError` and a :class:`TypeError`, so code that
     catches either (as scikit-learn's conventions suggest) catches it.
+
+    Parameters
+    ----------
+    problems : sequence of str
+        One sentence per problem; kept as the ``problems`` attribute.
     """
 
     def __init__(self, problems: Sequence[str]):

@@ -1,4 +1,5 @@
-"""The Examples sections of the public docstrings run and print what they show."""
+"""The public docstrings: their Examples sections run and print what they show, and they
+follow the numpydoc format."""
 
 from __future__ import annotations
 
@@ -23,3 +24,33 @@ def test_docstring_examples(name):
     result = doctest.testmod(module, optionflags=flags, report=True)
     assert result.attempted > 0  # the module has examples, and they ran
     assert result.failed == 0, f"{result.failed} example(s) of {name} failed (see the captured output)"
+
+
+#: numpydoc checks left out, as scikit-learn's own docstring test leaves them out: a See Also
+#: section, an example and an extended summary for every method, a name for every return value
+#: and a summary that starts with a verb in the infinitive.
+NUMPYDOC_SKIPPED = {"SA01", "EX01", "ES01", "RT02", "SS05"}
+
+
+def _public_names():
+    import sklearn_bert_multilabel as package
+
+    for name in package.__all__:
+        if name.startswith("__"):
+            continue
+        yield name
+        obj = getattr(package, name)
+        if isinstance(obj, type):
+            for attr, value in vars(obj).items():
+                if not attr.startswith("_") and (
+                    callable(value) or isinstance(value, (property, classmethod))
+                ):
+                    yield f"{name}.{attr}"
+
+
+@pytest.mark.parametrize("name", list(_public_names()))
+def test_public_docstrings_follow_numpydoc(name):
+    validate = pytest.importorskip("numpydoc.validate").validate
+    errors = [f"{code}: {message}" for code, message in validate(f"sklearn_bert_multilabel.{name}")["errors"]]
+    problems = [error for error in errors if error.split(":")[0] not in NUMPYDOC_SKIPPED]
+    assert not problems, f"{name}: " + "; ".join(problems)
