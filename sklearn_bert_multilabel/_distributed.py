@@ -107,4 +107,4 @@ def process_seed(seed: int, index: int) -> int:
         return seed
     import numpy as np
 
-    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0]) >> 1
