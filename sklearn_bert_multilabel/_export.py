@@ -6,6 +6,7 @@ import inspect
 import json
 import logging
 import os
+import types
 from pathlib import Path
 
 import numpy as np
@@ -122,27 +123,36 @@ def export_pretrained(estimator, path: str | os.PathLike) -> Path:
     with staged_folder(target) as staging:
         with _progress_bars(False):
             model.save_pretrained(str(staging))
-        tokenizer = estimator.tokenizer_
-        old_max, old_inputs = tokenizer.model_max_length, tokenizer.model_input_names
-        old_kwargs = dict(tokenizer.init_kwargs)
-        tokenizer.model_max_length = estimator.max_length  # so truncation=True cuts where predict does
-        # Only the inputs the exported model takes: a BERT tokenizer beside a DistilBERT model
-        # would otherwise give token_type_ids, which a pipeline passes on and the model refuses.
-        accepted = inspect.signature(model.forward).parameters
-        inputs = [name for name in old_inputs if name in accepted]
-        if inputs != list(old_inputs):
-            # transformers writes one or the other, depending on its version.
-            tokenizer.model_input_names = inputs
-            tokenizer.init_kwargs["model_input_names"] = inputs
-        try:
-            tokenizer.save_pretrained(str(staging))
-        finally:
-            tokenizer.model_max_length = old_max
-            tokenizer.model_input_names = old_inputs
-            tokenizer.init_kwargs.clear()
-            tokenizer.init_kwargs.update(old_kwargs)
+        # A BERT tokenizer beside a DistilBERT model would give token_type_ids, which a
+        # pipeline passes on and the model refuses.
+        _save_tokenizer(estimator, staging, inputs=inspect.signature(model.forward).parameters)
     logger.info("exported %s to %s", type(model).__name__, target)
     return target
+
+
+def _save_tokenizer(estimator, folder: Path, *, inputs) -> None:
+    """Save the estimator's tokenizer to ``folder`` as the exported model reads text.
+
+    ``truncation=True`` then cuts at the estimator's ``max_length``, and the
+    tokenizer gives only those of its inputs that are in ``inputs``. The
+    fitted tokenizer is left as it was.
+    """
+    tokenizer = estimator.tokenizer_
+    old_max, old_inputs = tokenizer.model_max_length, tokenizer.model_input_names
+    old_kwargs = dict(tokenizer.init_kwargs)
+    tokenizer.model_max_length = estimator.max_length
+    names = [name for name in old_inputs if name in inputs]
+    if names != list(old_inputs):
+        # transformers writes one or the other, depending on its version.
+        tokenizer.model_input_names = names
+        tokenizer.init_kwargs["model_input_names"] = names
+    try:
+        tokenizer.save_pretrained(str(folder))
+    finally:
+        tokenizer.model_max_length = old_max
+        tokenizer.model_input_names = old_inputs
+        tokenizer.init_kwargs.clear()
+        tokenizer.init_kwargs.update(old_kwargs)
 
 
 class _OnnxGraph(nn.Module):
@@ -155,6 +165,10 @@ class _OnnxGraph(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         logits = self.module(input_ids=input_ids, attention_mask=attention_mask).float()
         return logits, torch.sigmoid(logits)
+
+
+#: The inputs of the exported ONNX graph, which its tokenizer gives.
+ONNX_INPUTS = ("input_ids", "attention_mask")
 
 
 def export_onnx(estimator, path: str | os.PathLike, *, opset_version: int | None = None) -> Path:
@@ -190,7 +204,7 @@ def export_onnx(estimator, path: str | os.PathLike, *, opset_version: int | None
                 program = torch.onnx.export(
                     graph,
                     (example["input_ids"], example["attention_mask"]),
-                    input_names=["input_ids", "attention_mask"],
+                    input_names=list(ONNX_INPUTS),
                     output_names=["logits", "probabilities"],
                     dynamic_shapes=({0: batch, 1: tokens}, {0: batch, 1: tokens}),
                     opset_version=opset_version,
@@ -198,15 +212,27 @@ def export_onnx(estimator, path: str | os.PathLike, *, opset_version: int | None
                     external_data=False,
                     verbose=False,
                 )
+        except (ImportError, AttributeError) as exc:
+            if isinstance(exc, AttributeError) and not isinstance(
+                getattr(exc, "obj", None), types.ModuleType
+            ):
+                raise
+            # A module without a name the exporter uses: the ONNX packages are older than this
+            # torch needs (say onnxscript without the module of this torch's release).
+            raise ImportError(
+                f"torch {torch.__version__}'s ONNX exporter cannot use the installed ONNX packages "
+                f"({_installed('onnx', 'onnxscript', 'onnx-ir', 'ml-dtypes')}): {type(exc).__name__}: "
+                f"{exc}. Upgrade them: pip install -U onnx onnxscript onnx-ir ml-dtypes."
+            ) from exc
         finally:
             exporter_log.setLevel(level)
         program.save(str(staging / "model.onnx"))
-        estimator.tokenizer_.save_pretrained(str(staging / "tokenizer"))
+        _save_tokenizer(estimator, staging / "tokenizer", inputs=ONNX_INPUTS)
         meta = {
             "label_names": [str(n) for n in estimator.label_names_],
             "thresholds": thresholds,
             "max_length": int(estimator.max_length),
-            "inputs": ["input_ids", "attention_mask"],
+            "inputs": list(ONNX_INPUTS),
             "outputs": ["logits", "probabilities"],
         }
         (staging / "labels.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
@@ -234,6 +260,19 @@ def _thresholds_or_none(estimator) -> list[float] | None:
     ):
         return None
     return np.asarray(estimator.thresholds_, dtype=np.float64).tolist()
+
+
+def _installed(*names: str) -> str:
+    """``"name version"`` of each distribution, or ``"name not installed"``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} not installed")
+    return ", ".join(found)
 
 
 def _missing(name: str) -> bool:

@@ -6,6 +6,8 @@ import copy
 import json
 import pickle
 import threading
+import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,13 @@ import pytest
 import torch
 from conftest import make_texts
 
-from sklearn_bert_multilabel import BertMultiLabelClassifier, InvalidInputError, ModelFileError, __version__
+from sklearn_bert_multilabel import (
+    BertMultiLabelClassifier,
+    InvalidInputError,
+    LongTextWarning,
+    ModelFileError,
+    __version__,
+)
 from sklearn_bert_multilabel._persistence import MANIFEST, WEIGHTS, staged_folder
 
 
@@ -363,6 +371,44 @@ def test_export_onnx_reproduces_predict_proba(tuned, tmp_path):
     for rows, inputs in iter_text_batches(clf.tokenizer_, X, clf.max_length, 7, clf._pad_id):
         got[rows] = session.run(["probabilities"], {k: v.numpy() for k, v in inputs.items()})[0]
     np.testing.assert_allclose(got, clf.predict_proba(X), atol=1e-4)
+    # The exported tokenizer alone feeds the graph: only its two inputs, cut at max_length.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "onnx" / "tokenizer")
+    texts = [*X[:5], " ".join(X) * 3]  # the last one is longer than max_length
+    inputs = dict(tokenizer(texts, padding=True, truncation=True, return_tensors="np"))
+    assert sorted(inputs) == sorted(meta["inputs"]) and inputs["input_ids"].shape[1] == clf.max_length
+    got = session.run(["probabilities"], inputs)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LongTextWarning)  # the long text, as predict reads it
+        np.testing.assert_allclose(got, clf.predict_proba(texts), atol=1e-4)
+    assert "token_type_ids" in clf.tokenizer_("a game")  # the fitted tokenizer is left as it was
+
+
+@pytest.mark.parametrize(
+    "error, translated",
+    [
+        (ModuleNotFoundError("No module named 'onnxscript._framework_apis.torch_2_11'"), True),
+        (AttributeError("module 'onnx_ir' has no attribute 'schemas'", name="schemas", obj=types), True),
+        (AttributeError("'Graph' object has no attribute 'x'", name="x", obj=object()), False),
+    ],
+)
+def test_export_onnx_names_onnx_packages_too_old_for_torch(tuned, tmp_path, monkeypatch, error, translated):
+    pytest.importorskip("onnxscript")
+    clf, _ = tuned
+
+    def export(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch.onnx, "export", export)
+    expected = ImportError if translated else AttributeError
+    with pytest.raises(expected) as info:
+        clf.export_onnx(tmp_path / "onnx")
+    if translated:
+        assert "ONNX exporter cannot use the installed ONNX packages (onnx " in str(info.value)
+        assert "pip install -U onnx onnxscript onnx-ir ml-dtypes" in str(info.value)
+        assert info.value.__cause__ is error
+    assert not (tmp_path / "onnx").exists()  # nothing half-written
 
 
 # ------------------------------------------------------------------------- pickle
