@@ -142,7 +142,8 @@ def _save_tokenizer(estimator, folder: Path, *, inputs) -> None:
     old_kwargs = dict(tokenizer.init_kwargs)
     tokenizer.model_max_length = estimator.max_length
     names = [name for name in old_inputs if name in inputs]
-    if names != list(old_inputs):
+    narrowed = names != list(old_inputs)
+    if narrowed:
         # transformers writes one or the other, depending on its version.
         tokenizer.model_input_names = names
         tokenizer.init_kwargs["model_input_names"] = names
@@ -150,9 +151,10 @@ def _save_tokenizer(estimator, folder: Path, *, inputs) -> None:
         tokenizer.save_pretrained(str(folder))
     finally:
         tokenizer.model_max_length = old_max
-        tokenizer.model_input_names = old_inputs
-        tokenizer.init_kwargs.clear()
-        tokenizer.init_kwargs.update(old_kwargs)
+        if narrowed:
+            tokenizer.model_input_names = old_inputs
+            tokenizer.init_kwargs.clear()
+            tokenizer.init_kwargs.update(old_kwargs)
 
 
 class _OnnxGraph(nn.Module):
