@@ -208,7 +208,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         the current value: ``"max"`` and ``"mean"`` apply to any fitted
         model, ``"attention"`` only to one fitted with it.
     max_chunks : int or None, default=16
-        At most this many windows per text (the first ones), which bounds
+        At most this many windows per text (the first ones; the last with a
+        tokenizer saved with ``truncation_side="left"``), which bounds
         the memory of a training batch; texts that lose windows are counted
         in a ``LongTextWarning``. None reads every window.
     lr : float, default=1e-4
@@ -1217,10 +1218,12 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
 
     def _warn_cut(self, cut: int, total: int) -> None:
         if cut:
+            left = getattr(self.tokenizer_, "truncation_side", "right") == "left"
+            which = "last (the tokenizer truncates on the left)" if left else "first"
             warnings.warn(
                 f"{cut} of {total} texts have more than max_chunks={self.max_chunks} windows of "
-                f"max_length={self.max_length} tokens; only their first {self.max_chunks} windows are "
-                "read. Raise max_chunks (or set it to None) to read more.",
+                f"max_length={self.max_length} tokens; only their {which} {self.max_chunks} windows "
+                "are read. Raise max_chunks (or set it to None) to read more.",
                 LongTextWarning,
                 stacklevel=caller_stacklevel(),
             )

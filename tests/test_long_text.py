@@ -142,6 +142,26 @@ def test_max_chunks_warns_with_the_count_of_cut_texts(chunk_params):
         assert record[0].filename == __file__, record[0].filename
 
 
+def test_max_chunks_keeps_the_side_the_tokenizer_truncates_to(tiny_model_dir, tmp_path):
+    """A tokenizer saved with truncation_side="left" keeps a text's end: its last windows."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "left"
+    shutil.copytree(tiny_model_dir, folder)
+    AutoTokenizer.from_pretrained(tiny_model_dir, truncation_side="left").save_pretrained(folder)
+    text = "goal " + "the " * 40 + "bank"
+    clf = BertMultiLabelClassifier(
+        model_name=str(folder), long_text="chunk", max_length=12, stride=3, max_chunks=2, max_epochs=1
+    )
+    with pytest.warns(LongTextWarning, match=r"only their last \(the tokenizer truncates on the left\) 2 "):
+        clf.fit([text, "a game"], [[1, 0], [0, 1]])
+    (windows,), _ = clf._windows([text])
+    words = [w for window in windows for w in clf.tokenizer_.convert_ids_to_tokens(window.tolist())]
+    assert "bank" in words and "goal" not in words
+
+
 @pytest.mark.skipif(not hasattr(resource, "getrusage"), reason="needs getrusage")
 def test_a_one_megabyte_text_predicts_in_bounded_memory(chunked):
     text = " ".join(FILLER[i % len(FILLER)] for i in range(250_000))[:1_000_000]
