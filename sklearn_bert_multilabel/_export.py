@@ -134,27 +134,20 @@ def _save_tokenizer(estimator, folder: Path, *, inputs) -> None:
     """Save the estimator's tokenizer to ``folder`` as the exported model reads text.
 
     ``truncation=True`` then cuts at the estimator's ``max_length``, and the
-    tokenizer gives only those of its inputs that are in ``inputs``. The
-    fitted tokenizer is left as it was.
+    tokenizer gives only those of its inputs that are in ``inputs``. A copy
+    is saved: the fitted tokenizer, which predictions may be using in other
+    threads, is left as it is.
     """
-    tokenizer = estimator.tokenizer_
-    old_max, old_inputs = tokenizer.model_max_length, tokenizer.model_input_names
-    old_kwargs = dict(tokenizer.init_kwargs)
+    import copy
+
+    tokenizer = copy.deepcopy(estimator.tokenizer_)
     tokenizer.model_max_length = estimator.max_length
-    names = [name for name in old_inputs if name in inputs]
-    narrowed = names != list(old_inputs)
-    if narrowed:
+    names = [name for name in tokenizer.model_input_names if name in inputs]
+    if names != list(tokenizer.model_input_names):
         # transformers writes one or the other, depending on its version.
         tokenizer.model_input_names = names
         tokenizer.init_kwargs["model_input_names"] = names
-    try:
-        tokenizer.save_pretrained(str(folder))
-    finally:
-        tokenizer.model_max_length = old_max
-        if narrowed:
-            tokenizer.model_input_names = old_inputs
-            tokenizer.init_kwargs.clear()
-            tokenizer.init_kwargs.update(old_kwargs)
+    tokenizer.save_pretrained(str(folder))
 
 
 class _OnnxGraph(nn.Module):
