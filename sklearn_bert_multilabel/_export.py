@@ -143,7 +143,8 @@ def _save_tokenizer(estimator, folder: Path, *, inputs) -> None:
     tokenizer = copy.deepcopy(estimator.tokenizer_)
     tokenizer.model_max_length = estimator.max_length
     names = [name for name in tokenizer.model_input_names if name in inputs]
-    if names != list(tokenizer.model_input_names):
+    # A forward whose signature does not name input_ids (only *args, **kwargs) says nothing.
+    if "input_ids" in names and names != list(tokenizer.model_input_names):
         # transformers writes one or the other, depending on its version.
         tokenizer.model_input_names = names
         tokenizer.init_kwargs["model_input_names"] = names

@@ -347,6 +347,20 @@ def test_export_pretrained_distilbert(tiny_model_dir, tmp_path):
     np.testing.assert_allclose(got, clf.predict_proba(X), atol=1e-5)
 
 
+def test_exported_tokenizer_keeps_its_inputs_when_the_model_does_not_name_them(tuned, tmp_path):
+    """A forward of only *args and **kwargs says nothing about its inputs: none are dropped."""
+    from transformers import AutoTokenizer
+
+    from sklearn_bert_multilabel._export import _save_tokenizer
+
+    clf, _ = tuned
+    _save_tokenizer(clf, tmp_path / "all", inputs={"args", "kwargs"})
+    _save_tokenizer(clf, tmp_path / "two", inputs={"input_ids", "attention_mask"})
+    assert list(AutoTokenizer.from_pretrained(tmp_path / "all")("a game")) == list(clf.tokenizer_("a game"))
+    assert list(AutoTokenizer.from_pretrained(tmp_path / "two")("a game")) == ["input_ids", "attention_mask"]
+    assert AutoTokenizer.from_pretrained(tmp_path / "two").model_max_length == clf.max_length
+
+
 def test_export_pretrained_says_which_models_it_cannot_express(tuned, tmp_path):
     clf, _ = tuned  # attention pooling, MLP head
     with pytest.raises(
