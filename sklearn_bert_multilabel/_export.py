@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import logging
@@ -50,8 +51,6 @@ def _new_folder(path: str | os.PathLike) -> Path:
 
 def build_pretrained(estimator):
     """The estimator's model as a ``*ForSequenceClassification`` instance, on the CPU."""
-    import copy
-
     from transformers import AutoModelForSequenceClassification
 
     module = estimator.module_
@@ -138,8 +137,6 @@ def _save_tokenizer(estimator, folder: Path, *, inputs) -> None:
     is saved: the fitted tokenizer, which predictions may be using in other
     threads, is left as it is.
     """
-    import copy
-
     tokenizer = copy.deepcopy(estimator.tokenizer_)
     tokenizer.model_max_length = estimator.max_length
     names = [name for name in tokenizer.model_input_names if name in inputs]
@@ -174,7 +171,6 @@ def export_onnx(estimator, path: str | os.PathLike, *, opset_version: int | None
         raise ImportError(
             f"export_onnx needs {' and '.join(missing)}: pip install 'sklearn-bert-multilabel[onnx]'."
         )
-    import copy
     import warnings
 
     from ._persistence import staged_folder

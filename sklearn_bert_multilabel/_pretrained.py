@@ -177,9 +177,12 @@ def load_encoder(model_name: str, *, progress: bool = False, **kwargs):
         raise _load_error(model_name, exc) from exc
     missing = set(info.get("missing_keys", ())) | {key[0] for key in info.get("mismatched_keys", ())}
     # Older transformers name them as the checkpoint did: "bert.pooler..." from a BertForMaskedLM.
-    prefix = f"{getattr(encoder, 'base_model_prefix', '')}."
-    own = set(encoder.state_dict())
-    missing = {key[len(prefix) :] if key not in own and key.startswith(prefix) else key for key in missing}
+    if missing:
+        prefix = f"{getattr(encoder, 'base_model_prefix', '')}."
+        own = set(encoder.state_dict())
+        missing = {
+            key[len(prefix) :] if key not in own and key.startswith(prefix) else key for key in missing
+        }
     encoder.newly_initialized_ = tuple(sorted(missing))
     return encoder
 
