@@ -7,6 +7,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import types
 from pathlib import Path
 
@@ -185,7 +186,7 @@ def export_onnx(estimator, path: str | os.PathLike, *, opset_version: int | None
     example = next(_example_batches(estimator))
     target = _new_folder(path)
     with staged_folder(target) as staging:
-        batch, tokens = torch.export.Dim("batch", min=1), torch.export.Dim("tokens", min=2)
+        axes = _dynamic_axes()
         exporter_log = logging.getLogger("torch.onnx")
         level = exporter_log.level
         exporter_log.setLevel(logging.ERROR)  # the exporter's notes on optional operators
@@ -198,7 +199,7 @@ def export_onnx(estimator, path: str | os.PathLike, *, opset_version: int | None
                     (example["input_ids"], example["attention_mask"]),
                     input_names=list(ONNX_INPUTS),
                     output_names=["logits", "probabilities"],
-                    dynamic_shapes=({0: batch, 1: tokens}, {0: batch, 1: tokens}),
+                    dynamic_shapes=(axes, axes),
                     opset_version=opset_version,
                     dynamo=True,
                     external_data=False,
@@ -230,6 +231,23 @@ def export_onnx(estimator, path: str | os.PathLike, *, opset_version: int | None
         (staging / "labels.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     logger.info("exported ONNX model to %s", target)
     return target
+
+
+def _dynamic_axes() -> dict:
+    """The dynamic axes of both graph inputs: any batch size and any text length.
+
+    Both are left to the exporter to bound (``Dim.DYNAMIC``) rather than given a
+    range, which torch 2.6 and 2.7 refuse for BERT-style encoders: slicing their
+    position buffers adds a guard (length not equal to the buffer's) that no
+    declared range satisfies, although the exported slice computes the same
+    for every length. Names given as strings (torch 2.7 and later) are dynamic
+    and also name the graph's axes "batch" and "tokens"; torch 2.6 takes only
+    ``Dim.DYNAMIC``, and its graph's axes get generated names.
+    """
+    major, minor = (int(part) for part in re.match(r"(\d+)\.(\d+)", torch.__version__).groups())
+    if (major, minor) >= (2, 7):
+        return {0: "batch", 1: "tokens"}
+    return {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC}
 
 
 def _example_batches(estimator):

@@ -380,6 +380,12 @@ def test_export_onnx_reproduces_predict_proba(tuned, tmp_path):
     meta = json.loads((tmp_path / "onnx" / "labels.json").read_text())
     assert meta["label_names"] == clf.label_names_
     np.testing.assert_allclose(meta["thresholds"], clf.thresholds_)
+    # Both axes of both inputs are symbolic, named "batch" and "tokens" where torch names them.
+    graph = pytest.importorskip("onnx").load(str(tmp_path / "onnx" / "model.onnx")).graph
+    axes = [[dim.dim_param for dim in tensor.type.tensor_type.shape.dim] for tensor in graph.input]
+    assert len(axes) == 2 and axes[0] == axes[1] and all(axes[0]) and axes[0][0] != axes[0][1]
+    if tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 7):
+        assert axes[0] == ["batch", "tokens"]
     session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"))
     got = np.zeros((len(X), 3), dtype=np.float32)
     for rows, inputs in iter_text_batches(clf.tokenizer_, X, clf.max_length, 7, clf._pad_id):
