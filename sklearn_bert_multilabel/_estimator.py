@@ -281,7 +281,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
     random_state : int, RandomState instance or None, default=None
         Seed of the head's initialisation, dropout, batch order and
         validation split. An int gives identical predictions run to run on
-        the same machine.
+        the same machine, except for fits that run at the same time in
+        threads of one process, which draw from torch's one random generator.
     memory : str, path, joblib.Memory or None, default=None
         Folder for caching, as ``Pipeline(memory=...)``. The trained weights
         of a fit are cached under a key made of the training data and every

@@ -128,19 +128,38 @@ def load_tokenizer(model_name: str, **kwargs):
     return tokenizer
 
 
+#: Loads in progress that turned transformers' progress bars off, and whether
+#: the first of them found the bars on (to turn them back on after the last).
+_QUIET_LOADS = {"count": 0, "restore": False}
+_QUIET_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _progress_bars(enabled: bool):
-    """Turn transformers' progress bars off for the duration, then restore them."""
+    """Turn transformers' progress bars off for the duration, then restore them.
+
+    The switch is global, so loads in several threads share it: the bars stay
+    off until the last quiet load ends, and are turned back on only if they
+    were on when the first began.
+    """
+    if enabled:
+        yield
+        return
     from transformers.utils import logging as hf_logging
 
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    if was_enabled and not enabled:
-        hf_logging.disable_progress_bar()
+    with _QUIET_LOCK:
+        if _QUIET_LOADS["count"] == 0:
+            _QUIET_LOADS["restore"] = hf_logging.is_progress_bar_enabled()
+            if _QUIET_LOADS["restore"]:
+                hf_logging.disable_progress_bar()
+        _QUIET_LOADS["count"] += 1
     try:
         yield
     finally:
-        if was_enabled and not enabled:
-            hf_logging.enable_progress_bar()
+        with _QUIET_LOCK:
+            _QUIET_LOADS["count"] -= 1
+            if _QUIET_LOADS["count"] == 0 and _QUIET_LOADS["restore"]:
+                hf_logging.enable_progress_bar()
 
 
 @functools.cache

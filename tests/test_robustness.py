@@ -600,3 +600,30 @@ def test_an_interruption_while_the_weights_are_copied_keeps_the_previous_copy(
     state = clf.module_.state_dict()
     for key, value in copies[1].items():  # epoch 2's weights, untouched by the broken copy
         torch.testing.assert_close(state[key], value, rtol=0, atol=0)
+
+
+def test_quiet_loads_in_two_threads_keep_the_progress_bars_off_until_the_last_ends():
+    """transformers' switch is global: a load that ends must not turn the bars back on
+    under another that is still loading, nor leave them off after both."""
+    from transformers.utils import logging as hf_logging
+
+    from sklearn_bert_multilabel._pretrained import _progress_bars
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()
+    try:
+        first, second = _progress_bars(False), _progress_bars(False)
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)  # the first load ends while the second goes on
+        assert not hf_logging.is_progress_bar_enabled()
+        with _progress_bars(True):  # a verbose load leaves the switch as it is
+            assert not hf_logging.is_progress_bar_enabled()
+        second.__exit__(None, None, None)
+        assert hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # bars the user turned off stay off
+        with _progress_bars(False):
+            pass
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        (hf_logging.enable_progress_bar if was_enabled else hf_logging.disable_progress_bar)()
