@@ -58,6 +58,7 @@ from ._net import (
     warn_if_emulated_bf16,
 )
 from ._pretrained import (
+    BUILD_LOCK,
     DEFAULT_MODEL,
     folder_stamp,
     ids_beyond_embeddings,
@@ -992,15 +993,16 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         problems.raise_if_any()
         self._warn_untrained_weights(encoder)
 
-        module = MultiLabelTextModule(
-            encoder,
-            n_labels,
-            pooling=self.pooling,
-            hidden_layer_sizes=self._layer_sizes(),
-            dropout=float(self.dropout),
-            freeze_encoder=bool(self.freeze_encoder),
-            chunk_aggregation=self.chunk_aggregation if self._chunked else None,
-        )
+        with BUILD_LOCK:  # never while another thread's encoder load disables torch.nn.init
+            module = MultiLabelTextModule(
+                encoder,
+                n_labels,
+                pooling=self.pooling,
+                hidden_layer_sizes=self._layer_sizes(),
+                dropout=float(self.dropout),
+                freeze_encoder=bool(self.freeze_encoder),
+                chunk_aggregation=self.chunk_aggregation if self._chunked else None,
+            )
         self._set_model(module, tokenizer, device, label_names)
         self.cache_key_ = fit_key
         # Fixed at fit, so that set_params(model_name=, pooling=...) after it cannot relabel features.

@@ -128,6 +128,12 @@ def load_tokenizer(model_name: str, **kwargs):
     return tokenizer
 
 
+#: Held while transformers loads an encoder and while a fit builds its new layers.
+#: While ``from_pretrained`` runs, transformers 4.x turns ``torch.nn.init``'s
+#: functions into no-ops for the whole process, so a layer built meanwhile in
+#: another thread (the head of a second fit) would keep uninitialised weights.
+BUILD_LOCK = threading.RLock()
+
 #: Loads in progress that turned transformers' progress bars off, and whether
 #: the first of them found the bars on (to turn them back on after the last).
 _QUIET_LOADS = {"count": 0, "restore": False}
@@ -190,7 +196,7 @@ def load_encoder(model_name: str, *, progress: bool = False, **kwargs):
         kwargs[_dtype_keyword()] = torch.float32
     kwargs["output_loading_info"] = True
     try:
-        with _progress_bars(progress):
+        with _progress_bars(progress), BUILD_LOCK:
             encoder, info = AutoModel.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_error(model_name, exc) from exc

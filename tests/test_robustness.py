@@ -627,3 +627,57 @@ def test_quiet_loads_in_two_threads_keep_the_progress_bars_off_until_the_last_en
         assert not hf_logging.is_progress_bar_enabled()
     finally:
         (hf_logging.enable_progress_bar if was_enabled else hf_logging.disable_progress_bar)()
+
+
+def test_a_fit_never_builds_its_head_while_another_thread_loads_an_encoder(fast_params, monkeypatch):
+    """While from_pretrained runs, transformers 4.x turns torch.nn.init's functions into no-ops
+    for the whole process, and puts back what it found when it ends. Emulated here with a
+    NaN fill: a head built during another thread's load would start from NaN weights."""
+    import time
+
+    import transformers
+
+    init = torch.nn.init
+    monkeypatch.setattr(init, "kaiming_uniform_", init.kaiming_uniform_)  # put back after the test
+    original = transformers.AutoModel.from_pretrained
+    a_loading, b_loading = threading.Event(), threading.Event()
+
+    def nan_fill(tensor, *args, **kwargs):
+        with torch.no_grad():
+            return tensor.fill_(float("nan"))
+
+    def from_pretrained(*args, **kwargs):
+        name = threading.current_thread().name
+        if name == "b":
+            a_loading.wait(timeout=5)
+        found = init.kaiming_uniform_
+        init.kaiming_uniform_ = nan_fill
+        (a_loading if name == "a" else b_loading).set()
+        try:
+            if name == "a":  # keep loading until b loads too, or b cannot start
+                b_loading.wait(timeout=1)
+            time.sleep(0.05)
+            return original(*args, **kwargs)
+        finally:
+            init.kaiming_uniform_ = found
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", from_pretrained)
+    X, Y = make_texts(48, seed=23)
+    results, errors = {}, []
+
+    def work():
+        try:
+            clf = BertMultiLabelClassifier(**{**fast_params, "max_epochs": 1, "hidden_layer_sizes": (8,)})
+            results[threading.current_thread().name] = clf.fit(X, Y).predict_proba(X)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, name=name) for name in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert sorted(results) == ["a", "b"]
+    assert all(np.isfinite(proba).all() for proba in results.values())
+    assert init.kaiming_uniform_ is not nan_fill
