@@ -631,8 +631,8 @@ def test_quiet_loads_in_two_threads_keep_the_progress_bars_off_until_the_last_en
 
 def test_a_fit_never_builds_its_head_while_another_thread_loads_an_encoder(fast_params, monkeypatch):
     """While from_pretrained runs, transformers 4.x turns torch.nn.init's functions into no-ops
-    for the whole process, and puts back what it found when it ends. Emulated here with a
-    NaN fill: a head built during another thread's load would start from NaN weights."""
+    for the whole process. Emulated here with a NaN fill, put back as found when the load ends:
+    a head built during another thread's load would start from NaN weights."""
     import time
 
     import transformers
