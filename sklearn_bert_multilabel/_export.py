@@ -7,7 +7,6 @@ import inspect
 import json
 import logging
 import os
-import re
 import types
 from pathlib import Path
 
@@ -244,8 +243,9 @@ def _dynamic_axes() -> dict:
     and also name the graph's axes "batch" and "tokens"; torch 2.6 takes only
     ``Dim.DYNAMIC``, and its graph's axes get generated names.
     """
-    major, minor = (int(part) for part in re.match(r"(\d+)\.(\d+)", torch.__version__).groups())
-    if (major, minor) >= (2, 7):
+    from ._pretrained import major_minor
+
+    if major_minor(torch.__version__) >= (2, 7):
         return {0: "batch", 1: "tokens"}
     return {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC}
 

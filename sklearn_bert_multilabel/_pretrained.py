@@ -168,13 +168,18 @@ def _progress_bars(enabled: bool):
                 hf_logging.enable_progress_bar()
 
 
+def major_minor(version: str) -> tuple[int, int]:
+    """The release of a version string: ``"2.6.0+cu124"`` -> ``(2, 6)``."""
+    major, minor = re.match(r"(\d+)\.(\d+)", version).groups()
+    return int(major), int(minor)
+
+
 @functools.cache
 def _dtype_keyword() -> str:
     """``from_pretrained``'s dtype keyword: ``dtype`` since transformers 4.56, ``torch_dtype`` before."""
     import transformers
 
-    major, minor = (int(part) for part in re.match(r"(\d+)\.(\d+)", transformers.__version__).groups())
-    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+    return "dtype" if major_minor(transformers.__version__) >= (4, 56) else "torch_dtype"
 
 
 def load_encoder(model_name: str, *, progress: bool = False, **kwargs):
