@@ -297,7 +297,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         are computed once across fits; such fits also share one loaded copy
         of the (never trained) encoder per process, so a search over heads
         does not reload it per candidate. The folder is created if missing (a
-        file there is an error). Unreadable entries, and writes that fail,
+        file there, or an empty path, is an error); a leading ``~`` is the
+        home folder. Unreadable entries, and writes that fail,
         are skipped with a ``CacheWarning``. With ``random_state=None``, a
         cached fit is reused as if it were deterministic: unseeded fits of
         the same data and parameters get the same weights. Prediction calls
@@ -704,12 +705,17 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             )
 
     def _check_memory(self, problems: Problems) -> None:
-        if self.memory is not None and not (
-            isinstance(self.memory, (str, os.PathLike)) or hasattr(self.memory, "location")
-        ):
-            problems.append(f"memory must be None, a folder path or a joblib.Memory, got {self.memory!r}.")
-        elif isinstance(self.memory, (str, os.PathLike)) and os.path.isfile(os.path.expanduser(self.memory)):
-            problems.append(f"memory={self.memory!r} is a file; give a folder (it is created if missing).")
+        memory = self.memory
+        if memory is not None and not (isinstance(memory, (str, os.PathLike)) or hasattr(memory, "location")):
+            problems.append(f"memory must be None, a folder path or a joblib.Memory, got {memory!r}.")
+        elif isinstance(memory, (str, os.PathLike)) and os.fspath(memory) == "":
+            # An empty path is the working directory: most likely an unset setting, not a choice.
+            problems.append(
+                "memory='' names no folder; give a folder path (memory='.' for the working "
+                "directory), or memory=None for no cache."
+            )
+        elif isinstance(memory, (str, os.PathLike)) and os.path.isfile(os.path.expanduser(memory)):
+            problems.append(f"memory={memory!r} is a file; give a folder (it is created if missing).")
 
     def _check_fitted_text_params(self, problems: Problems) -> None:
         """The text parameters, and then (when valid) against the fitted encoder and tokenizer."""

@@ -69,13 +69,18 @@ class CacheWarning(UserWarning):
 
 
 def resolve_location(memory: object) -> Path | None:
-    """The cache folder for ``memory``: None, a path, or a ``joblib.Memory``."""
+    """The cache folder for ``memory``: None, a path, or a ``joblib.Memory``.
+
+    A leading ``~`` is the user's home folder, as for every other path this
+    package takes (``checkpoint_dir``, ``save``, ``model_name``), rather than
+    a folder named ``~`` in the working directory.
+    """
     if memory is None:
         return None
     location = getattr(memory, "location", memory)
     if location is None:
         return None
-    return Path(os.fspath(location)) / "sklearn_bert_multilabel"
+    return Path(os.fspath(location)).expanduser() / "sklearn_bert_multilabel"
 
 
 def stable_hash(*parts: Any) -> str:

@@ -220,6 +220,20 @@ def test_joblib_memory_object(fast_params, toy_data, tmp_path, count_trainings):
     assert len(count_trainings) == 2
 
 
+@pytest.mark.parametrize("wrap", [str, joblib.Memory])
+def test_memory_under_the_home_folder(wrap, fast_params, toy_data, tmp_path, monkeypatch, count_trainings):
+    """``~`` is the home folder, as for the other paths the package takes, not a folder named ``~``."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    X, Y = toy_data
+    memory = wrap("~/cache")
+    BertMultiLabelClassifier(**dict(fast_params, memory=memory)).fit(X, Y)
+    BertMultiLabelClassifier(**dict(fast_params, memory=memory, threshold=0.4)).fit(X, Y)
+    assert len(count_trainings) == 1
+    assert (tmp_path / "home" / "cache" / "sklearn_bert_multilabel" / "fits").is_dir()
+    assert not (tmp_path / "~").exists()
+
+
 @pytest.mark.parametrize("damage", ["truncate-weights", "garbage-meta", "garbage-valid", "empty-folder"])
 def test_corrupt_fit_entry_is_ignored_with_a_warning(damage, params, toy_data, tmp_path, count_trainings):
     X, Y = toy_data

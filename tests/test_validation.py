@@ -214,6 +214,14 @@ def test_memory_that_is_a_file(clf, tmp_path):
         clf.set_params(memory=str(tmp_path / "notes.txt")).fit(X4, Y4)
 
 
+def test_empty_memory_path(clf, tmp_path, monkeypatch):
+    """An empty path would put the cache in the working directory: refused, naming both ways out."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"memory='' names no folder; .*memory='\.'.*memory=None"):
+        clf.set_params(memory="").fit(X4, Y4)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cuda_index_beyond_the_machine(clf, monkeypatch):
     import torch
 
