@@ -321,7 +321,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         under a key made of the data and the training parameters (as
         ``memory``). Only the newest epoch is kept, with the best epoch's
         weights when ``early_stopping`` is on. Not written when
-        warm-starting from a previous fit's weights.
+        warm-starting from a previous fit's weights. The folder is created if
+        missing (a file there, or an empty path, is an error); a leading
+        ``~`` is the home folder.
     distributed : bool or "auto", default="auto"
         Data-parallel training through Hugging Face Accelerate. ``"auto"``:
         when the process was started by ``accelerate launch`` or ``torchrun``
@@ -635,8 +637,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         self._check_memory(problems)
         if not isinstance(self.warm_start, (bool, np.bool_)):
             problems.append(f"warm_start must be True or False, got {self.warm_start!r}.")
-        if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, (str, os.PathLike)):
-            problems.append(f"checkpoint_dir must be None or a folder path, got {self.checkpoint_dir!r}.")
+        self._check_checkpoint_dir(problems)
         if not (self.distributed == "auto" or isinstance(self.distributed, (bool, np.bool_))):
             problems.append(f"distributed must be True, False or 'auto', got {self.distributed!r}.")
         if not is_int(self.verbose) or self.verbose < 0:
@@ -716,6 +717,20 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             )
         elif isinstance(memory, (str, os.PathLike)) and os.path.isfile(os.path.expanduser(memory)):
             problems.append(f"memory={memory!r} is a file; give a folder (it is created if missing).")
+
+    def _check_checkpoint_dir(self, problems: Problems) -> None:
+        folder = self.checkpoint_dir
+        if folder is None:
+            return
+        if not isinstance(folder, (str, os.PathLike)):
+            problems.append(f"checkpoint_dir must be None or a folder path, got {folder!r}.")
+        elif os.fspath(folder) == "":
+            problems.append(
+                "checkpoint_dir='' names no folder; give a folder path (checkpoint_dir='.' for the "
+                "working directory), or checkpoint_dir=None for no checkpoints."
+            )
+        elif os.path.isfile(os.path.expanduser(folder)):
+            problems.append(f"checkpoint_dir={folder!r} is a file; give a folder (it is created if missing).")
 
     def _check_fitted_text_params(self, problems: Problems) -> None:
         """The text parameters, and then (when valid) against the fitted encoder and tokenizer."""

@@ -222,6 +222,22 @@ def test_empty_memory_path(clf, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("folder", "match"),
+    [
+        (123, r"checkpoint_dir must be None or a folder path, got 123"),
+        ("", r"checkpoint_dir='' names no folder; .*checkpoint_dir='\.'.*checkpoint_dir=None"),
+        ("notes.txt", r"checkpoint_dir=.*notes.txt' is a file; give a folder"),
+    ],
+)
+def test_bad_checkpoint_dir_is_refused_before_training(clf, folder, match, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a checkpoint", encoding="utf-8")
+    with pytest.raises(ValueError, match=match):
+        clf.set_params(checkpoint_dir=folder).fit(X4, Y4)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
 def test_cuda_index_beyond_the_machine(clf, monkeypatch):
     import torch
 
