@@ -93,6 +93,7 @@ from ._validation import (
     check_label_matrix,
     check_label_names,
     check_per_label,
+    check_seed,
     check_texts,
     default_label_names,
     describe,
@@ -635,12 +636,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                     f"pairs; got {first_few(bad, describe)}."
                 )
         self._check_memory(problems)
-        seed = self.random_state
-        in_range = is_int(seed) and 0 <= seed < 2**32  # numpy's seeds
-        if not (seed is None or in_range or isinstance(seed, np.random.RandomState)):
-            problems.append(
-                f"random_state must be None, an int in [0, 2**32 - 1] or a numpy RandomState, got {seed!r}."
-            )
+        check_seed(self.random_state, problems)
         if not isinstance(self.warm_start, (bool, np.bool_)):
             problems.append(f"warm_start must be True or False, got {self.warm_start!r}.")
         self._check_checkpoint_dir(problems)

@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.model_selection import BaseCrossValidator
 from sklearn.utils import check_random_state
 
-from ._validation import InvalidInputError, Problems, check_label_matrix, is_int
+from ._validation import InvalidInputError, Problems, check_label_matrix, check_seed, is_int
 
 
 def iterative_stratification(
@@ -183,6 +183,8 @@ class MultilabelStratifiedKFold(BaseCrossValidator):
                 "random_state has no effect with shuffle=False (the folds do not depend on chance); "
                 "set shuffle=True or leave random_state=None."
             )
+        else:
+            check_seed(self.random_state, problems)
         if y is None:
             problems.append("y is required: the folds are stratified on the label matrix, split(X, Y).")
             Y = None

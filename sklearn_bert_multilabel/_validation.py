@@ -401,6 +401,15 @@ def check_device(device: object, problems: Problems, *, name: str = "device") ->
     return resolved
 
 
+def check_seed(value: object, problems: Problems, *, name: str = "random_state") -> None:
+    """``value`` must be what ``check_random_state`` takes: None, a numpy seed or a RandomState."""
+    in_range = is_int(value) and 0 <= value < 2**32  # numpy's seeds
+    if not (value is None or in_range or isinstance(value, np.random.RandomState)):
+        problems.append(
+            f"{name} must be None, an int in [0, 2**32 - 1] or a numpy RandomState, got {value!r}."
+        )
+
+
 def is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 

@@ -98,6 +98,12 @@ def test_bad_splitter_input_is_refused_in_words(n_splits, y, message):
         list(MultilabelStratifiedKFold(n_splits).split(np.zeros(10), y))
 
 
+@pytest.mark.parametrize("seed", [-1, 2**32, "0"])
+def test_splitter_seed_out_of_numpys_range_is_refused_in_words(seed):
+    with pytest.raises(InvalidInputError, match=r"random_state must be None, an int in \[0, 2\*\*32 - 1\]"):
+        list(MultilabelStratifiedKFold(2, random_state=seed).split(np.zeros(10), np.eye(10, 2)))
+
+
 def test_splitter_reads_the_rows_of_a_sparse_or_2d_x_and_needs_y():
     # Features made outside the estimator (a TF-IDF baseline, say) get the same folds as texts.
     rng = np.random.default_rng(0)
