@@ -92,7 +92,21 @@ class ResumableEarlyStopping(EarlyStopping):
     best epoch's weights are taken from it, so patience runs out and the best
     weights come back exactly as in an uninterrupted run. A run whose patience
     had already run out is not resumed at all (the estimator sees that first).
+
+    skorch's callback stops training by raising ``KeyboardInterrupt`` from its
+    ``on_epoch_end``, so the callbacks after it, ``PrintLog``'s table row
+    among them, never see the last epoch. This one asks the net to stop
+    instead (:meth:`MultiLabelNet.stop_after_epoch`), which it does once
+    every callback has seen the epoch.
     """
+
+    def on_epoch_end(self, net, **kwargs):
+        try:
+            super().on_epoch_end(net, **kwargs)
+        except KeyboardInterrupt:
+            if self.misses_ != self.patience:  # not the stop: a real interruption
+                raise
+            net.stop_after_epoch()
 
     def on_train_begin(self, net, **kwargs):
         super().on_train_begin(net, **kwargs)

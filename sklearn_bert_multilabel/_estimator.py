@@ -333,7 +333,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         ``device="cpu"``), with ``precision`` as Accelerate's mixed precision.
         Every process ends with the same fitted estimator.
     verbose : int, default=0
-        0: silent; 1: an epoch table and a progress bar.
+        0: silent; 1: an epoch table and a progress bar (and, with
+        ``early_stopping``, why training stopped and which epoch's weights
+        it kept).
     **kwargs
         Parameters with a prefix ``iterator_train__``, ``iterator_valid__``,
         ``optimizer__``, ``callbacks__`` (passed to skorch), ``encoder__``
@@ -1512,8 +1514,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                     patience=self.n_iter_no_change,
                     threshold=0.0,
                     load_best=True,
-                    sink=logger.info,
-                )
+                )  # with verbose, it prints why it stops and which epoch it restores
                 callbacks.append(("early_stopping", stopper))
                 guard.early_stopping = stopper
         if self.verbose:

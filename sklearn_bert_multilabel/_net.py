@@ -528,7 +528,18 @@ class MultiLabelNet(NeuralNet):
         self._head_step: HeadStep | None = None
         self._head_step_known = False
         self._lean_epoch: HeadEpoch | None = None
+        self._stop_requested = False
         return self
+
+    def stop_after_epoch(self) -> None:
+        """End training once every callback has seen the current epoch (for early stopping)."""
+        self._stop_requested = True
+
+    def notify(self, method_name, **cb_kwargs):
+        super().notify(method_name, **cb_kwargs)
+        if method_name == "on_epoch_end" and self._stop_requested:
+            self._stop_requested = False
+            raise KeyboardInterrupt  # skorch's fit loop ends training on it, as for its EarlyStopping
 
     def initialize_optimizer(self, triggered_directly=None):
         kwargs = self.get_params_for("optimizer")

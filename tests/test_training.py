@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -157,6 +159,31 @@ def test_early_stopping_stops_and_restores_best(fast_params):
     )
     assert loss.item() == pytest.approx(history[best, "valid_loss"], rel=1e-4)
     assert loss.item() != pytest.approx(history[-1, "valid_loss"], rel=1e-3)  # not the last epoch's
+
+
+def test_early_stopping_lets_every_callback_see_the_last_epoch(fast_params, capsys):
+    """skorch's EarlyStopping stops from its on_epoch_end, before the callbacks after it (and the
+    epoch table's row) see the last epoch; here they all do, and verbose says why it stopped."""
+    X, Y = make_texts(96, seed=30)
+    Xv, Yv = make_texts(48, seed=31)
+    seen = []
+
+    class SeeEpochs(Callback):
+        def on_epoch_end(self, net, **kwargs):
+            seen.append(net.history[-1, "epoch"])
+
+    params = dict(fast_params, lr=0.5, max_epochs=15, early_stopping=True, n_iter_no_change=2)
+    params.update(lr_schedule="constant", warmup_ratio=0.0, verbose=1, callbacks=[SeeEpochs])
+    clf = BertMultiLabelClassifier(**params).fit(X, Y, validation_data=(Xv, Yv))
+    epochs = len(clf.history_)
+    assert epochs < 15
+    assert seen == list(range(1, epochs + 1))
+    out = capsys.readouterr().out
+    rows = [int(m.group(1)) for line in re.split(r"[\r\n]", out) if (m := re.match(r"\s+(\d+)\s", line))]
+    assert rows == list(range(1, epochs + 1))
+    best = int(np.argmax(clf.history_[:, "valid_f1_macro"])) + 1
+    assert "Stopping since valid_f1_macro has not improved in the last 2 epochs." in out
+    assert f"Restoring best model from epoch {best}." in out
 
 
 def test_early_stopping_on_loss(fast_params, toy_data):
