@@ -92,21 +92,7 @@ class ResumableEarlyStopping(EarlyStopping):
     best epoch's weights are taken from it, so patience runs out and the best
     weights come back exactly as in an uninterrupted run. A run whose patience
     had already run out is not resumed at all (the estimator sees that first).
-
-    skorch's callback stops training by raising ``KeyboardInterrupt`` from its
-    ``on_epoch_end``, so the callbacks after it, ``PrintLog``'s table row
-    among them, never see the last epoch. This one asks the net to stop
-    instead (:meth:`MultiLabelNet.stop_after_epoch`), which it does once
-    every callback has seen the epoch.
     """
-
-    def on_epoch_end(self, net, **kwargs):
-        try:
-            super().on_epoch_end(net, **kwargs)
-        except KeyboardInterrupt:
-            if self.misses_ != self.patience:  # not the stop: a real interruption
-                raise
-            net.stop_after_epoch()
 
     def on_train_begin(self, net, **kwargs):
         super().on_train_begin(net, **kwargs)
@@ -135,7 +121,9 @@ class TrainingGuard(Callback):
     epochs : int
         Epochs this call of ``fit`` should run.
     early_stopping : skorch.callbacks.EarlyStopping or None
-        Its stop is not an interruption.
+        This fit's own early stopping, which keeps its own copy of the best
+        weights. No early stopping's stop (``net.stopped_early_``, see
+        :meth:`MultiLabelNet.notify`) is an interruption.
     """
 
     def __init__(self, monitor=None, lower_is_better=False, epochs=1, early_stopping=None):
@@ -173,10 +161,7 @@ class TrainingGuard(Callback):
             self.best_epoch_ = net.history[-1, "epoch"]
 
     def on_train_end(self, net, **kwargs):
-        stopped = self.early_stopping is not None and getattr(self.early_stopping, "misses_", 0) >= getattr(
-            self.early_stopping, "patience", float("inf")
-        )
-        if self.completed_ >= self.epochs or stopped:
+        if self.completed_ >= self.epochs or getattr(net, "stopped_early_", False):
             self.best_weights_ = self.spare_weights_ = None  # free the copies
             return
         self.interrupted_ = True

@@ -15,7 +15,7 @@ import torch
 from scipy.special import expit
 from sklearn.metrics import f1_score
 from skorch import NeuralNet
-from skorch.callbacks import Callback
+from skorch.callbacks import Callback, EarlyStopping
 from skorch.utils import TeeGenerator
 from torch.utils.data import DataLoader
 
@@ -466,6 +466,11 @@ def _fused_adamw_kernel_works() -> bool:
     return torch.equal(*weights) and torch.equal(*steps)
 
 
+def _out_of_patience(callback: Callback) -> bool:
+    """Whether ``callback`` is a skorch ``EarlyStopping`` whose patience has run out."""
+    return isinstance(callback, EarlyStopping) and getattr(callback, "misses_", 0) >= callback.patience
+
+
 class MultiLabelNet(NeuralNet):
     """A skorch ``NeuralNet`` for pre-tokenised texts and a 0/1 label matrix.
 
@@ -528,18 +533,37 @@ class MultiLabelNet(NeuralNet):
         self._head_step: HeadStep | None = None
         self._head_step_known = False
         self._lean_epoch: HeadEpoch | None = None
-        self._stop_requested = False
+        self.stopped_early_ = False
         return self
 
-    def stop_after_epoch(self) -> None:
-        """End training once every callback has seen the current epoch (for early stopping)."""
-        self._stop_requested = True
-
     def notify(self, method_name, **cb_kwargs):
-        super().notify(method_name, **cb_kwargs)
-        if method_name == "on_epoch_end" and self._stop_requested:
-            self._stop_requested = False
-            raise KeyboardInterrupt  # skorch's fit loop ends training on it, as for its EarlyStopping
+        """skorch's ``notify``, except that early stopping waits for the other callbacks.
+
+        skorch's ``EarlyStopping`` ends training by raising ``KeyboardInterrupt``
+        from its ``on_epoch_end``, so the callbacks after it (the epoch table's
+        row, a user's scoring or checkpoint) would never see the epoch it
+        stops on. Here they all see it; then training ends, and
+        ``stopped_early_`` tells :class:`~._checkpoint.TrainingGuard` that this
+        is a stop, not an interruption. Any other ``KeyboardInterrupt`` (Ctrl-C)
+        is passed on at once.
+        """
+        if method_name == "on_train_begin":
+            self.stopped_early_ = False
+        if method_name != "on_epoch_end":
+            super().notify(method_name, **cb_kwargs)
+            return
+        self.on_epoch_end(self, **cb_kwargs)
+        stop = False
+        for _, cb in self.callbacks_:
+            try:
+                cb.on_epoch_end(self, **cb_kwargs)
+            except KeyboardInterrupt:
+                if not _out_of_patience(cb):
+                    raise
+                stop = True
+        if stop:
+            self.stopped_early_ = True
+            raise KeyboardInterrupt  # skorch's fit loop ends training on it
 
     def initialize_optimizer(self, triggered_directly=None):
         kwargs = self.get_params_for("optimizer")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pytest
 import torch
 from conftest import make_texts
-from skorch.callbacks import Callback
+from skorch.callbacks import Callback, EarlyStopping
 
 from sklearn_bert_multilabel import BertMultiLabelClassifier
 from sklearn_bert_multilabel._net import param_groups
@@ -184,6 +185,41 @@ def test_early_stopping_lets_every_callback_see_the_last_epoch(fast_params, caps
     best = int(np.argmax(clf.history_[:, "valid_f1_macro"])) + 1
     assert "Stopping since valid_f1_macro has not improved in the last 2 epochs." in out
     assert f"Restoring best model from epoch {best}." in out
+
+
+@pytest.mark.parametrize("load_best", [False, True])
+def test_a_users_skorch_early_stopping_is_a_stop_not_an_interruption(fast_params, tmp_path, load_best):
+    """skorch's own EarlyStopping among the callbacks: no 'interrupted' warning, the weights it
+    leaves (the last epoch's, or with load_best its best by its own monitor), and a cached fit."""
+    X, Y = make_texts(96, seed=30)
+    Xv, Yv = make_texts(48, seed=31)
+    stopper = EarlyStopping(monitor="valid_loss", patience=2, load_best=load_best)
+    params = dict(fast_params, lr=0.5, max_epochs=15, lr_schedule="constant", warmup_ratio=0.0)
+    clf = BertMultiLabelClassifier(**params, callbacks=[stopper], memory=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clf.fit(X, Y, validation_data=(Xv, Yv))
+    losses = clf.history_[:, "valid_loss"]
+    best = int(np.argmin(losses))
+    assert len(losses) == best + 1 + 2 < 15
+    assert clf.cache_key_ is not None  # a complete fit
+    logits = torch.as_tensor(clf.decision_function(Xv))
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, torch.as_tensor(Yv, dtype=torch.float32)
+    )
+    assert loss.item() == pytest.approx(losses[best if load_best else -1], rel=1e-4)
+
+
+def test_an_interrupt_from_another_callbacks_epoch_end_is_still_an_interruption(fast_params, toy_data):
+    class CtrlC(Callback):
+        def on_epoch_end(self, net, **kwargs):
+            if len(net.history) == 2:
+                raise KeyboardInterrupt
+
+    clf = BertMultiLabelClassifier(**dict(fast_params, max_epochs=4, callbacks=[CtrlC]))
+    with pytest.warns(UserWarning, match="interrupted during epoch 2"):
+        clf.fit(*toy_data)
+    assert len(clf.history_) == 2
 
 
 def test_early_stopping_on_loss(fast_params, toy_data):
