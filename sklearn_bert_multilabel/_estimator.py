@@ -1355,6 +1355,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         params = {k: _plain(v) for k, v in self.get_params(deep=False).items() if k not in excluded}
         params["model_name"] = self._model_path  # a path object and its text are one model
         params["hidden_layer_sizes"] = self._layer_sizes()  # 256, [256] and (256,) are one head
+        if self.callbacks is not None:
+            params["callbacks"] = tuple(_callback_key(entry) for entry in self.callbacks)
         accelerator = getattr(self, "_accelerator", None)
         processes = 1 if accelerator is None else accelerator.num_processes  # the effective batch
         try:
@@ -2010,6 +2012,24 @@ class _RowDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> int:
         return i
+
+
+def _callback_key(entry: Any) -> Any:
+    """A ``callbacks`` entry as the fit key sees it: its class and settings, without what a fit
+    left in it.
+
+    skorch's callbacks keep their state in attributes whose names end in ``_``
+    (``EarlyStopping``'s best epoch and its copy of the best weights, a
+    scoring's best score), and a fit uses the instances it is given, so after
+    one fit the same estimator's callbacks hold that state. Leaving it out of
+    the key lets a second fit of the same estimator find the first one's
+    entry (and not hash a copy of the weights each time).
+    """
+    if isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str):
+        return entry[0], _callback_key(entry[1])
+    if isinstance(entry, type) or not hasattr(entry, "__dict__"):
+        return entry
+    return type(entry), {k: v for k, v in vars(entry).items() if not k.endswith("_")}
 
 
 def _plain(value: Any) -> Any:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.model_selection import GridSearchCV
-from skorch.callbacks import Callback
+from skorch.callbacks import Callback, EarlyStopping, EpochScoring
 
 import sklearn_bert_multilabel._net as net_module
 from sklearn_bert_multilabel import BertMultiLabelClassifier, CacheWarning
@@ -218,6 +218,24 @@ def test_joblib_memory_object(fast_params, toy_data, tmp_path, count_trainings):
     assert (tmp_path / "jm" / "sklearn_bert_multilabel" / "fits").is_dir()
     BertMultiLabelClassifier(**dict(fast_params, memory=joblib.Memory(None))).fit(X, Y)
     assert len(count_trainings) == 2
+
+
+def test_refitting_with_callbacks_that_keep_state_hits_the_cache(params, toy_data, count_trainings):
+    """skorch callbacks keep what a fit left in them (EarlyStopping a copy of the best weights, a
+    scoring its best score); that is not a setting, so the same estimator fitted again hits."""
+    X, Y = toy_data
+    stopper = EarlyStopping(monitor="valid_loss", patience=1, load_best=True)
+    scores = EpochScoring("f1_macro", lower_is_better=False)
+    callbacks = [stopper, ("scores", scores)]
+    clf = BertMultiLabelClassifier(**dict(params, train_split=0.25, max_epochs=4, callbacks=callbacks))
+    first = clf.fit(X, Y).predict_proba(X)
+    assert stopper.best_model_weights_ is not None and scores.best_score_ is not None  # state kept
+    clf.fit(X, Y)
+    assert len(count_trainings) == 1
+    np.testing.assert_array_equal(clf.predict_proba(X), first)
+    other = [EarlyStopping(monitor="valid_loss", patience=2, load_best=True), ("scores", scores)]
+    BertMultiLabelClassifier(**dict(clf.get_params(), callbacks=other)).fit(X, Y)
+    assert len(count_trainings) == 2  # a callback's setting is still part of the key
 
 
 @pytest.mark.parametrize("wrap", [str, joblib.Memory])
