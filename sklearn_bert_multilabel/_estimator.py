@@ -637,6 +637,14 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                     "callbacks must hold skorch callbacks (instances or classes) or (name, callback) "
                     f"pairs; got {first_few(bad, describe)}."
                 )
+            taken = [item[0] for item in self.callbacks if isinstance(item, (tuple, list))]
+            taken = [name for name in taken if name in self._own_callback_names()]
+            if taken:
+                problems.append(
+                    f"callbacks: the name(s) {first_few(sorted(set(taken)), repr)} belong to callbacks the "
+                    "estimator adds itself; give yours other names (skorch's own are replaced with "
+                    "callbacks__<name>=..., e.g. callbacks__print_log)."
+                )
         self._check_memory(problems)
         check_seed(self.random_state, problems)
         if not isinstance(self.warm_start, (bool, np.bool_)):
@@ -721,6 +729,17 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             )
         elif isinstance(memory, (str, os.PathLike)) and os.path.isfile(os.path.expanduser(memory)):
             problems.append(f"memory={memory!r} is a file; give a folder (it is created if missing).")
+
+    def _own_callback_names(self) -> set[str]:
+        """The names of the callbacks a fit adds (see :meth:`_build_net`) and of skorch's defaults."""
+        names = {"epoch_timer", "train_loss", "valid_loss", "print_log", "valid_scores", "training_guard"}
+        if self.checkpoint_dir is not None:
+            names.add("checkpoint")
+        if isinstance(self.early_stopping, (bool, np.bool_)) and self.early_stopping:
+            names.add("early_stopping")
+        if is_int(self.verbose) and self.verbose > 0:
+            names.add("progress_bar")
+        return names
 
     def _check_checkpoint_dir(self, problems: Problems) -> None:
         folder = self.checkpoint_dir

@@ -242,6 +242,32 @@ def test_bad_checkpoint_dir_is_refused_before_training(clf, folder, match, tmp_p
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
+@pytest.mark.parametrize(
+    ("extra", "name"),
+    [
+        ({}, "training_guard"),
+        ({}, "print_log"),
+        ({"early_stopping": True, "train_split": 0.5}, "early_stopping"),
+        ({"checkpoint_dir": "unused"}, "checkpoint"),
+        ({"verbose": 1}, "progress_bar"),
+    ],
+)
+def test_callback_names_the_estimator_uses_are_refused_before_training(clf, extra, name):
+    from skorch.callbacks import EpochScoring
+
+    clf.set_params(callbacks=[(name, EpochScoring("f1_macro"))], **extra)
+    with pytest.raises(ValueError, match=rf"callbacks: the name\(s\) '{name}' belong to callbacks the"):
+        clf.fit(X4, Y4)
+
+
+def test_callback_names_free_in_this_fit_are_accepted(clf):
+    from skorch.callbacks import EarlyStopping
+
+    clf.set_params(callbacks=[("early_stopping", EarlyStopping(patience=5))], train_split=0.5)
+    with pytest.raises(AssertionError, match="before loading the model"):  # the checks passed
+        clf.fit(X4, Y4)  # early_stopping=False: the name is free
+
+
 def test_cuda_index_beyond_the_machine(clf, monkeypatch):
     import torch
 
