@@ -637,8 +637,11 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                     "callbacks must hold skorch callbacks (instances or classes) or (name, callback) "
                     f"pairs; got {first_few(bad, describe)}."
                 )
-            taken = [item[0] for item in self.callbacks if isinstance(item, (tuple, list))]
-            taken = [name for name in taken if name in self._own_callback_names()]
+            named = [item[0] for item in self.callbacks if isinstance(item, (tuple, list))]
+            twice = sorted({name for name in named if named.count(name) > 1})
+            if twice:
+                problems.append(f"callbacks: the name(s) {first_few(twice, repr)} are given more than once.")
+            taken = [name for name in named if name in self._own_callback_names()]
             if taken:
                 problems.append(
                     f"callbacks: the name(s) {first_few(sorted(set(taken)), repr)} belong to callbacks the "

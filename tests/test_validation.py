@@ -260,6 +260,14 @@ def test_callback_names_the_estimator_uses_are_refused_before_training(clf, extr
         clf.fit(X4, Y4)
 
 
+def test_callback_names_given_twice_are_refused_before_training(clf):
+    from skorch.callbacks import EarlyStopping, EpochScoring
+
+    clf.set_params(callbacks=[("mine", EpochScoring("f1_macro")), ("mine", EarlyStopping())])
+    with pytest.raises(ValueError, match=r"callbacks: the name\(s\) 'mine' are given more than once"):
+        clf.fit(X4, Y4)
+
+
 def test_callback_names_free_in_this_fit_are_accepted(clf):
     from skorch.callbacks import EarlyStopping
 
