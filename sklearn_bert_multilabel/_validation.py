@@ -238,10 +238,11 @@ def check_label_matrix(
     bad = (arr != 0) & (arr != 1)
     if bad.any():
         values = np.unique(arr[bad])[:5].tolist()
-        problems.append(
-            f"{name} must be binary (0/1); found other values {values}. "
-            "For class ids per row use sklearn.preprocessing.MultiLabelBinarizer."
-        )
+        if values == [-1]:  # the -1/1 coding of label_binarize(neg_label=-1) and SVM-style targets
+            hint = f"For labels coded -1/1, use ({name.split()[-1]} > 0).astype(int)."
+        else:
+            hint = "For class ids per row use sklearn.preprocessing.MultiLabelBinarizer."
+        problems.append(f"{name} must be binary (0/1); found other values {values}. {hint}")
         return None, names
     return arr.astype(np.float32), names
 

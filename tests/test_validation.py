@@ -86,6 +86,10 @@ def test_length_mismatch(clf):
         (np.array([1, 0, 1, 0]), r"Y must be 2-D.*reshape\(-1, 1\)"),
         (np.zeros((4, 2, 2)), "Y must be 2-D"),
         (np.array([[1, 0], [0, 2], [1, 0], [0, 1]]), r"Y must be binary \(0/1\); found other values \[2"),
+        (
+            np.array([[1, -1], [-1, 1], [1, -1], [-1, 1]]),
+            r"found other values \[-1\]\. For labels coded -1/1, use \(Y > 0\)",
+        ),
         (np.array([[1, 0], [0, np.nan], [1, 0], [0, 1]]), "Y contains 1 NaN value.*row 1, column 1"),
         ([[0, 3], [1], [2], [1, 2]], "MultiLabelBinarizer"),
         (
@@ -99,7 +103,7 @@ def test_length_mismatch(clf):
         ),
         (np.zeros((4, 0)), "no label columns"),
     ],
-    ids=["1d", "3d", "non-binary", "nan", "ragged", "strings", "yes-no", "no-columns"],
+    ids=["1d", "3d", "non-binary", "minus-one", "nan", "ragged", "strings", "yes-no", "no-columns"],
 )
 def test_bad_labels(clf, Y, match):
     with pytest.raises(ValueError, match=match):
