@@ -637,7 +637,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                     "callbacks must hold skorch callbacks (instances or classes) or (name, callback) "
                     f"pairs; got {first_few(bad, describe)}."
                 )
-            named = [item[0] for item in self.callbacks if isinstance(item, (tuple, list))]
+            named = [name for name in map(_pair_name, self.callbacks) if name is not None]
             twice = sorted({name for name in named if named.count(name) > 1})
             if twice:
                 problems.append(f"callbacks: the name(s) {first_few(twice, repr)} are given more than once.")
@@ -1972,11 +1972,18 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         super().__setstate__(state)
 
 
+def _pair_name(item: object) -> str | None:
+    """The name of a ``(name, callback)`` pair of ``callbacks``, or None for any other entry."""
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+        return item[0]
+    return None
+
+
 def _is_callback_entry(item: object) -> bool:
     """A skorch callback, its class, or a (name, callback) pair, as ``NeuralNet(callbacks=)`` takes."""
     from skorch.callbacks import Callback
 
-    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+    if _pair_name(item) is not None:
         item = item[1]
     return isinstance(item, Callback) or (isinstance(item, type) and issubclass(item, Callback))
 
@@ -2047,7 +2054,7 @@ def _callback_key(entry: Any) -> Any:
     the key lets a second fit of the same estimator find the first one's
     entry (and not hash a copy of the weights each time).
     """
-    if isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str):
+    if _pair_name(entry) is not None:
         return entry[0], _callback_key(entry[1])
     if isinstance(entry, type) or not hasattr(entry, "__dict__"):
         return entry

@@ -164,6 +164,7 @@ def test_never_positive_label_warns(tiny_model_dir, monkeypatch):
         ({"hidden_layer_sizes": np.array([[8]])}, "hidden_layer_sizes must be a tuple"),
         ({"pos_weight": "auto"}, "pos_weight must be None, 'balanced'"),
         ({"callbacks": ["print_log", 3]}, r"callbacks must hold skorch callbacks .* got 'print_log', 3\."),
+        ({"callbacks": [()]}, r"callbacks must hold skorch callbacks .* got \(\)\."),
         ({"pos_weight": [1.0, -2.0]}, "pos_weight must be >= 0.0"),
         ({"max_length": 1}, "max_length must be an int >= 2"),
         ({"max_epochs": 0}, "max_epochs must be an int >= 1"),
