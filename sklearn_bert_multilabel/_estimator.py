@@ -724,14 +724,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         memory = self.memory
         if memory is not None and not (isinstance(memory, (str, os.PathLike)) or hasattr(memory, "location")):
             problems.append(f"memory must be None, a folder path or a joblib.Memory, got {memory!r}.")
-        elif isinstance(memory, (str, os.PathLike)) and os.fspath(memory) == "":
-            # An empty path is the working directory: most likely an unset setting, not a choice.
-            problems.append(
-                "memory='' names no folder; give a folder path (memory='.' for the working "
-                "directory), or memory=None for no cache."
-            )
-        elif isinstance(memory, (str, os.PathLike)) and os.path.isfile(os.path.expanduser(memory)):
-            problems.append(f"memory={memory!r} is a file; give a folder (it is created if missing).")
+        elif isinstance(memory, (str, os.PathLike)):
+            _check_folder(memory, problems, name="memory", none_means="no cache")
 
     def _own_callback_names(self) -> set[str]:
         """The names of the callbacks a fit adds (see :meth:`_build_net`) and of skorch's defaults."""
@@ -750,13 +744,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             return
         if not isinstance(folder, (str, os.PathLike)):
             problems.append(f"checkpoint_dir must be None or a folder path, got {folder!r}.")
-        elif os.fspath(folder) == "":
-            problems.append(
-                "checkpoint_dir='' names no folder; give a folder path (checkpoint_dir='.' for the "
-                "working directory), or checkpoint_dir=None for no checkpoints."
-            )
-        elif os.path.isfile(os.path.expanduser(folder)):
-            problems.append(f"checkpoint_dir={folder!r} is a file; give a folder (it is created if missing).")
+        else:
+            _check_folder(folder, problems, name="checkpoint_dir", none_means="no checkpoints")
 
     def _check_fitted_text_params(self, problems: Problems) -> None:
         """The text parameters, and then (when valid) against the fitted encoder and tokenizer."""
@@ -1970,6 +1959,20 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 state["device_"] = device
             state["module_"] = module.load(None if device == fitted_on else device)
         super().__setstate__(state)
+
+
+def _check_folder(path: str | os.PathLike, problems: Problems, *, name: str, none_means: str) -> None:
+    """A folder parameter (created if missing) must not be an empty path or a file.
+
+    An empty path is the working directory: most likely an unset setting, not a choice.
+    """
+    if os.fspath(path) == "":
+        problems.append(
+            f"{name}='' names no folder; give a folder path ({name}='.' for the working "
+            f"directory), or {name}=None for {none_means}."
+        )
+    elif os.path.isfile(os.path.expanduser(path)):
+        problems.append(f"{name}={path!r} is a file; give a folder (it is created if missing).")
 
 
 def _pair_name(item: object) -> str | None:
