@@ -1842,7 +1842,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         path : str or path-like
-            The folder to write.
+            The folder to write (``~`` expanded, links followed). It is
+            written beside its place and moved in whole, so it cannot be the
+            working directory: give a folder such as ``"model"``.
 
         Examples
         --------

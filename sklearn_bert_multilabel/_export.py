@@ -43,7 +43,9 @@ def _unsupported(estimator, model_type: str) -> ValueError:
 
 
 def _new_folder(path: str | os.PathLike) -> Path:
-    target = Path(path).expanduser()
+    from ._persistence import output_folder
+
+    target = output_folder(path)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ValueError(f"path={os.fspath(path)!r} exists and is not an empty folder; choose a new folder.")
     return target

@@ -145,6 +145,29 @@ def _optional_list(value) -> list | None:
     return None if value is None else np.asarray(value, dtype=np.float64).tolist()
 
 
+def output_folder(path: str | os.PathLike, error: type[Exception] = ValueError) -> Path:
+    """``path`` as the absolute folder that :func:`staged_folder` writes, links resolved.
+
+    The folder is written beside its place and renamed into it, so ``path``
+    can be neither empty nor the working directory or a folder above it
+    (renaming those away would leave the process in a deleted folder).
+    Raises ``error`` for those.
+    """
+    text = os.fspath(path)
+    if not text:
+        raise error("path='' is empty; give a folder path, such as 'model'.")
+    target = Path(text).expanduser().resolve()
+    cwd = Path.cwd()
+    if target == cwd or target in cwd.parents:
+        where = "the working directory" if target == cwd else "a folder above the working directory"
+        raise error(
+            f"path={text!r} is {where}, which cannot be written: the model's folder is written "
+            f"whole and then moved into place. Give a folder inside it, such as "
+            f"{os.path.join(text, 'model')!r}."
+        )
+    return target
+
+
 @contextlib.contextmanager
 def staged_folder(target: Path):
     """Yield a new temporary folder beside ``target``; on success it replaces ``target``.
@@ -197,7 +220,7 @@ def save_estimator(estimator, path: str | os.PathLike) -> Path:
     """Write a fitted ``estimator`` to the folder ``path`` (see the module docstring)."""
     from safetensors.torch import save_model
 
-    target = Path(path).expanduser()
+    target = output_folder(path, ModelFileError)
     if target.exists() and not target.is_dir():
         raise ModelFileError(f"path={os.fspath(path)!r} exists and is not a folder; choose a folder path.")
     if target.is_dir() and any(target.iterdir()) and not (target / MANIFEST).is_file():

@@ -245,6 +245,31 @@ def test_save_refuses_a_folder_with_other_files_and_replaces_a_saved_model(tuned
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "m"]  # no staging left behind
 
 
+@pytest.mark.parametrize("path", ["", ".", "..", "sub/.."])
+def test_save_and_exports_refuse_the_working_directory(tuned, tmp_path, monkeypatch, path):
+    """The folder is renamed into place whole, which the working directory cannot be."""
+    clf, _ = tuned
+    monkeypatch.chdir(tmp_path)
+    message = "is empty" if path == "" else "working directory"
+    with pytest.raises(ModelFileError, match=message):
+        clf.save(path)
+    assert list(tmp_path.iterdir()) == []
+    pytest.importorskip("onnxscript")  # the export's extra
+    with pytest.raises(ValueError, match=message):
+        clf.export_onnx(path)
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even "sub"
+
+
+def test_save_through_a_link_replaces_the_folder_it_points_to(tuned, tmp_path):
+    clf, X = tuned
+    clf.save(tmp_path / "v1")
+    (tmp_path / "current").symlink_to(tmp_path / "v1", target_is_directory=True)
+    clf.save(tmp_path / "current")
+    assert (tmp_path / "current").is_symlink()
+    loaded = BertMultiLabelClassifier.load(tmp_path / "current")
+    np.testing.assert_array_equal(loaded.predict_proba(X[:4]), clf.predict_proba(X[:4]))
+
+
 def test_head_parameters_changed_after_fit_do_not_change_what_is_saved(tuned, tmp_path):
     """The saved layout is the fitted module's: set_params after fit changes neither it nor
     predictions, so the folder must load into the same head."""
