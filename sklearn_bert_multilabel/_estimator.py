@@ -271,8 +271,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         (with ``random_state``) so that every label's positives are split in
         the same proportion as far as they go (iterative stratification, as
         in :class:`MultilabelStratifiedKFold`), a skorch-style callable
-        ``(dataset, y) -> (train, valid)`` such as ``skorch.dataset.ValidSplit``,
-        or None for no validation. ``fit(..., validation_data=...)`` overrides it.
+        ``(dataset, y) -> (train, valid)`` such as ``skorch.dataset.ValidSplit``
+        (given a dataset of the row numbers and ``Y`` as an array), or None
+        for no validation. ``fit(..., validation_data=...)`` overrides it.
     callbacks : list or None, default=None
         Extra skorch callbacks.
     device : str, default="cpu"
@@ -628,6 +629,12 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                     "train_split must be a fraction in (0, 1), a callable (dataset, y) -> "
                     f"(train, valid) such as skorch.dataset.ValidSplit, or None; got {split!r}."
                 )
+        elif getattr(split, "stratified", False) is True and type(split).__name__ == "ValidSplit":
+            problems.append(
+                "train_split is a ValidSplit with stratified=True, which stratifies by one class per "
+                "row; multi-label Y has none. Use stratified=False, or a fraction such as "
+                "train_split=0.2, which splits every label's positives in proportion."
+            )
         if self.callbacks is not None and not isinstance(self.callbacks, (list, tuple)):
             problems.append(f"callbacks must be a list of skorch callbacks or None, got {self.callbacks!r}.")
         elif self.callbacks is not None:
@@ -1345,7 +1352,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         if split is None or n < 2:
             return None, None
         if callable(split):
-            train, valid = split(_RowDataset(n), None)
+            train, valid = split(_RowDataset(n), Y)
             if not (isinstance(train, Subset) and (valid is None or isinstance(valid, Subset))):
                 raise InvalidInputError(
                     [

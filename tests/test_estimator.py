@@ -415,6 +415,28 @@ def test_validation_data_replaces_the_split(fast_params, toy_data):
     assert sum(clf.history_[-1, "batches", :, "train_batch_size"]) == len(X)
 
 
+def test_callable_split_gets_the_rows_and_the_labels(fast_params, toy_data):
+    """A skorch-style train_split is called as skorch calls it: (dataset, y)."""
+    from skorch.dataset import ValidSplit
+
+    X, Y = toy_data
+    clf = BertMultiLabelClassifier(**dict(fast_params, train_split=ValidSplit(4)))
+    clf.fit(X, Y)
+    assert sum(clf.history_[-1, "batches", :, "train_batch_size"]) == len(X) - len(X) // 4
+    seen = []
+
+    def last_rows_of_the_first_label(dataset, y):
+        seen.append(y)
+        rows = np.flatnonzero(y[:, 0])
+        valid = set(rows[-4:].tolist())
+        train = [i for i in range(len(dataset)) if i not in valid]
+        return torch.utils.data.Subset(dataset, train), torch.utils.data.Subset(dataset, sorted(valid))
+
+    clf = BertMultiLabelClassifier(**dict(fast_params, train_split=last_rows_of_the_first_label)).fit(X, Y)
+    np.testing.assert_array_equal(seen[0], Y)
+    assert sum(clf.history_[-1, "batches", :, "valid_batch_size"]) == 4
+
+
 def test_verbose_prints_epoch_table(fast_params, toy_data, capsys):
     BertMultiLabelClassifier(**dict(fast_params, verbose=1, train_split=0.2)).fit(*toy_data)
     out = capsys.readouterr().out

@@ -178,6 +178,10 @@ def test_never_positive_label_warns(tiny_model_dir, monkeypatch):
         ({"device": 0}, "device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got 0"),
         ({"device": None}, "device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got None"),
         ({"train_split": 1.5}, r"train_split must be a fraction in \(0, 1\)"),
+        (
+            {"train_split": __import__("skorch").dataset.ValidSplit(0.2, stratified=True)},
+            r"train_split is a ValidSplit with stratified=True.*train_split=0\.2",
+        ),
         ({"random_state": -1}, r"random_state must be None, an int in \[0, 2\*\*32 - 1\] .*got -1\."),
         ({"random_state": 2**32}, r"random_state must be None, an int .*got 4294967296\."),
         ({"random_state": "0"}, r"random_state must be None, an int .*got '0'\."),
