@@ -119,6 +119,10 @@ PREDICT_ONLY_PARAMS = frozenset(
 #: Parameters that say how a fit is run, not what it computes: also out of the keys.
 RUN_ONLY_PARAMS = frozenset({"warm_start", "checkpoint_dir", "distributed"})
 EXTRA_PREFIXES = ("iterator_train", "iterator_valid", "optimizer", "callbacks", "encoder", "tokenizer")
+#: The names of skorch's default callbacks and of those every fit adds, and of those that
+#: ``checkpoint_dir``, ``early_stopping`` and ``verbose`` add (see ``_build_net``).
+ALWAYS_CALLBACKS = ("epoch_timer", "train_loss", "valid_loss", "print_log", "valid_scores", "training_guard")
+OPTIONAL_CALLBACKS = ("checkpoint", "early_stopping", "progress_bar")
 
 
 class _SerializedModule:
@@ -339,8 +343,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         it kept).
     **kwargs
         Parameters with a prefix ``iterator_train__``, ``iterator_valid__``,
-        ``optimizer__``, ``callbacks__`` (passed to skorch), ``encoder__``
-        (to ``AutoModel.from_pretrained``) or ``tokenizer__`` (to
+        ``optimizer__``, ``callbacks__`` (passed to skorch; ``callbacks__<name>``
+        must name a callback: skorch's defaults, the estimator's own, or one
+        in ``callbacks`` by its name or class name), ``encoder__`` (to
+        ``AutoModel.from_pretrained``) or ``tokenizer__`` (to
         ``AutoTokenizer.from_pretrained``). The encoder is loaded in float32
         whatever dtype its checkpoint was saved in (``encoder__dtype`` may
         only say so): reduced precision comes from ``precision``.
@@ -671,6 +677,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                     + ", ".join(p + "__" for p in EXTRA_PREFIXES)
                     + "."
                 )
+        self._check_callback_params(problems)
         for key in ("encoder__dtype", "encoder__torch_dtype"):
             value = self._extra_params().get(key, torch.float32)
             if not (value is torch.float32 or value == "float32"):
@@ -736,7 +743,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
 
     def _own_callback_names(self) -> set[str]:
         """The names of the callbacks a fit adds (see :meth:`_build_net`) and of skorch's defaults."""
-        names = {"epoch_timer", "train_loss", "valid_loss", "print_log", "valid_scores", "training_guard"}
+        names = set(ALWAYS_CALLBACKS)
         if self.checkpoint_dir is not None:
             names.add("checkpoint")
         if isinstance(self.early_stopping, (bool, np.bool_)) and self.early_stopping:
@@ -744,6 +751,22 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         if is_int(self.verbose) and self.verbose > 0:
             names.add("progress_bar")
         return names
+
+    def _check_callback_params(self, problems: Problems) -> None:
+        """``callbacks__<name>...`` must name a callback: skorch ignores the others silently."""
+        keys = [key for key in self._extra_params() if key.startswith("callbacks__")]
+        if not keys:
+            return
+        known = set(ALWAYS_CALLBACKS + OPTIONAL_CALLBACKS)
+        if isinstance(self.callbacks, (list, tuple)):
+            known.update(_callback_names([item for item in self.callbacks if _is_callback_entry(item)]))
+        unknown = [key for key in keys if key.split("__")[1] not in known]
+        if unknown:
+            problems.append(
+                f"{first_few(unknown, str)}: no callback has that name, and skorch would ignore it. "
+                f"The callbacks are {', '.join(sorted(known))}; one given in callbacks without a name "
+                "goes by its class name (e.g. callbacks__EarlyStopping__patience)."
+            )
 
     def _check_checkpoint_dir(self, problems: Problems) -> None:
         folder = self.checkpoint_dir
@@ -1989,6 +2012,19 @@ def _pair_name(item: object) -> str | None:
     if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
         return item[0]
     return None
+
+
+def _callback_names(entries: list) -> list[str]:
+    """The names skorch gives ``callbacks`` entries: a pair's own name, else the class name,
+    numbered (``_1``, ``_2``...) when several share it."""
+    names = [
+        _pair_name(item) or (item.__name__ if isinstance(item, type) else type(item).__name__)
+        for item in entries
+    ]
+    counts = {name: names.count(name) for name in names}
+    return [name for name in names if counts[name] == 1] + [
+        f"{name}_{i}" for name, count in counts.items() if count > 1 for i in range(1, count + 1)
+    ]
 
 
 def _is_callback_entry(item: object) -> bool:

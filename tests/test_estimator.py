@@ -455,6 +455,15 @@ def test_a_print_log_sink_still_gets_the_table_when_silent(fast_params, toy_data
     assert len(lines) == 2 + fast_params["max_epochs"]  # header, rule, one row per epoch
 
 
+def test_callback_parameters_reach_unnamed_callbacks_by_their_numbered_class_name(fast_params, toy_data):
+    from skorch.callbacks import EarlyStopping
+
+    second = EarlyStopping(patience=9)
+    params = dict(fast_params, train_split=0.25, callbacks=[EarlyStopping, second])
+    BertMultiLabelClassifier(**params, callbacks__EarlyStopping_2__patience=3).fit(*toy_data)
+    assert second.patience == 3
+
+
 @pytest.mark.filterwarnings("ignore::sklearn_bert_multilabel.PrecisionWarning")  # CPUs without bf16
 @pytest.mark.parametrize("precision", ["bf16"])
 def test_bf16_precision_on_cpu(precision, fast_params, toy_data):

@@ -285,6 +285,34 @@ def test_callback_names_free_in_this_fit_are_accepted(clf):
         clf.fit(X4, Y4)  # early_stopping=False: the name is free
 
 
+def test_callback_parameters_must_name_a_callback(clf):
+    """skorch ignores callbacks__<name>__... for a name no callback has; a typo would be lost."""
+    from skorch.callbacks import EarlyStopping
+
+    clf.set_params(callbacks=[EarlyStopping()], callbacks__earlystopping__patience=5)
+    with pytest.raises(ValueError, match=r"callbacks__earlystopping__patience: no callback has that name"):
+        clf.fit(X4, Y4)
+    with pytest.raises(ValueError, match=r"The callbacks are EarlyStopping, checkpoint, .*valid_scores;"):
+        clf.fit(X4, Y4)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"callbacks__EarlyStopping_2__patience": 3},  # two unnamed ones are numbered, as skorch does
+        {"callbacks__mine__patience": 3},
+        {"callbacks__print_log": None},
+        {"callbacks__checkpoint__dirname": "x"},  # checkpoint_dir=None: a name some fits use
+    ],
+)
+def test_callback_parameters_naming_a_callback_are_accepted(clf, params):
+    from skorch.callbacks import EarlyStopping
+
+    clf.set_params(callbacks=[EarlyStopping, EarlyStopping(), ("mine", EarlyStopping())], **params)
+    with pytest.raises(AssertionError, match="before loading the model"):  # the checks passed
+        clf.fit(X4, Y4)
+
+
 def test_cuda_index_beyond_the_machine(clf, monkeypatch):
     import torch
 
