@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import itertools
 import json
@@ -54,6 +55,7 @@ from ._net import (
     MultiLabelNet,
     NonFiniteLossError,
     ValidationScores,
+    check_param_group_patterns,
     resolve_precision,
     warn_if_emulated_bf16,
 )
@@ -347,9 +349,15 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         must name a callback: skorch's defaults, the estimator's own, or one
         in ``callbacks`` by its name or class name), ``encoder__`` (to
         ``AutoModel.from_pretrained``) or ``tokenizer__`` (to
-        ``AutoTokenizer.from_pretrained``). The encoder is loaded in float32
-        whatever dtype its checkpoint was saved in (``encoder__dtype`` may
-        only say so): reduced precision comes from ``precision``.
+        ``AutoTokenizer.from_pretrained``). Options the optimizer or torch's
+        ``DataLoader`` does not take are errors. ``optimizer__param_groups``
+        works as in skorch: with ``[("encoder.*", {"lr": 2e-5})]`` each
+        parameter gets the options of the first pattern its name matches
+        (``fnmatch``); ``layer_decay`` still scales such an ``lr``, and
+        biases and norms keep no weight decay. A pattern that matches no
+        parameter is an error. The encoder is loaded in float32 whatever
+        dtype its checkpoint was saved in (``encoder__dtype`` may only say
+        so): reduced precision comes from ``precision``.
 
     Attributes
     ----------
@@ -628,6 +636,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 f"optimizer must be a torch.optim.Optimizer class such as torch.optim.AdamW, "
                 f"got {self.optimizer!r}."
             )
+        else:
+            self._check_optimizer_params(problems)
+        self._check_iterator_params(problems)
         split = self.train_split
         if split is not None and not callable(split):
             if not is_number(split) or not 0 < split < 1:
@@ -751,6 +762,57 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         if is_int(self.verbose) and self.verbose > 0:
             names.add("progress_bar")
         return names
+
+    def _check_optimizer_params(self, problems: Problems) -> None:
+        """``optimizer__*`` must be options of ``optimizer``; torch drops unknown group options."""
+        options = self._prefixed("optimizer")
+        groups = options.pop("param_groups", [])
+        takes = _keyword_names(self.optimizer, skip=("params",))
+        name = self.optimizer.__name__
+        unknown = [f"optimizer__{key}" for key in options if takes is not None and key not in takes]
+        if not (
+            isinstance(groups, (list, tuple))
+            and all(
+                isinstance(g, (tuple, list))
+                and len(g) == 2
+                and isinstance(g[0], str)
+                and isinstance(g[1], dict)
+                for g in groups
+            )
+        ):
+            problems.append(
+                "optimizer__param_groups must be a list of (pattern, options) pairs, as in skorch, "
+                f"such as [('encoder.*', {{'lr': 2e-5}})]; got {groups!r}."
+            )
+        elif takes is not None:
+            unknown += sorted(
+                {
+                    f"optimizer__param_groups option {key!r}"
+                    for _, g in groups
+                    for key in g
+                    if key not in takes
+                }
+            )
+        if unknown:
+            problems.append(
+                f"{first_few(unknown, str)}: {name} takes no such option; "
+                f"it takes {', '.join(sorted(takes))}."
+            )
+
+    def _check_iterator_params(self, problems: Problems) -> None:
+        """``iterator_train__*`` and ``iterator_valid__*`` must be ``DataLoader`` options."""
+        takes = _keyword_names(torch.utils.data.DataLoader, skip=("dataset",))
+        unknown = [
+            f"{prefix}__{key}"
+            for prefix in ("iterator_train", "iterator_valid")
+            for key in self._prefixed(prefix)
+            if key not in takes
+        ]
+        if unknown:
+            problems.append(
+                f"{first_few(unknown, str)}: torch's DataLoader takes no such option; it takes "
+                f"{', '.join(sorted(takes))}."
+            )
 
     def _check_callback_params(self, problems: Problems) -> None:
         """``callbacks__<name>...`` must name a callback: skorch ignores the others silently."""
@@ -1302,6 +1364,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
 
         Returns ((validation logits, labels) or None, whether every epoch ran).
         """
+        check_param_group_patterns(module, self._prefixed("optimizer").get("param_groups", ()))
         has_valid = val_texts is not None and len(val_texts) > 0
         if self._uses_feature_cache():
             # The encoder is fixed: pool every text once, then train only the head.
@@ -2012,6 +2075,18 @@ def _pair_name(item: object) -> str | None:
     if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
         return item[0]
     return None
+
+
+def _keyword_names(target: Any, skip: tuple[str, ...] = ()) -> set[str] | None:
+    """The keyword arguments ``target`` (a class or function) takes, or None if it takes any."""
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name for p in parameters if p.kind in kinds and p.name not in skip}
 
 
 def _callback_names(entries: list) -> list[str]:

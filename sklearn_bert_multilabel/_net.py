@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import functools
 import inspect
 import logging
@@ -98,32 +99,71 @@ def _depth(name: str, n_layers: int) -> int:
 
 
 def param_groups(
-    module: torch.nn.Module, lr: float, weight_decay: float, layer_decay: float | None = None
+    module: torch.nn.Module,
+    lr: float,
+    weight_decay: float,
+    layer_decay: float | None = None,
+    overrides: list | tuple = (),
 ) -> list[dict]:
     """AdamW groups: no weight decay on biases and norms; optional layer-wise lr decay.
 
     With ``layer_decay=d``, encoder layer ``i`` of ``L`` gets ``lr * d ** (L - i)``
     and the embeddings ``lr * d ** (L + 1)``; pooling and head get ``lr``.
+
+    ``overrides`` are skorch's ``optimizer__param_groups``: ``(pattern, options)``
+    pairs, where the first pattern (``fnmatch``) that matches a parameter's name
+    gives it ``options``. An ``lr`` or ``weight_decay`` there replaces ``lr`` or
+    ``weight_decay`` for those parameters, and the rules above still apply
+    (layer decay scales that ``lr``; biases and norms keep no weight decay).
+    A pattern that matches no parameter is ignored here, as in skorch; see
+    :func:`check_param_group_patterns`.
     """
     n_layers = 0
     encoder = getattr(module, "encoder", None)
     if encoder is not None:
         config = encoder.config
         n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", 0)
-    groups: dict[tuple[int, bool], list] = {}
+    patterns = [pattern for pattern, _ in overrides]
+    groups: dict[tuple[int, int, bool], list] = {}
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
+        match = _first_match(name, patterns)
         depth = _depth(name, n_layers) if layer_decay else 0
-        groups.setdefault((depth, name.endswith(_NO_DECAY)), []).append(param)
-    return [
-        {
-            "params": params,
-            "weight_decay": 0.0 if no_decay else weight_decay,
-            "lr": lr * (layer_decay**depth if layer_decay else 1.0),
-        }
-        for (depth, no_decay), params in sorted(groups.items())
-    ]
+        groups.setdefault((match, depth, name.endswith(_NO_DECAY)), []).append(param)
+    out = []
+    for (match, depth, no_decay), params in sorted(groups.items()):
+        options = dict(overrides[match][1]) if match < len(patterns) else {}
+        group_lr = options.pop("lr", lr)
+        group_decay = options.pop("weight_decay", weight_decay)
+        options.update(
+            params=params,
+            weight_decay=0.0 if no_decay else group_decay,
+            lr=group_lr * (layer_decay**depth if layer_decay else 1.0),
+        )
+        out.append(options)
+    return out
+
+
+def _first_match(name: str, patterns: list[str]) -> int:
+    """The index of the first pattern matching ``name``, or ``len(patterns)``."""
+    return next((i for i, pattern in enumerate(patterns) if fnmatch.fnmatch(name, pattern)), len(patterns))
+
+
+def check_param_group_patterns(module: torch.nn.Module, overrides: list | tuple) -> None:
+    """Raise ValueError for an ``optimizer__param_groups`` pattern that takes no parameter of
+    ``module`` (frozen ones count), which skorch would ignore without a word."""
+    patterns = [pattern for pattern, _ in overrides]
+    names = [name for name, _ in module.named_parameters()]
+    used = {_first_match(name, patterns) for name in names}
+    unused = [pattern for i, pattern in enumerate(patterns) if i not in used]
+    if unused:
+        tops = sorted({name.split(".")[0] + ".*" for name in names})
+        raise ValueError(
+            f"optimizer__param_groups: the pattern(s) {', '.join(map(repr, unused))} match no parameter "
+            f"(or only parameters an earlier pattern took). The model's parameters are named "
+            f"{', '.join(tops)}, such as {names[0]!r} and {names[-1]!r}."
+        )
 
 
 def lr_factor(schedule: str, warmup: int, total: int):
@@ -569,7 +609,8 @@ class MultiLabelNet(NeuralNet):
         kwargs = self.get_params_for("optimizer")
         lr = kwargs.pop("lr", self.lr)
         weight_decay = kwargs.pop("weight_decay", self.weight_decay)
-        groups = param_groups(self.module_, lr, weight_decay, self.layer_decay)
+        overrides = kwargs.pop("param_groups", ())
+        groups = param_groups(self.module_, lr, weight_decay, self.layer_decay, overrides)
         # The fused implementation (one kernel per step instead of a loop over
         # tensors) trains MiniLM about 25% faster on CPU; use it unless the
         # user chose an implementation.

@@ -124,6 +124,55 @@ def test_layer_decay_groups(tiny_model_dir):
     }  # mean pooling: pooler unused
 
 
+def test_param_groups_options_replace_lr_and_keep_the_decay_rules(tiny_model_dir):
+    """skorch's optimizer__param_groups: the first matching pattern's options, with layer decay
+    scaling its lr and biases and norms still without weight decay."""
+    from transformers import AutoModel
+
+    from sklearn_bert_multilabel._model import MultiLabelTextModule
+
+    module = MultiLabelTextModule(AutoModel.from_pretrained(tiny_model_dir), 3)
+    overrides = [
+        ("encoder.encoder.*", {"lr": 0.1, "betas": (0.8, 0.9)}),
+        ("encoder.*", {"weight_decay": 0.5}),
+    ]
+    groups = param_groups(module, 1.0, 0.01, layer_decay=0.5, overrides=overrides)
+    of = {id(p): g for g in groups for p in g["params"]}
+    named = dict(module.named_parameters())
+    layer1 = of[id(named["encoder.encoder.layer.1.attention.self.query.weight"])]
+    assert layer1["lr"] == 0.1 * 0.5 and layer1["betas"] == (0.8, 0.9) and layer1["weight_decay"] == 0.01
+    embeddings = of[id(named["encoder.embeddings.word_embeddings.weight"])]
+    assert embeddings["lr"] == 0.125 and embeddings["weight_decay"] == 0.5 and "betas" not in embeddings
+    assert of[id(named["encoder.embeddings.LayerNorm.weight"])]["weight_decay"] == 0.0
+    head = of[id(named["head.1.weight"])]
+    assert (
+        head["lr"] == 1.0 and head["weight_decay"] == 0.01 and set(head) == {"params", "lr", "weight_decay"}
+    )
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in named.values())
+    assert overrides[0][1] == {"lr": 0.1, "betas": (0.8, 0.9)}  # the user's options are not consumed
+
+
+def test_param_groups_train_the_encoder_at_its_own_rate(fast_params, toy_data):
+    def fit(frozen_pattern):
+        params = dict(fast_params, optimizer__param_groups=[(frozen_pattern, {"lr": 0.0})])
+        return BertMultiLabelClassifier(**params).fit(*toy_data).module_.state_dict()
+
+    start, trained = fit("*"), fit("encoder.*")  # nothing trained; all but the encoder
+    encoder = [name for name in start if name.startswith("encoder.")]
+    assert all(torch.equal(start[name], trained[name]) for name in encoder)
+    assert not torch.allclose(start["head.1.weight"], trained["head.1.weight"], atol=1e-4)
+
+
+def test_param_groups_pattern_matching_nothing_is_refused(fast_params, toy_data):
+    clf = BertMultiLabelClassifier(**fast_params, optimizer__param_groups=[("encodr.*", {"lr": 0.0})])
+    with pytest.raises(
+        ValueError, match=r"pattern\(s\) 'encodr\.\*' match no parameter.*encoder\.\*, head\.\*"
+    ):
+        clf.fit(*toy_data)
+    frozen = clf.set_params(freeze_encoder=True, optimizer__param_groups=[("encoder.*", {"lr": 0.0})])
+    assert frozen.fit(*toy_data).n_labels_ == 3  # the frozen encoder's names still count
+
+
 def test_validation_macro_f1_recorded_each_epoch(fast_params, toy_data):
     clf = BertMultiLabelClassifier(**dict(fast_params, train_split=0.25, max_epochs=3)).fit(*toy_data)
     scores = clf.history_[:, "valid_f1_macro"]

@@ -189,6 +189,21 @@ def test_never_positive_label_warns(tiny_model_dir, monkeypatch):
         ({"lr_schedule": "step"}, "lr_schedule must be one of"),
         ({"threshold_metric": "accuracy"}, "threshold_metric must be one of"),
         ({"optimizer": "adam"}, "optimizer must be a torch.optim.Optimizer class"),
+        (
+            {"optimizer__betas2": (0.9, 0.99)},
+            r"optimizer__betas2: AdamW takes no such option; it takes amsgrad,",
+        ),
+        (
+            {"optimizer__param_groups": [("encoder.*", {"momentum": 0.9})]},
+            r"optimizer__param_groups option 'momentum': AdamW takes no such option",
+        ),
+        ({"optimizer__param_groups": {"encoder.*": {"lr": 1e-5}}}, r"list of \(pattern, options\) pairs"),
+        ({"optimizer__param_groups": [("encoder.*", 1e-5)]}, r"list of \(pattern, options\) pairs"),
+        (
+            {"iterator_train__shuffel": True},
+            r"iterator_train__shuffel: torch's DataLoader takes no such option",
+        ),
+        ({"iterator_valid__workers": 2}, r"iterator_valid__workers: torch's DataLoader takes no such option"),
         ({"iterator_train_shuffle": True}, "unknown parameter 'iterator_train_shuffle'"),
         ({"encoder__dtype": "bfloat16"}, "encoder__dtype='bfloat16': the encoder's weights stay float32"),
         ({"encoder__torch_dtype": "auto"}, "encoder__torch_dtype='auto': .* use precision='bf16'"),
