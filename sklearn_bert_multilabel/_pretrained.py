@@ -197,6 +197,7 @@ def load_encoder(model_name: str, *, progress: bool = False, **kwargs):
 
     _check_local(model_name)
     path = resolve_model_path(os.path.expanduser(model_name))
+    given = sorted(kwargs)
     if "dtype" not in kwargs and "torch_dtype" not in kwargs:
         kwargs[_dtype_keyword()] = torch.float32
     kwargs["output_loading_info"] = True
@@ -205,6 +206,15 @@ def load_encoder(model_name: str, *, progress: bool = False, **kwargs):
             encoder, info = AutoModel.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_error(model_name, exc) from exc
+    except TypeError as exc:
+        if not given:
+            raise
+        # Options the model class does not take reach its __init__ through from_pretrained.
+        names = ", ".join(f"encoder__{name}" for name in given)
+        raise TypeError(
+            f"{exc}. It came from the options given as {names}, which go to "
+            f"AutoModel.from_pretrained({model_name!r}); check their names."
+        ) from exc
     missing = set(info.get("missing_keys", ())) | {key[0] for key in info.get("mismatched_keys", ())}
     # Older transformers name them as the checkpoint did: "bert.pooler..." from a BertForMaskedLM.
     if missing:

@@ -657,6 +657,16 @@ def test_encoder_saved_in_half_precision_trains_in_float32(tiny_model_dir, tmp_p
     np.testing.assert_array_equal(BertMultiLabelClassifier.load(tmp_path / "saved").predict_proba(X), proba)
 
 
+def test_encoder_options_the_model_does_not_take_are_named(fast_params, toy_data):
+    clf = BertMultiLabelClassifier(**fast_params, encoder__attn_implementation="eager", encoder__hiden_size=8)
+    with pytest.raises(
+        TypeError, match=r"'hiden_size'.*encoder__attn_implementation, encoder__hiden_size, which"
+    ):
+        clf.fit(*toy_data)
+    clf = BertMultiLabelClassifier(**fast_params, encoder__attn_implementation="eager").fit(*toy_data)
+    assert clf.module_.encoder.config._attn_implementation == "eager"
+
+
 def test_encoder_decoder_model_is_refused_clearly(tiny_model_dir, tmp_path):
     """AutoModel gives T5Model for a T5 folder, whose forward pass fails without decoder inputs."""
     from transformers import AutoTokenizer, T5Config, T5Model
