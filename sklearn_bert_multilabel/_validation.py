@@ -126,11 +126,21 @@ def check_texts(X: object, problems: Problems, name: str = "X") -> list[str] | N
     broken = [i for i, t in enumerate(texts) if _SURROGATE.search(t)]
     if broken:
         shown = first_few(broken, lambda i: f"{name}[{i}]={describe(texts[i])}")
+        found = {c for i in broken for c in _SURROGATE.findall(texts[i])}
+        if all("\udc80" <= c <= "\udcff" for c in found):  # what surrogateescape makes of bytes
+            cause = (
+                "They stand for bytes that are not UTF-8, read with errors='surrogateescape' (as "
+                "os.fsdecode and sys.stdin do); decode the bytes with their real encoding, or repair "
+                "with t.encode('utf-8', 'surrogateescape').decode('utf-8', 'replace')."
+            )
+        else:
+            cause = (
+                "They usually come from text decoded as UTF-16 halves; repair with "
+                "t.encode('utf-16', 'surrogatepass').decode('utf-16', 'replace')."
+            )
         problems.append(
             f"{name} has {len(broken)} text(s) with surrogate code points, which are not valid "
-            f"Unicode and no tokenizer can read: {shown}. They usually come from text decoded "
-            "as UTF-16 halves; repair with t.encode('utf-16', 'surrogatepass').decode('utf-16', "
-            "'replace')."
+            f"Unicode and no tokenizer can read: {shown}. {cause}"
         )
         return None
     return texts

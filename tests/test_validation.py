@@ -49,6 +49,10 @@ def no_training(monkeypatch):
             ["ok", "a \ud83d\ude00 b", "fine", "lone \udc00"],
             r"X has 2 text\(s\) with surrogate code points.*X\[1\]=.*X\[3\]=.*surrogatepass",
         ),
+        (
+            ["ok", b"caf\xe9".decode("utf-8", "surrogateescape"), "fine", "yes"],
+            r"X\[1\]='caf\\udce9'\. They stand for bytes that are not UTF-8.*'surrogateescape'\)\.decode",
+        ),
     ],
     ids=[
         "int",
@@ -63,6 +67,7 @@ def no_training(monkeypatch):
         "generator",
         "all-blank",
         "surrogates",
+        "surrogate-escaped-bytes",
     ],
 )
 def test_bad_texts(clf, X, match):
