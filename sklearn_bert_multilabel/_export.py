@@ -119,8 +119,8 @@ def export_pretrained(estimator, path: str | os.PathLike) -> Path:
     from ._persistence import staged_folder
     from ._pretrained import _progress_bars
 
-    model = build_pretrained(estimator)
     target = _new_folder(path)
+    model = build_pretrained(estimator)
     with staged_folder(target) as staging:
         with _progress_bars(False):
             model.save_pretrained(str(staging))
@@ -183,9 +183,9 @@ def export_onnx(estimator, path: str | os.PathLike, *, opset_version: int | None
             "are combined outside that graph, which the export does not cover. Use clf.save(path)."
         )
     thresholds = _thresholds_or_none(estimator)  # before the export: a bad threshold raises here
+    target = _new_folder(path)
     graph = _OnnxGraph(copy.deepcopy(estimator.module_).to("cpu").float()).eval()
     example = next(_example_batches(estimator))
-    target = _new_folder(path)
     with staged_folder(target) as staging:
         axes = _dynamic_axes()
         exporter_log = logging.getLogger("torch.onnx")
