@@ -93,6 +93,12 @@ def _decode_value(name: str, value: Any) -> Any:
     if isinstance(value, dict):
         if set(value) == {"by_label"} and isinstance(value["by_label"], dict):
             return dict(value["by_label"])
+        if set(value) == {"param_groups"} and _param_group_pairs(value["param_groups"]):
+            # Lists back to tuples, as options such as betas are given.
+            return [
+                (pattern, {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+                for pattern, options in value["param_groups"]
+            ]
         if set(value) == {"ndarray", "dtype"}:
             return np.asarray(value["ndarray"], dtype=np.dtype(value["dtype"]))
         if set(value) == {"class"}:
@@ -112,6 +118,14 @@ def _decode_value(name: str, value: Any) -> Any:
     return value
 
 
+def _param_group_pairs(value: Any) -> bool:
+    """Whether a stored ``optimizer__param_groups`` is a list of [pattern, options] pairs."""
+    return isinstance(value, list) and all(
+        isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], dict)
+        for item in value
+    )
+
+
 def _encode_by_label(named: dict[str, Any]) -> tuple[bool, Any]:
     """(ok, JSON value) for a per-label parameter given by label name."""
     items = {key: _encode_value(item) for key, item in named.items()}
@@ -120,11 +134,30 @@ def _encode_by_label(named: dict[str, Any]) -> tuple[bool, Any]:
     return False, None
 
 
+def _encode_param_groups(groups: Any) -> tuple[bool, Any]:
+    """(ok, JSON value) for ``optimizer__param_groups``: (pattern, options) pairs whose options
+    JSON can hold (numbers, booleans, strings and lists of them, such as ``betas``)."""
+    pairs = []
+    for item in groups if isinstance(groups, (list, tuple)) else [None]:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
+            return False, None
+        if not (isinstance(item[1], dict) and all(isinstance(key, str) for key in item[1])):
+            return False, None
+        options = {key: _encode_value(value) for key, value in item[1].items()}
+        if not all(ok and not isinstance(value, dict) for ok, value in options.values()):
+            return False, None
+        pairs.append([item[0], {key: value for key, (_, value) in options.items()}])
+    return True, {"param_groups": pairs}
+
+
 def _encode_params(params: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     encoded, dropped = {}, []
     for name, value in params.items():
         named = by_label(value) if name in PER_LABEL_PARAMS else None
-        ok, json_value = _encode_value(value) if named is None else _encode_by_label(named)
+        if name == "optimizer__param_groups":
+            ok, json_value = _encode_param_groups(value)
+        else:
+            ok, json_value = _encode_value(value) if named is None else _encode_by_label(named)
         if ok:
             encoded[name] = json_value
         else:

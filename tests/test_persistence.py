@@ -214,6 +214,25 @@ def test_parameters_json_cannot_hold_warn_at_save(fast_params, toy_data, tmp_pat
     np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
 
 
+def test_optimizer_param_groups_are_saved_and_refit_the_same(fast_params, toy_data, tmp_path):
+    X, Y = toy_data
+    groups = [("encoder.*", {"lr": 1e-5, "betas": (0.8, 0.99)}), ("head.*", {"weight_decay": 0.0})]
+    clf = BertMultiLabelClassifier(**fast_params, optimizer__param_groups=groups).fit(X, Y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing saved as its default
+        clf.save(tmp_path / "m")
+    loaded = BertMultiLabelClassifier.load(tmp_path / "m")
+    assert loaded.get_params()["optimizer__param_groups"] == groups
+    np.testing.assert_array_equal(loaded.fit(X, Y).predict_proba(X), clf.predict_proba(X))
+
+
+@pytest.mark.parametrize("stored", [[["encoder.*"]], "encoder.*", [[1, {}]]])
+def test_an_edited_param_groups_value_is_a_model_file_error(saved, stored):
+    _edit_manifest(saved, lambda m: m["params"].update({"optimizer__param_groups": {"param_groups": stored}}))
+    with pytest.raises(ModelFileError, match="optimizer__param_groups' has an unreadable value"):
+        BertMultiLabelClassifier.load(saved)
+
+
 @pytest.mark.parametrize("freeze_encoder", [False, True])
 def test_saved_model_does_not_keep_the_cache_folder(fast_params, toy_data, tmp_path, freeze_encoder):
     X, Y = toy_data
