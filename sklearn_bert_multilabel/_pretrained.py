@@ -212,8 +212,8 @@ def load_encoder(model_name: str, *, progress: bool = False, **kwargs):
         # Options the model class does not take reach its __init__ through from_pretrained.
         names = ", ".join(f"encoder__{name}" for name in given)
         raise TypeError(
-            f"{exc}. It came from the options given as {names}, which go to "
-            f"AutoModel.from_pretrained({model_name!r}); check their names."
+            f"{exc}. The options given as {names} go to AutoModel.from_pretrained({model_name!r}) "
+            "and from there to the model's class: check their names."
         ) from exc
     missing = set(info.get("missing_keys", ())) | {key[0] for key in info.get("mismatched_keys", ())}
     # Older transformers name them as the checkpoint did: "bert.pooler..." from a BertForMaskedLM.

@@ -660,7 +660,7 @@ def test_encoder_saved_in_half_precision_trains_in_float32(tiny_model_dir, tmp_p
 def test_encoder_options_the_model_does_not_take_are_named(fast_params, toy_data):
     clf = BertMultiLabelClassifier(**fast_params, encoder__attn_implementation="eager", encoder__hiden_size=8)
     with pytest.raises(
-        TypeError, match=r"'hiden_size'.*encoder__attn_implementation, encoder__hiden_size, which"
+        TypeError, match=r"'hiden_size'.*encoder__attn_implementation, encoder__hiden_size go to"
     ):
         clf.fit(*toy_data)
     clf = BertMultiLabelClassifier(**fast_params, encoder__attn_implementation="eager").fit(*toy_data)
