@@ -768,7 +768,6 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         options = self._prefixed("optimizer")
         groups = options.pop("param_groups", [])
         takes = _keyword_names(self.optimizer, skip=("params",))
-        name = self.optimizer.__name__
         unknown = [f"optimizer__{key}" for key in options if takes is not None and key not in takes]
         if not (
             isinstance(groups, (list, tuple))
@@ -785,19 +784,11 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 f"such as [('encoder.*', {{'lr': 2e-5}})]; got {groups!r}."
             )
         elif takes is not None:
-            unknown += sorted(
-                {
-                    f"optimizer__param_groups option {key!r}"
-                    for _, g in groups
-                    for key in g
-                    if key not in takes
-                }
-            )
-        if unknown:
-            problems.append(
-                f"{first_few(unknown, str)}: {name} takes no such option; "
-                f"it takes {', '.join(sorted(takes))}."
-            )
+            group_keys = {key for _, group in groups for key in group}
+            unknown += [
+                f"optimizer__param_groups option {key!r}" for key in sorted(group_keys - takes, key=repr)
+            ]
+        _report_unknown_options(unknown, self.optimizer.__name__, takes, problems)
 
     def _check_iterator_params(self, problems: Problems) -> None:
         """``iterator_train__*`` and ``iterator_valid__*`` must be ``DataLoader`` options."""
@@ -808,11 +799,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             for key in self._prefixed(prefix)
             if key not in takes
         ]
-        if unknown:
-            problems.append(
-                f"{first_few(unknown, str)}: torch's DataLoader takes no such option; it takes "
-                f"{', '.join(sorted(takes))}."
-            )
+        _report_unknown_options(unknown, "torch's DataLoader", takes, problems)
 
     def _check_callback_params(self, problems: Problems) -> None:
         """``callbacks__<name>...`` must name a callback: skorch ignores the others silently."""
@@ -2075,6 +2062,16 @@ def _pair_name(item: object) -> str | None:
     if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
         return item[0]
     return None
+
+
+def _report_unknown_options(
+    unknown: list[str], owner: str, takes: set[str] | None, problems: Problems
+) -> None:
+    """One problem naming the ``unknown`` options and those that ``owner`` takes."""
+    if unknown:
+        problems.append(
+            f"{first_few(unknown, str)}: {owner} takes no such option; it takes {', '.join(sorted(takes))}."
+        )
 
 
 def _keyword_names(target: Any, skip: tuple[str, ...] = ()) -> set[str] | None:

@@ -202,6 +202,10 @@ def test_never_positive_label_warns(tiny_model_dir, monkeypatch):
             {"optimizer__param_groups": [("encoder.*", {"momentum": 0.9})]},
             r"optimizer__param_groups option 'momentum': AdamW takes no such option",
         ),
+        (
+            {"optimizer__param_groups": [("head.*", {1: 0.1, "eps": 1e-6}), ("encoder.*", {"mom": 0})]},
+            r"optimizer__param_groups option 'mom', optimizer__param_groups option 1: AdamW takes no such",
+        ),
         ({"optimizer__param_groups": {"encoder.*": {"lr": 1e-5}}}, r"list of \(pattern, options\) pairs"),
         ({"optimizer__param_groups": [("encoder.*", 1e-5)]}, r"list of \(pattern, options\) pairs"),
         (
