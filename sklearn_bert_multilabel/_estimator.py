@@ -121,6 +121,8 @@ PREDICT_ONLY_PARAMS = frozenset(
 #: Parameters that say how a fit is run, not what it computes: also out of the keys.
 RUN_ONLY_PARAMS = frozenset({"warm_start", "checkpoint_dir", "distributed"})
 EXTRA_PREFIXES = ("iterator_train", "iterator_valid", "optimizer", "callbacks", "encoder", "tokenizer")
+#: DataLoader options the estimator sets itself (see ``MultiLabelNet.get_iterator``).
+OWN_LOADER_OPTIONS = ("sampler", "batch_sampler", "collate_fn")
 #: The names of skorch's default callbacks and of those every fit adds, and of those that
 #: ``checkpoint_dir``, ``early_stopping`` and ``verbose`` add (see ``_build_net``).
 ALWAYS_CALLBACKS = ("epoch_timer", "train_loss", "valid_loss", "print_log", "valid_scores", "training_guard")
@@ -350,7 +352,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         in ``callbacks`` by its name or class name), ``encoder__`` (to
         ``AutoModel.from_pretrained``) or ``tokenizer__`` (to
         ``AutoTokenizer.from_pretrained``). Options the optimizer or torch's
-        ``DataLoader`` does not take are errors. ``optimizer__param_groups``
+        ``DataLoader`` does not take are errors, and so are the loader's
+        ``sampler``, ``batch_sampler`` and ``collate_fn``, which the
+        estimator sets. ``optimizer__param_groups``
         works as in skorch: with ``[("encoder.*", {"lr": 2e-5})]`` each
         parameter gets the options of the first pattern its name matches
         (``fnmatch``); ``layer_decay`` still scales such an ``lr``, and
@@ -792,14 +796,25 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
 
     def _check_iterator_params(self, problems: Problems) -> None:
         """``iterator_train__*`` and ``iterator_valid__*`` must be ``DataLoader`` options."""
-        takes = _keyword_names(torch.utils.data.DataLoader, skip=("dataset",))
-        unknown = [
-            f"{prefix}__{key}"
+        given = {
+            f"{prefix}__{key}": key
             for prefix in ("iterator_train", "iterator_valid")
             for key in self._prefixed(prefix)
-            if key not in takes
-        ]
-        _report_unknown_options(unknown, "torch's DataLoader", takes, problems)
+        }
+        takes = _keyword_names(torch.utils.data.DataLoader, skip=("dataset", *OWN_LOADER_OPTIONS))
+        if takes is not None:
+            unknown = [
+                name for name, key in given.items() if key not in takes and key not in OWN_LOADER_OPTIONS
+            ]
+            _report_unknown_options(unknown, "torch's DataLoader", takes, problems)
+        own = [name for name, key in given.items() if key in OWN_LOADER_OPTIONS]
+        if own:
+            problems.append(
+                f"{first_few(own, str)}: the estimator forms its batches itself (texts of similar "
+                "length together, each batch padded to its longest text), so the DataLoader's "
+                "sampler, batch_sampler and collate_fn cannot be set; for rare labels use "
+                "pos_weight='balanced'."
+            )
 
     def _check_callback_params(self, problems: Problems) -> None:
         """``callbacks__<name>...`` must name a callback: skorch ignores the others silently."""

@@ -213,6 +213,10 @@ def test_never_positive_label_warns(tiny_model_dir, monkeypatch):
             r"iterator_train__shuffel: torch's DataLoader takes no such option",
         ),
         ({"iterator_valid__workers": 2}, r"iterator_valid__workers: torch's DataLoader takes no such option"),
+        (
+            {"iterator_train__sampler": [0, 1], "iterator_valid__collate_fn": list},
+            r"iterator_train__sampler, iterator_valid__collate_fn: the estimator forms its batches itself",
+        ),
         ({"iterator_train_shuffle": True}, "unknown parameter 'iterator_train_shuffle'"),
         ({"encoder__dtype": "bfloat16"}, "encoder__dtype='bfloat16': the encoder's weights stay float32"),
         ({"encoder__torch_dtype": "auto"}, "encoder__torch_dtype='auto': .* use precision='bf16'"),
