@@ -121,6 +121,17 @@ PREDICT_ONLY_PARAMS = frozenset(
 #: Parameters that say how a fit is run, not what it computes: also out of the keys.
 RUN_ONLY_PARAMS = frozenset({"warm_start", "checkpoint_dir", "distributed"})
 EXTRA_PREFIXES = ("iterator_train", "iterator_valid", "optimizer", "callbacks", "encoder", "tokenizer")
+#: skorch ``NeuralNet`` parameters the estimator sets itself, and what to use instead.
+SKORCH_OWN = {
+    "module": "the module is built from model_name, pooling, hidden_layer_sizes, dropout and "
+    "freeze_encoder (encoder__* go to the encoder's from_pretrained).",
+    "criterion": "the loss is BCEWithLogitsLoss, one logit per label; weigh positives with pos_weight.",
+    "lr_scheduler": "the learning rate follows lr_schedule and warmup_ratio.",
+    "predict_nonlinearity": "predict_proba applies the sigmoid to the logits itself.",
+    "iterator_train": "batches are formed by the estimator; iterator_train__* options reach its DataLoader.",
+    "iterator_valid": "batches are formed by the estimator; iterator_valid__* options reach its DataLoader.",
+    "dataset": "texts are tokenized and batched by the estimator.",
+}
 #: DataLoader options the estimator sets itself (see ``MultiLabelNet.get_iterator``).
 OWN_LOADER_OPTIONS = ("sampler", "batch_sampler", "collate_fn")
 #: The names of skorch's default callbacks and of those every fit adds, and of those that
@@ -687,11 +698,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             problems.append(f"verbose must be an int >= 0, got {self.verbose!r}.")
         for key in self._extra_params():
             if "__" not in key or key.split("__", 1)[0] not in EXTRA_PREFIXES:
-                problems.append(
-                    f"unknown parameter {key!r}: check its spelling; extra parameters must start with one of "
-                    + ", ".join(p + "__" for p in EXTRA_PREFIXES)
-                    + "."
-                )
+                problems.append(f"unknown parameter {key!r}: {self._skorch_hint(key)}")
         self._check_callback_params(problems)
         for key in ("encoder__dtype", "encoder__torch_dtype"):
             value = self._extra_params().get(key, torch.float32)
@@ -766,6 +773,21 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         if is_int(self.verbose) and self.verbose > 0:
             names.add("progress_bar")
         return names
+
+    def _skorch_hint(self, key: str) -> str:
+        """What to do about an unknown extra parameter, with the estimator's own name for the
+        skorch ``NeuralNet`` parameters it sets itself."""
+        head, _, rest = key.partition("__")
+        own = self._get_param_names()
+        if head in ("module", "criterion") and rest in own:
+            return f"it is the estimator's own parameter {rest}; set {rest}=... instead."
+        if head in SKORCH_OWN:
+            return SKORCH_OWN[head]
+        return (
+            "check its spelling; extra parameters must start with one of "
+            + ", ".join(p + "__" for p in EXTRA_PREFIXES)
+            + "."
+        )
 
     def _check_optimizer_params(self, problems: Problems) -> None:
         """``optimizer__*`` must be options of ``optimizer``; torch drops unknown group options."""

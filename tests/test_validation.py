@@ -218,6 +218,13 @@ def test_never_positive_label_warns(tiny_model_dir, monkeypatch):
             r"iterator_train__sampler, iterator_valid__collate_fn: the estimator forms its batches itself",
         ),
         ({"iterator_train_shuffle": True}, "unknown parameter 'iterator_train_shuffle'"),
+        (
+            {"criterion__pos_weight": [2.0, 1.0]},
+            "'criterion__pos_weight': it is the .* set pos_weight=... instead",
+        ),
+        ({"module__dropout": 0.2}, "'module__dropout': it is the estimator's own parameter dropout"),
+        ({"criterion": None}, "'criterion': the loss is BCEWithLogitsLoss, one logit per label"),
+        ({"lr_scheduler": None}, "'lr_scheduler': the learning rate follows lr_schedule and warmup_ratio"),
         ({"encoder__dtype": "bfloat16"}, "encoder__dtype='bfloat16': the encoder's weights stay float32"),
         ({"encoder__torch_dtype": "auto"}, "encoder__torch_dtype='auto': .* use precision='bf16'"),
     ],
