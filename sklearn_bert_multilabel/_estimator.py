@@ -792,7 +792,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
     def _check_optimizer_params(self, problems: Problems) -> None:
         """``optimizer__*`` must be options of ``optimizer``; torch drops unknown group options."""
         options = self._prefixed("optimizer")
-        groups = options.pop("param_groups", [])
+        groups = options.pop("param_groups", None) or []  # None: no groups, as in a grid
         takes = _keyword_names(self.optimizer, skip=("params",))
         unknown = [f"optimizer__{key}" for key in options if takes is not None and key not in takes]
         if not (
@@ -1388,7 +1388,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
 
         Returns ((validation logits, labels) or None, whether every epoch ran).
         """
-        check_param_group_patterns(module, self._prefixed("optimizer").get("param_groups", ()))
+        check_param_group_patterns(module, self._prefixed("optimizer").get("param_groups") or ())
         has_valid = val_texts is not None and len(val_texts) > 0
         if self._uses_feature_cache():
             # The encoder is fixed: pool every text once, then train only the head.

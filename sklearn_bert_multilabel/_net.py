@@ -609,7 +609,7 @@ class MultiLabelNet(NeuralNet):
         kwargs = self.get_params_for("optimizer")
         lr = kwargs.pop("lr", self.lr)
         weight_decay = kwargs.pop("weight_decay", self.weight_decay)
-        overrides = kwargs.pop("param_groups", ())
+        overrides = kwargs.pop("param_groups", None) or ()
         groups = param_groups(self.module_, lr, weight_decay, self.layer_decay, overrides)
         # The fused implementation (one kernel per step instead of a loop over
         # tensors) trains MiniLM about 25% faster on CPU; use it unless the

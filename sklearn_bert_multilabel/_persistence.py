@@ -137,6 +137,8 @@ def _encode_by_label(named: dict[str, Any]) -> tuple[bool, Any]:
 def _encode_param_groups(groups: Any) -> tuple[bool, Any]:
     """(ok, JSON value) for ``optimizer__param_groups``: (pattern, options) pairs whose options
     JSON can hold (numbers, booleans, strings and lists of them, such as ``betas``)."""
+    if groups is None:
+        return True, None
     pairs = []
     for item in groups if isinstance(groups, (list, tuple)) else [None]:
         if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):

@@ -163,6 +163,17 @@ def test_param_groups_train_the_encoder_at_its_own_rate(fast_params, toy_data):
     assert not torch.allclose(start["head.1.weight"], trained["head.1.weight"], atol=1e-4)
 
 
+def test_param_groups_none_means_none_as_in_a_grid(fast_params, toy_data, tmp_path):
+    X, Y = toy_data
+    plain = BertMultiLabelClassifier(**fast_params).fit(X, Y)
+    none = BertMultiLabelClassifier(**fast_params, optimizer__param_groups=None).fit(X, Y)
+    np.testing.assert_array_equal(none.predict_proba(X), plain.predict_proba(X))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # None is saved as itself, not dropped with a warning
+        none.save(tmp_path / "m")
+    assert BertMultiLabelClassifier.load(tmp_path / "m").get_params()["optimizer__param_groups"] is None
+
+
 def test_param_groups_pattern_matching_nothing_is_refused(fast_params, toy_data):
     clf = BertMultiLabelClassifier(**fast_params, optimizer__param_groups=[("encodr.*", {"lr": 0.0})])
     with pytest.raises(
