@@ -249,7 +249,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
     weight_decay : float, default=0.01
         AdamW weight decay, not applied to biases and LayerNorm weights.
     lr_schedule : {"linear", "cosine", "constant"}, default="linear"
-        Learning-rate decay after warmup, stepped every batch.
+        Learning-rate decay after warmup, stepped every batch. A skorch
+        ``LRScheduler`` in ``callbacks`` replaces it (and ``warmup_ratio``).
     warmup_ratio : float, default=0.1
         Fraction of the training steps with a linear warmup.
     layer_decay : float or None, default=None

@@ -16,7 +16,7 @@ import torch
 from scipy.special import expit
 from sklearn.metrics import f1_score
 from skorch import NeuralNet
-from skorch.callbacks import Callback, EarlyStopping
+from skorch.callbacks import Callback, EarlyStopping, LRScheduler
 from skorch.utils import TeeGenerator
 from torch.utils.data import DataLoader
 
@@ -629,6 +629,10 @@ class MultiLabelNet(NeuralNet):
         return self
 
     def _make_scheduler(self, n_batches: int) -> None:
+        if any(isinstance(cb, LRScheduler) for _, cb in self.callbacks_):
+            # A user's skorch LRScheduler sets the learning rate; a LambdaLR stepped after
+            # every batch would overwrite what it sets, so lr_schedule and warmup_ratio give way.
+            return
         steps_per_epoch = math.ceil(n_batches / self.accumulate_batches)
         total = max(1, steps_per_epoch * self.max_epochs)
         factor = lr_factor(self.lr_schedule, int(total * self.warmup_ratio), total)

@@ -44,6 +44,17 @@ def test_lr_schedule_warms_up_and_decays(fast_params, toy_data):
     assert np.allclose(constant.lrs, 1e-3)
 
 
+def test_a_users_lr_scheduler_sets_the_learning_rate(fast_params, toy_data):
+    """A skorch LRScheduler in callbacks replaces lr_schedule, which would overwrite it every batch."""
+    from skorch.callbacks import LRScheduler
+
+    record = CountSteps()
+    halving = LRScheduler(policy="StepLR", step_size=1, gamma=0.5)
+    params = dict(fast_params, max_epochs=3, lr=1e-3, callbacks=[halving, record])
+    BertMultiLabelClassifier(**params).fit(*toy_data)  # lr_schedule="linear", warmup_ratio=0.1
+    np.testing.assert_allclose(record.lrs, np.repeat([1e-3, 5e-4, 2.5e-4], 6))  # 6 batches an epoch
+
+
 def test_cosine_schedule_ends_near_zero(fast_params, toy_data):
     record = CountSteps()
     params = dict(fast_params, max_epochs=3, lr_schedule="cosine", warmup_ratio=0.0, callbacks=[record])
