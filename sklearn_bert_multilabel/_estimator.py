@@ -103,6 +103,7 @@ from ._validation import (
     first_few,
     is_int,
     is_number,
+    is_param_group_pairs,
     warn_misaligned_rows,
     warn_single_label,
     warn_unused_labels,
@@ -796,16 +797,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         groups = options.pop("param_groups", None) or []  # None: no groups, as in a grid
         takes = _keyword_names(self.optimizer, skip=("params",))
         unknown = [f"optimizer__{key}" for key in options if takes is not None and key not in takes]
-        if not (
-            isinstance(groups, (list, tuple))
-            and all(
-                isinstance(g, (tuple, list))
-                and len(g) == 2
-                and isinstance(g[0], str)
-                and isinstance(g[1], dict)
-                for g in groups
-            )
-        ):
+        if not is_param_group_pairs(groups):
             problems.append(
                 "optimizer__param_groups must be a list of (pattern, options) pairs, as in skorch, "
                 f"such as [('encoder.*', {{'lr': 2e-5}})]; got {groups!r}."

@@ -34,7 +34,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validation import Problems, by_label, caller_stacklevel, check_device, device_here, is_number
+from ._validation import (
+    Problems,
+    by_label,
+    caller_stacklevel,
+    check_device,
+    device_here,
+    is_number,
+    is_param_group_pairs,
+)
 from ._version import __version__
 
 logger = logging.getLogger(__name__)
@@ -93,7 +101,7 @@ def _decode_value(name: str, value: Any) -> Any:
     if isinstance(value, dict):
         if set(value) == {"by_label"} and isinstance(value["by_label"], dict):
             return dict(value["by_label"])
-        if set(value) == {"param_groups"} and _param_group_pairs(value["param_groups"]):
+        if set(value) == {"param_groups"} and is_param_group_pairs(value["param_groups"]):
             # Lists back to tuples, as options such as betas are given.
             return [
                 (pattern, {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
@@ -118,14 +126,6 @@ def _decode_value(name: str, value: Any) -> Any:
     return value
 
 
-def _param_group_pairs(value: Any) -> bool:
-    """Whether a stored ``optimizer__param_groups`` is a list of [pattern, options] pairs."""
-    return isinstance(value, list) and all(
-        isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], dict)
-        for item in value
-    )
-
-
 def _encode_by_label(named: dict[str, Any]) -> tuple[bool, Any]:
     """(ok, JSON value) for a per-label parameter given by label name."""
     items = {key: _encode_value(item) for key, item in named.items()}
@@ -139,11 +139,11 @@ def _encode_param_groups(groups: Any) -> tuple[bool, Any]:
     JSON can hold (numbers, booleans, strings and lists of them, such as ``betas``)."""
     if groups is None:
         return True, None
+    if not is_param_group_pairs(groups):
+        return False, None
     pairs = []
-    for item in groups if isinstance(groups, (list, tuple)) else [None]:
-        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
-            return False, None
-        if not (isinstance(item[1], dict) and all(isinstance(key, str) for key in item[1])):
+    for item in groups:
+        if not all(isinstance(key, str) for key in item[1]):
             return False, None
         options = {key: _encode_value(value) for key, value in item[1].items()}
         if not all(ok and not isinstance(value, dict) for ok, value in options.values()):

@@ -421,6 +421,18 @@ def check_seed(value: object, problems: Problems, *, name: str = "random_state")
         )
 
 
+def is_param_group_pairs(value: object) -> bool:
+    """Whether ``value`` is skorch's ``optimizer__param_groups``: a list of (pattern, options)
+    pairs, each a pattern string and a dict (tuples or lists, as JSON gives them back)."""
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(item, (tuple, list))
+        and len(item) == 2
+        and isinstance(item[0], str)
+        and isinstance(item[1], dict)
+        for item in value
+    )
+
+
 def is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
