@@ -107,8 +107,13 @@ def test_length_mismatch(clf):
             r"\(Y == 'yes'\)\.astype\(int\)",
         ),
         (np.zeros((4, 0)), "no label columns"),
+        (np.array([[1, 0], [0, 1j], [1, 0], [0, 1]]), "Y must hold numbers 0/1 or booleans, not complex"),
+        (np.array([[1, 0], [0, 1 + 0j], [1, 0], [0, 1]], dtype=object), "not complex numbers"),
     ],
-    ids=["1d", "3d", "non-binary", "minus-one", "nan", "ragged", "strings", "yes-no", "no-columns"],
+    ids=[
+        *("1d", "3d", "non-binary", "minus-one", "nan", "ragged", "strings", "yes-no", "no-columns"),
+        *("complex", "complex-objects"),
+    ],
 )
 def test_bad_labels(clf, Y, match):
     with pytest.raises(ValueError, match=match):
