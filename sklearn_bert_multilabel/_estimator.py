@@ -132,6 +132,11 @@ SKORCH_OWN = {
     "iterator_train": "batches are formed by the estimator; iterator_train__* options reach its DataLoader.",
     "iterator_valid": "batches are formed by the estimator; iterator_valid__* options reach its DataLoader.",
     "dataset": "texts are tokenized and batched by the estimator.",
+    "compile": "the estimator does not torch.compile the model: it runs the encoder and the head "
+    "as separate parts, which a compiled wrapper hides.",
+    "use_caching": "scoring callbacks take it themselves: EpochScoring(..., use_caching=False).",
+    "torch_load_kwargs": "the estimator reads its own files; BertMultiLabelClassifier.load(path, "
+    "device=...) chooses the device.",
 }
 #: DataLoader options the estimator sets itself (see ``MultiLabelNet.get_iterator``).
 OWN_LOADER_OPTIONS = ("sampler", "batch_sampler", "collate_fn")
