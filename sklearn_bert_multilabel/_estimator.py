@@ -835,6 +835,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 "sampler, batch_sampler and collate_fn cannot be set; for rare labels use "
                 "pos_weight='balanced'."
             )
+        for prefix in ("iterator_train", "iterator_valid"):
+            _check_loader_values(prefix, self._prefixed(prefix), takes, problems)
 
     def _check_callback_params(self, problems: Problems) -> None:
         """``callbacks__<name>...`` must name a callback: skorch ignores the others silently."""
@@ -2107,6 +2109,45 @@ def _report_unknown_options(
         problems.append(
             f"{first_few(unknown, str)}: {owner} takes no such option; it takes {', '.join(sorted(takes))}."
         )
+
+
+def _check_loader_values(
+    prefix: str, options: dict[str, Any], takes: set[str] | None, problems: Problems
+) -> None:
+    """The values of one prefix's ``DataLoader`` options, checked before the encoder loads.
+
+    ``batch_size``, ``shuffle`` and ``drop_last`` go to the estimator's own
+    batching; the others reach a ``DataLoader``, which checks most of them
+    only once the encoder is loaded, without naming the prefix, so one is
+    built here on a dummy dataset (no worker starts before iteration).
+    """
+    if "batch_size" in options:
+        size = options["batch_size"]
+        if not (is_int(size) and (size >= 1 or size == -1)):
+            problems.append(
+                f"{prefix}__batch_size must be an int >= 1 (or -1 for one batch of all rows), got {size!r}."
+            )
+    for flag in ("shuffle", "drop_last"):
+        if flag in options and not isinstance(options[flag], (bool, np.bool_)):
+            problems.append(f"{prefix}__{flag} must be True or False, got {options[flag]!r}.")
+    if "worker_init_fn" in options and not (
+        options["worker_init_fn"] is None or callable(options["worker_init_fn"])
+    ):
+        problems.append(
+            f"{prefix}__worker_init_fn must be a function or None, got {options['worker_init_fn']!r}."
+        )
+    rest = {
+        key: value
+        for key, value in options.items()
+        if key not in ("batch_size", "shuffle", "drop_last", "worker_init_fn", *OWN_LOADER_OPTIONS)
+        and (takes is None or key in takes)
+    }
+    if rest:
+        try:
+            torch.utils.data.DataLoader(range(1), batch_sampler=[[0]], **rest)
+        except (TypeError, ValueError) as exc:
+            names = ", ".join(f"{prefix}__{key}" for key in sorted(rest))
+            problems.append(f"{names}: torch's DataLoader refuses these values: {exc}")
 
 
 def _keyword_names(target: Any, skip: tuple[str, ...] = ()) -> set[str] | None:

@@ -397,3 +397,18 @@ def test_frozen_feature_batches_say_which_iterator_options_they_ignore(fast_para
         BertMultiLabelClassifier(**params, iterator_train__num_workers=2).fit(X, Y)
     clf = BertMultiLabelClassifier(**params, iterator_train__drop_last=True).fit(X[:40], Y[:40])
     assert len(clf.history_[-1, "batches"]) == 2  # 40 texts, batches of 16, the last 8 dropped
+
+
+def test_dataloader_options_with_valid_values_train(fast_params, toy_data):
+    X, Y = toy_data
+    params = {**fast_params, "max_epochs": 1, "train_split": 0.25}
+    clf = BertMultiLabelClassifier(
+        **params,
+        iterator_train__batch_size=-1,  # skorch's "all rows in one batch"
+        iterator_train__shuffle=False,
+        iterator_train__timeout=0,
+        iterator_valid__num_workers=0,
+        iterator_valid__prefetch_factor=None,
+    ).fit(X, Y)
+    assert clf.history_[-1, "train_batch_count"] == 1
+    assert np.isfinite(clf.history_[-1, "valid_loss"])

@@ -223,6 +223,16 @@ def test_never_positive_label_warns(tiny_model_dir, monkeypatch):
             r"iterator_train__sampler, iterator_valid__collate_fn: the estimator forms its batches itself",
         ),
         ({"iterator_train_shuffle": True}, "unknown parameter 'iterator_train_shuffle'"),
+        ({"iterator_train__batch_size": 0}, r"iterator_train__batch_size must be an int >= 1 \(or -1"),
+        ({"iterator_valid__batch_size": "8"}, "iterator_valid__batch_size must be an int >= 1"),
+        ({"iterator_train__shuffle": "yes"}, "iterator_train__shuffle must be True or False, got 'yes'"),
+        ({"iterator_train__worker_init_fn": 3}, "iterator_train__worker_init_fn must be a function or None"),
+        (
+            {"iterator_train__persistent_workers": True},
+            "iterator_train__persistent_workers: torch's DataLoader refuses these values: "
+            "persistent_workers option needs num_workers > 0",
+        ),
+        ({"iterator_valid__num_workers": -1}, "iterator_valid__num_workers: torch's DataLoader refuses"),
         (
             {"criterion__pos_weight": [2.0, 1.0]},
             "'criterion__pos_weight': it is the .* set pos_weight=... instead",
