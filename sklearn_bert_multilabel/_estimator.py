@@ -813,6 +813,28 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 f"optimizer__param_groups option {key!r}" for key in sorted(group_keys - takes, key=repr)
             ]
         _report_unknown_options(unknown, self.optimizer.__name__, takes, problems)
+        if not unknown and is_param_group_pairs(groups):
+            self._check_optimizer_values(options, groups, problems)
+
+    def _check_optimizer_values(self, options: dict, groups: list, problems: Problems) -> None:
+        """Values the optimizer refuses, found by building it on a dummy parameter.
+
+        The real optimizer is built once the encoder is loaded; its constructor
+        checks only its own arguments, not the options of each group, so each
+        group's options are tried as constructor arguments here too.
+        """
+        trials = [(", ".join(f"optimizer__{key}" for key in sorted(options)), options)] + [
+            (f"optimizer__param_groups, the options of {pattern!r}", {**options, **group})
+            for pattern, group in groups
+        ]
+        for names, values in trials:
+            if not values:
+                continue
+            try:
+                self.optimizer([torch.nn.Parameter(torch.zeros(1))], **{"lr": self.lr, **values})
+            except (TypeError, ValueError, IndexError, RuntimeError) as exc:
+                problems.append(f"{names}: {self.optimizer.__name__} refuses these values: {exc}")
+                return
 
     def _check_iterator_params(self, problems: Problems) -> None:
         """``iterator_train__*`` and ``iterator_valid__*`` must be ``DataLoader`` options."""

@@ -223,6 +223,12 @@ def test_never_positive_label_warns(tiny_model_dir, monkeypatch):
             r"iterator_train__sampler, iterator_valid__collate_fn: the estimator forms its batches itself",
         ),
         ({"iterator_train_shuffle": True}, "unknown parameter 'iterator_train_shuffle'"),
+        ({"optimizer__eps": -1.0}, "optimizer__eps: AdamW refuses these values: Invalid epsilon value"),
+        ({"optimizer__weight_decay": -0.1}, "optimizer__weight_decay: AdamW refuses these values"),
+        (
+            {"optimizer__param_groups": [("head.*", {"lr": -1.0})]},
+            "optimizer__param_groups, the options of 'head.*': AdamW refuses these values: Invalid learning",
+        ),
         ({"iterator_train__batch_size": 0}, r"iterator_train__batch_size must be an int >= 1 \(or -1"),
         ({"iterator_valid__batch_size": "8"}, "iterator_valid__batch_size must be an int >= 1"),
         ({"iterator_train__shuffle": "yes"}, "iterator_train__shuffle must be True or False, got 'yes'"),
