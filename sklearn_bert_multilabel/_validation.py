@@ -210,7 +210,8 @@ def check_label_matrix(
     if arr.shape[1] == 0:
         problems.append(f"{name} has no label columns: give at least one.")
         return None, names
-    if arr.dtype.kind == "c" or (arr.dtype == object and any(isinstance(v, complex) for v in arr.flat)):
+    complex_types = (complex, np.complexfloating)  # numpy's complex64 is no Python complex
+    if arr.dtype.kind == "c" or (arr.dtype == object and any(isinstance(v, complex_types) for v in arr.flat)):
         # astype(float) would drop the imaginary parts, with numpy's warning at best
         problems.append(f"{name} must hold numbers 0/1 or booleans, not complex numbers.")
         return None, names

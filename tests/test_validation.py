@@ -108,7 +108,7 @@ def test_length_mismatch(clf):
         ),
         (np.zeros((4, 0)), "no label columns"),
         (np.array([[1, 0], [0, 1j], [1, 0], [0, 1]]), "Y must hold numbers 0/1 or booleans, not complex"),
-        (np.array([[1, 0], [0, 1 + 0j], [1, 0], [0, 1]], dtype=object), "not complex numbers"),
+        (np.array([[1, 0], [0, np.complex64(1)], [1, 0], [0, 1]], dtype=object), "not complex numbers"),
     ],
     ids=[
         *("1d", "3d", "non-binary", "minus-one", "nan", "ragged", "strings", "yes-no", "no-columns"),
