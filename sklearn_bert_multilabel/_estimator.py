@@ -386,7 +386,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
     classes_ : ndarray of shape (n_labels,)
         ``np.arange(n_labels)``, as in ``OneVsRestClassifier``.
     label_names_ : list of str
-        Column names of a DataFrame ``Y``, else ``"0"``, ``"1"``...
+        Column names of a DataFrame ``Y`` (other than pandas' default 0, 1,
+        2...), else ``"0"``, ``"1"``...
     n_labels_ : int
         Number of labels.
     thresholds_ : ndarray of shape (n_labels,)
@@ -998,7 +999,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             The texts.
         y : array-like or sparse matrix of shape (n_samples, n_labels)
             Binary label matrix (0/1 or bool). A DataFrame's column names
-            become ``label_names_``.
+            become ``label_names_`` (pandas' default 0, 1, 2... name nothing).
         validation_data : tuple (X_val, y_val), optional
             Validation texts and labels, used instead of ``train_split``.
 

@@ -9,7 +9,14 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from ._validation import Problems, caller_stacklevel, cells, check_label_matrix, check_label_names
+from ._validation import (
+    Problems,
+    caller_stacklevel,
+    cells,
+    check_label_matrix,
+    check_label_names,
+    unnamed_columns,
+)
 
 #: Threshold metrics by name, each an F-beta score with this beta.
 THRESHOLD_METRICS = {"f1": 1.0, "f0.5": 0.5, "f2": 2.0}
@@ -136,7 +143,7 @@ def _check_scores_and_labels(proba: object, Y: object) -> tuple[np.ndarray, np.n
     ``Y``'s column names (None unless it is a DataFrame)."""
     problems = Problems()
     Y_arr, names = check_label_matrix(Y, problems)
-    if hasattr(proba, "columns"):  # a DataFrame: its columns must be Y's, in Y's order
+    if hasattr(proba, "columns") and not unnamed_columns(proba.columns):  # Y's columns, in Y's order
         check_label_names(
             [str(c) for c in proba.columns],
             names,

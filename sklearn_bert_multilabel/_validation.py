@@ -165,16 +165,22 @@ def _reads_as_float(value: object) -> bool:
     return True
 
 
+def unnamed_columns(columns: object) -> bool:
+    """Whether DataFrame ``columns`` are pandas' default 0, 1, 2... (``pd.DataFrame(array)``): no names."""
+    return type(columns).__name__ == "RangeIndex" and columns.start == 0 and columns.step == 1
+
+
 def check_label_matrix(
     Y: object, problems: Problems, name: str = "Y"
 ) -> tuple[np.ndarray | None, list[str] | None]:
     """Return ``(Y as a 2-D float32 0/1 array, column names or None)``.
 
     Accepts an ndarray, a list of lists, a pandas DataFrame (its column names
-    are returned) or a scipy sparse matrix, of bool, int or float 0/1 values.
+    are returned, unless they are pandas' default 0, 1, 2...) or a scipy
+    sparse matrix, of bool, int or float 0/1 values.
     """
     names = None
-    if hasattr(Y, "columns") and hasattr(Y, "to_numpy"):
+    if hasattr(Y, "columns") and hasattr(Y, "to_numpy") and not unnamed_columns(Y.columns):
         names = [str(c) for c in Y.columns]
         repeated = sorted(n for n, count in Counter(names).items() if count > 1)
         if repeated:

@@ -759,6 +759,9 @@ def test_label_columns_after_fit_must_match_label_names(tiny_model_dir):
     with pytest.raises(ValueError, match=r"Y has other labels than the model .* column 0 is 'a'"):
         clf.score(X, frame.set_axis(["a", "b", "c"], axis=1))
     assert 0 <= clf.score(X, frame) <= 1 and 0 <= clf.score(X, Y) <= 1  # same order, or no names
+    assert clf.score(X, pd.DataFrame(Y)) == clf.score(X, Y)  # pandas' default columns 0, 1, 2 name nothing
+    with pytest.raises(ValueError, match=r"Y has other labels than the model .* column 0 is '1'"):
+        clf.score(X, pd.DataFrame(Y, columns=[1, 2, 3]))  # integer names, but not pandas' default
     unnamed = clone(clf).fit(X, Y)  # names 0, 1, 2: nothing to check a DataFrame against
     assert 0 <= unnamed.score(X, reordered) <= 1
 

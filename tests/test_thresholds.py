@@ -174,6 +174,7 @@ def test_tune_thresholds_takes_array_likes_and_checks_shapes():
     np.testing.assert_allclose(tune_thresholds(frame, Y), [0.5, 0.25])
     with pytest.raises(InvalidInputError, match=r"proba has the same labels in another order than Y"):
         tune_thresholds(frame, Y[["b", "a"]])  # matched by position, it would swap the thresholds
+    np.testing.assert_allclose(tune_thresholds(pd.DataFrame(proba), Y), [0.5, 0.25])  # columns 0, 1: no names
 
 
 @pytest.mark.parametrize(
