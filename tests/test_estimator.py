@@ -610,6 +610,24 @@ def test_model_name_that_is_a_file(tiny_model_dir):
         clf.fit(["a good game", "stocks fell"], [[1, 0], [0, 1]])
 
 
+@pytest.mark.parametrize("damage", ["cut short", "empty", "not a checkpoint"])
+def test_damaged_weights_file_is_named_with_the_fix(tiny_model_dir, tmp_path, damage):
+    """safetensors' and torch.load's own errors name neither the model nor what to do."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    weights = folder / "model.safetensors"
+    if damage == "cut short":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "empty":
+        weights.write_bytes(b"")
+    else:  # a .bin file that torch.load cannot read
+        weights.unlink()
+        (folder / "pytorch_model.bin").write_bytes(b"not a checkpoint")
+    clf = BertMultiLabelClassifier(model_name=str(folder), max_epochs=1, train_split=None)
+    with pytest.raises(ValueError, match=r"(?s)Could not (read the weights of|load) model_name=.*model'"):
+        clf.fit(["a good game", "stocks fell"], [[1, 0], [0, 1]])
+
+
 def test_single_label_column_warns_about_sklearn_scorers(tiny_model_dir):
     """scikit-learn's 'roc_auc' scorer flips the scores of a one-entry classes_; the warning says so."""
     from sklearn.metrics import get_scorer, roc_auc_score
