@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import pickle
@@ -96,6 +97,14 @@ def _damaged_weights_error(model_name: str, detail: str) -> ValueError:
     )
 
 
+def _damaged_tokenizer_error(model_name: str, exc: Exception) -> ValueError:
+    return ValueError(
+        f"Could not read the tokenizer of model_name={model_name!r}: one of its files "
+        f"(tokenizer.json, tokenizer_config.json...) is damaged ({exc}). Write them again with "
+        "tokenizer.save_pretrained(folder), or copy or download them again."
+    )
+
+
 #: Plain words and digits, for the check below.
 _PROBE_TEXT = "the cat sat on a mat 42 times"
 
@@ -131,8 +140,14 @@ def load_tokenizer(model_name: str, **kwargs):
     path = resolve_model_path(os.path.expanduser(model_name))
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    except json.JSONDecodeError as exc:  # a ValueError, but no hub or folder problem
+        raise _damaged_tokenizer_error(model_name, exc) from exc
     except (OSError, ValueError) as exc:
         raise _load_error(model_name, exc) from exc
+    except Exception as exc:
+        if type(exc) is not Exception:  # the tokenizers library's parse errors are plain Exceptions
+            raise
+        raise _damaged_tokenizer_error(model_name, exc) from exc
     _check_vocabulary(model_name, tokenizer)
     return tokenizer
 

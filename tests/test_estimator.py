@@ -628,6 +628,17 @@ def test_damaged_weights_file_is_named_with_the_fix(tiny_model_dir, tmp_path, da
         clf.fit(["a good game", "stocks fell"], [[1, 0], [0, 1]])
 
 
+def test_damaged_tokenizer_file_is_named_with_the_fix(tiny_model_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "tokenizer.json").write_text('{"version": "1.0", "trunc', encoding="utf-8")
+    clf = BertMultiLabelClassifier(model_name=str(folder), max_epochs=1, train_split=None)
+    with pytest.raises(
+        ValueError, match=r"Could not read the tokenizer of model_name=.*tokenizer.save_pretrained"
+    ):
+        clf.fit(["a good game", "stocks fell"], [[1, 0], [0, 1]])
+
+
 def test_single_label_column_warns_about_sklearn_scorers(tiny_model_dir):
     """scikit-learn's 'roc_auc' scorer flips the scores of a one-entry classes_; the warning says so."""
     from sklearn.metrics import get_scorer, roc_auc_score
