@@ -822,7 +822,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
 
         The real optimizer is built once the encoder is loaded; its constructor
         checks only its own arguments, not the options of each group, so each
-        group's options are tried as constructor arguments here too.
+        group's options are tried as constructor arguments here too. The trial
+        rate is a valid one unless the options give their own: ``lr`` has its
+        own check, whose problem must not be charged to these options.
         """
         trials = [(", ".join(f"optimizer__{key}" for key in sorted(options)), options)] + [
             (f"optimizer__param_groups, the options of {pattern!r}", {**options, **group})
@@ -832,7 +834,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             if not values:
                 continue
             try:
-                self.optimizer([torch.nn.Parameter(torch.zeros(1))], **{"lr": self.lr, **values})
+                self.optimizer([torch.nn.Parameter(torch.zeros(1))], **{"lr": 1e-3, **values})
             except (TypeError, ValueError, IndexError, RuntimeError) as exc:
                 problems.append(f"{names}: {self.optimizer.__name__} refuses these values: {exc}")
                 return

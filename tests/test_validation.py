@@ -224,6 +224,7 @@ def test_never_positive_label_warns(tiny_model_dir, monkeypatch):
         ),
         ({"iterator_train_shuffle": True}, "unknown parameter 'iterator_train_shuffle'"),
         ({"optimizer__eps": -1.0}, "optimizer__eps: AdamW refuses these values: Invalid epsilon value"),
+        ({"optimizer__eps": 1e-8, "lr": -1.0}, r"^lr must be a number > 0, got -1\.0\.$"),  # one problem
         ({"optimizer__weight_decay": -0.1}, "optimizer__weight_decay: AdamW refuses these values"),
         (
             {"optimizer__param_groups": [("head.*", {"lr": -1.0})]},
