@@ -624,7 +624,12 @@ def test_damaged_weights_file_is_named_with_the_fix(tiny_model_dir, tmp_path, da
         weights.unlink()
         (folder / "pytorch_model.bin").write_bytes(b"not a checkpoint")
     clf = BertMultiLabelClassifier(model_name=str(folder), max_epochs=1, train_split=None)
-    with pytest.raises(ValueError, match=r"(?s)Could not (read the weights of|load) model_name=.*model'"):
+    why = r"Could not read the weights of model_name=.*model'.*damaged"
+    if damage == "not a checkpoint" and not TRANSFORMERS_5:
+        why = (
+            r"Could not load model_name=.*Unable to load weights from .*pytorch_model.bin"  # its own OSError
+        )
+    with pytest.raises(ValueError, match=why):
         clf.fit(["a good game", "stocks fell"], [[1, 0], [0, 1]])
 
 
