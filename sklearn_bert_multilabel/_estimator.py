@@ -803,7 +803,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         groups = options.pop("param_groups", None) or []  # None: no groups, as in a grid
         takes = _keyword_names(self.optimizer, skip=("params",))
         unknown = [f"optimizer__{key}" for key in options if takes is not None and key not in takes]
-        if not is_param_group_pairs(groups):
+        pairs = is_param_group_pairs(groups)
+        if not pairs:
             problems.append(
                 "optimizer__param_groups must be a list of (pattern, options) pairs, as in skorch, "
                 f"such as [('encoder.*', {{'lr': 2e-5}})]; got {groups!r}."
@@ -814,7 +815,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 f"optimizer__param_groups option {key!r}" for key in sorted(group_keys - takes, key=repr)
             ]
         _report_unknown_options(unknown, self.optimizer.__name__, takes, problems)
-        if not unknown and is_param_group_pairs(groups):
+        if pairs and not unknown:
             self._check_optimizer_values(options, groups, problems)
 
     def _check_optimizer_values(self, options: dict, groups: list, problems: Problems) -> None:
@@ -841,11 +842,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
 
     def _check_iterator_params(self, problems: Problems) -> None:
         """``iterator_train__*`` and ``iterator_valid__*`` must be ``DataLoader`` options."""
-        given = {
-            f"{prefix}__{key}": key
-            for prefix in ("iterator_train", "iterator_valid")
-            for key in self._prefixed(prefix)
-        }
+        by_prefix = {prefix: self._prefixed(prefix) for prefix in ("iterator_train", "iterator_valid")}
+        given = {f"{prefix}__{key}": key for prefix, options in by_prefix.items() for key in options}
         takes = _keyword_names(torch.utils.data.DataLoader, skip=("dataset", *OWN_LOADER_OPTIONS))
         if takes is not None:
             unknown = [
@@ -860,8 +858,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 "sampler, batch_sampler and collate_fn cannot be set; for rare labels use "
                 "pos_weight='balanced'."
             )
-        for prefix in ("iterator_train", "iterator_valid"):
-            _check_loader_values(prefix, self._prefixed(prefix), takes, problems)
+        for prefix, options in by_prefix.items():
+            _check_loader_values(prefix, options, takes, problems)
 
     def _check_callback_params(self, problems: Problems) -> None:
         """``callbacks__<name>...`` must name a callback: skorch ignores the others silently."""
