@@ -86,7 +86,7 @@ from ._text import (
     tokenize,
     window_text_ids,
 )
-from ._thresholds import parse_metric, tune_thresholds
+from ._thresholds import DEFAULT_THRESHOLD, parse_metric, tune_thresholds
 from ._validation import (
     InvalidInputError,
     Problems,
@@ -106,6 +106,7 @@ from ._validation import (
     is_param_group_pairs,
     warn_misaligned_rows,
     warn_single_label,
+    warn_untuned_labels,
     warn_unused_labels,
 )
 from ._version import __version__
@@ -1927,6 +1928,12 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         -------
         self : BertMultiLabelClassifier
             With ``tuned_thresholds_`` set.
+
+        Warns
+        -----
+        UnusedLabelWarning
+            A label column of ``y`` has no positive example: its threshold
+            is not tuned and stays 0.5.
         """
         texts, Y = self._check_eval_labels(X, y)
         metric = self.threshold_metric if metric is None else metric
@@ -1937,6 +1944,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         self.tuned_thresholds_ = tune_thresholds(
             self.predict_proba(texts), Y, metric, label_names=self.label_names_
         )
+        warn_untuned_labels(Y, self.label_names_, DEFAULT_THRESHOLD)
         self.threshold = "auto"
         return self
 

@@ -37,7 +37,11 @@ class InvalidInputError(ValueError, TypeError):
 
 
 class UnusedLabelWarning(UserWarning):
-    """A label column has no positive example, so nothing can be learned for it."""
+    """A label column has no positive example, so nothing can be learned for it.
+
+    Issued by ``fit`` for the training labels, and by ``fit_thresholds`` for
+    the tuning labels, whose thresholds then stay at 0.5.
+    """
 
 
 class SingleLabelWarning(UserWarning):
@@ -353,6 +357,20 @@ def warn_unused_labels(Y: np.ndarray, label_names: Sequence[str]) -> None:
         warnings.warn(
             f"{len(never)} label column(s) are never positive in the training data "
             f"({shown}); the model can only learn to predict 0 for them.",
+            UnusedLabelWarning,
+            stacklevel=caller_stacklevel(),
+        )
+
+
+def warn_untuned_labels(Y: np.ndarray, label_names: Sequence[str], default: float) -> None:
+    """Warn about label columns that threshold tuning cannot tune: no positive example."""
+    never = np.flatnonzero(Y.sum(axis=0) == 0)
+    if len(never):
+        shown = ", ".join(str(label_names[j]) for j in never[:10])
+        warnings.warn(
+            f"{len(never)} label column(s) have no positive example in the tuning data "
+            f"({shown}); their thresholds were not tuned and keep {default}. Tune on data with "
+            "at least one positive per label, e.g. a larger validation set.",
             UnusedLabelWarning,
             stacklevel=caller_stacklevel(),
         )

@@ -327,5 +327,11 @@ def test_auto_threshold_on_a_single_row_warns_and_uses_half(tiny_model_dir):
 def test_label_without_positives_keeps_default_threshold(skewed):
     Xv, Yv = make_texts(60, seed=26)
     Yv[:, 1] = 0
-    skewed.fit_thresholds(Xv, Yv)
+    with pytest.warns(
+        UnusedLabelWarning,
+        match=r"1 label column\(s\) have no positive example in the "
+        r"tuning data \(1\); their thresholds were not tuned and keep 0.5",
+    ):
+        skewed.fit_thresholds(Xv, Yv)
     assert skewed.thresholds_[1] == DEFAULT_THRESHOLD
+    assert (skewed.thresholds_[[0, 2]] != DEFAULT_THRESHOLD).all()  # the others were tuned
