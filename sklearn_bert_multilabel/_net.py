@@ -153,6 +153,8 @@ def _first_match(name: str, patterns: list[str]) -> int:
 def check_param_group_patterns(module: torch.nn.Module, overrides: list | tuple) -> None:
     """Raise ValueError for an ``optimizer__param_groups`` pattern that takes no parameter of
     ``module`` (frozen ones count), which skorch would ignore without a word."""
+    if not overrides:
+        return  # nothing to check, and no need to walk every parameter of the encoder
     patterns = [pattern for pattern, _ in overrides]
     names = [name for name, _ in module.named_parameters()]
     used = {_first_match(name, patterns) for name in names}
