@@ -92,6 +92,7 @@ from ._validation import (
     Problems,
     caller_stacklevel,
     check_device,
+    check_flag,
     check_label_matrix,
     check_label_names,
     check_per_label,
@@ -623,8 +624,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 check_per_label(self.pos_weight, "pos_weight", problems, low=0.0, high=None)
         if not is_number(self.max_pos_weight) or not self.max_pos_weight >= 1:
             problems.append(f"max_pos_weight must be a number >= 1, got {self.max_pos_weight!r}.")
-        if not isinstance(self.freeze_encoder, (bool, np.bool_)):
-            problems.append(f"freeze_encoder must be True or False, got {self.freeze_encoder!r}.")
+        check_flag(self.freeze_encoder, "freeze_encoder", problems)
         for name in ("max_epochs", "batch_size"):
             self._check_int(name, 1, problems)
         self._check_text_params(problems)
@@ -642,8 +642,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             value = getattr(self, name)
             if not is_int(value) or value < 1:
                 problems.append(f"{name} must be an int >= 1, got {value!r}.")
-        if not isinstance(self.early_stopping, (bool, np.bool_)):
-            problems.append(f"early_stopping must be True or False, got {self.early_stopping!r}.")
+        check_flag(self.early_stopping, "early_stopping", problems)
         if self.early_stopping_metric not in ("f1_macro", "loss"):
             problems.append(
                 f"early_stopping_metric must be 'f1_macro' or 'loss', got {self.early_stopping_metric!r}."
@@ -698,8 +697,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 )
         self._check_memory(problems)
         check_seed(self.random_state, problems)
-        if not isinstance(self.warm_start, (bool, np.bool_)):
-            problems.append(f"warm_start must be True or False, got {self.warm_start!r}.")
+        check_flag(self.warm_start, "warm_start", problems)
         self._check_checkpoint_dir(problems)
         if not (self.distributed == "auto" or isinstance(self.distributed, (bool, np.bool_))):
             problems.append(f"distributed must be True, False or 'auto', got {self.distributed!r}.")
@@ -2159,8 +2157,8 @@ def _check_loader_values(
                 f"{prefix}__batch_size must be an int >= 1 (or -1 for one batch of all rows), got {size!r}."
             )
     for flag in ("shuffle", "drop_last"):
-        if flag in options and not isinstance(options[flag], (bool, np.bool_)):
-            problems.append(f"{prefix}__{flag} must be True or False, got {options[flag]!r}.")
+        if flag in options:
+            check_flag(options[flag], f"{prefix}__{flag}", problems)
     if "worker_init_fn" in options and not (
         options["worker_init_fn"] is None or callable(options["worker_init_fn"])
     ):

@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.model_selection import BaseCrossValidator
 from sklearn.utils import check_random_state
 
-from ._validation import InvalidInputError, Problems, check_label_matrix, check_seed, is_int
+from ._validation import InvalidInputError, Problems, check_flag, check_label_matrix, check_seed, is_int
 
 
 def iterative_stratification(
@@ -176,9 +176,11 @@ class MultilabelStratifiedKFold(BaseCrossValidator):
         problems = Problems()
         if not (is_int(self.n_splits) and self.n_splits >= 2):
             problems.append(f"n_splits must be an integer of at least 2, got {self.n_splits!r}.")
-        if not isinstance(self.shuffle, (bool, np.bool_)):
-            problems.append(f"shuffle must be True or False, got {self.shuffle!r}.")
-        elif not self.shuffle and self.random_state is not None:
+        if (
+            check_flag(self.shuffle, "shuffle", problems)
+            and not self.shuffle
+            and self.random_state is not None
+        ):
             problems.append(
                 "random_state has no effect with shuffle=False (the folds do not depend on chance); "
                 "set shuffle=True or leave random_state=None."

@@ -450,6 +450,14 @@ def check_seed(value: object, problems: Problems, *, name: str = "random_state")
         )
 
 
+def check_flag(value: object, name: str, problems: Problems) -> bool:
+    """``value`` must be True or False (Python's or numpy's); returns whether it is."""
+    if isinstance(value, (bool, np.bool_)):
+        return True
+    problems.append(f"{name} must be True or False, got {value!r}.")
+    return False
+
+
 def is_param_group_pairs(value: object) -> bool:
     """Whether ``value`` is skorch's ``optimizer__param_groups``: a list of (pattern, options)
     pairs, each a pattern string and a dict (tuples or lists, as JSON gives them back)."""

@@ -73,6 +73,11 @@ def test_unshuffled_folds_are_the_same_on_every_call_and_still_stratified():
         list(MultilabelStratifiedKFold(3, shuffle=False, random_state=0).split(Y, Y))
     with pytest.raises(InvalidInputError, match="shuffle must be True or False, got 'yes'"):
         list(MultilabelStratifiedKFold(3, shuffle="yes").split(Y, Y))
+    with pytest.raises(InvalidInputError) as info:  # both problems of one call, reported together
+        list(MultilabelStratifiedKFold(3, shuffle="yes", random_state="seed").split(Y, Y))
+    assert "shuffle must be True or False" in str(info.value) and "random_state must be None" in str(
+        info.value
+    )
 
 
 def test_no_part_is_left_empty():
