@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import numpy as np
@@ -322,6 +323,21 @@ def test_auto_threshold_on_a_single_row_warns_and_uses_half(tiny_model_dir):
         with pytest.warns(UserWarning, match="needs validation data to tune on, but no rows were held out"):
             clf.fit(X, Y)
     np.testing.assert_array_equal(clf.thresholds_, np.full(Y.shape[1], 0.5))
+
+
+def test_auto_threshold_logs_labels_without_validation_positives(tiny_model_dir, caplog):
+    """threshold='auto' keeps 0.5 for a label the validation data never has, and logs it."""
+    X, Y = make_texts(64, seed=27)
+    Xv, Yv = make_texts(32, seed=28)
+    Yv[:, 2] = 0
+    clf = BertMultiLabelClassifier(
+        model_name=tiny_model_dir, max_epochs=1, random_state=0, threshold="auto", batch_size=16
+    )
+    with caplog.at_level(logging.INFO, logger="sklearn_bert_multilabel"), warnings.catch_warnings():
+        warnings.simplefilter("error", UnusedLabelWarning)  # a small split often lacks a rare label
+        clf.fit(X, Y, validation_data=(Xv, Yv))
+    assert clf.thresholds_[2] == DEFAULT_THRESHOLD
+    assert "threshold kept at 0.5: ['2']" in caplog.text
 
 
 def test_label_without_positives_keeps_default_threshold(skewed):
