@@ -1025,7 +1025,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             start random: the pooler of a masked-language-model checkpoint
             with ``pooling="pooler"``, or any other encoder weight. Also when
             ``X`` and ``y`` are pandas objects whose indexes hold the same
-            labels in another order (rows are matched by position).
+            labels in another order (rows are matched by position), and when
+            a scoring callback reads validation data that this fit does not
+            have (it records nothing).
         """
         warn_misaligned_rows(X, y)
         if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
@@ -1064,11 +1066,22 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                     problems.append(
                         f"validation_data has {len(val_texts)} texts but {len(Y_val)} label rows."
                     )
-        if self.early_stopping is True and self.train_split is None and validation_data is None:
+        no_validation = self.train_split is None and validation_data is None
+        if self.early_stopping is True and no_validation:
             problems.append(
                 "early_stopping=True needs validation data: set train_split (e.g. 0.1) or pass "
                 "fit(..., validation_data=(X_val, Y_val))."
             )
+        unscored = []
+        if no_validation and isinstance(self.callbacks, (list, tuple)):
+            failing, unscored = _validation_readers(self.callbacks, self._prefixed("callbacks"))
+            if failing:
+                problems.append(
+                    f"callbacks: {', '.join(failing)} monitor(s) a validation score, but this fit has "
+                    "no validation data (train_split=None and no validation_data): set train_split "
+                    "(e.g. 0.1), pass fit(..., validation_data=(X_val, Y_val)), or monitor a training "
+                    "score such as 'train_loss'."
+                )
         n_labels = Y.shape[1] if Y is not None else None
         label_names = names if names is not None else default_label_names(n_labels or 0)
         if n_labels is not None:
@@ -1081,6 +1094,14 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                     problems.extend(problem for problem in found if problem not in problems)
         problems.raise_if_any()
 
+        if unscored:
+            warnings.warn(
+                f"callbacks: {', '.join(unscored)} score(s) the validation data, but this fit has none "
+                "(train_split=None and no validation_data), so they record nothing. Pass "
+                "on_train=True to score the training data, or set train_split (e.g. 0.1).",
+                UserWarning,
+                stacklevel=caller_stacklevel(),
+            )
         warn_unused_labels(Y, label_names)
         warn_single_label(n_labels)
         device = self._resolve_device(Problems())
@@ -2195,16 +2216,61 @@ def _keyword_names(target: Any, skip: tuple[str, ...] = ()) -> set[str] | None:
 
 
 def _callback_names(entries: list) -> list[str]:
-    """The names skorch gives ``callbacks`` entries: a pair's own name, else the class name,
-    numbered (``_1``, ``_2``...) when several share it."""
+    """The names skorch gives ``callbacks`` entries, one per entry: a pair's own name, else the
+    class name, numbered (``_1``, ``_2``...) in order when several share it."""
     names = [
         _pair_name(item) or (item.__name__ if isinstance(item, type) else type(item).__name__)
         for item in entries
     ]
     counts = {name: names.count(name) for name in names}
-    return [name for name in names if counts[name] == 1] + [
-        f"{name}_{i}" for name, count in counts.items() if count > 1 for i in range(1, count + 1)
-    ]
+    seen: dict[str, int] = {}
+    numbered = []
+    for name in names:
+        if counts[name] > 1:
+            seen[name] = seen.get(name, 0) + 1
+            name = f"{name}_{seen[name]}"
+        numbered.append(name)
+    return numbered
+
+
+def _validation_readers(callbacks: list | tuple, options: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The entries of ``callbacks`` that read validation scores, by the names skorch gives them.
+
+    Returns those that fail without validation data (skorch's ``EarlyStopping`` and
+    ``Checkpoint``, and an ``LRScheduler`` with ``ReduceLROnPlateau``, monitoring a ``valid_``
+    key: a ``KeyError`` at the end of the first epoch), with what they monitor, and the scorings
+    that then record nothing (``EpochScoring`` and ``BatchScoring`` with ``on_train=False``).
+    ``options`` holds the ``callbacks__<name>__<param>`` settings, which take precedence.
+    """
+    from skorch.callbacks import BatchScoring, Checkpoint, EarlyStopping, EpochScoring, LRScheduler
+
+    failing, unscored = [], []
+    entries = [item for item in callbacks if _is_callback_entry(item)]  # others: reported already
+    for item, name in zip(entries, _callback_names(entries), strict=True):
+        if name in options and options[name] is None:
+            continue  # callbacks__<name>=None turns it off
+        callback = item[1] if _pair_name(item) is not None else item
+        cls = callback if isinstance(callback, type) else type(callback)
+
+        def setting(key: str, callback=callback, cls=cls, name=name) -> Any:
+            if f"{name}__{key}" in options:
+                return options[f"{name}__{key}"]
+            if not isinstance(callback, type):
+                return getattr(callback, key, None)
+            param = inspect.signature(cls).parameters.get(key)
+            return None if param is None else param.default
+
+        plateau = (
+            issubclass(cls, LRScheduler)
+            and getattr(setting("policy"), "__name__", setting("policy")) == "ReduceLROnPlateau"
+        )
+        if issubclass(cls, (EarlyStopping, Checkpoint)) or plateau:
+            monitor = setting("monitor")
+            if isinstance(monitor, str) and monitor.startswith("valid_"):
+                failing.append(f"{name!r} (monitor={monitor!r})")
+        elif issubclass(cls, (EpochScoring, BatchScoring)) and not setting("on_train"):
+            unscored.append(f"{name!r} (scoring={setting('scoring')!r})")
+    return failing, unscored
 
 
 def _is_callback_entry(item: object) -> bool:

@@ -307,9 +307,12 @@ def test_which_callbacks_keep_the_lean_epoch(fast_params, toy_data, lean_epochs,
         "print_log": ("log", PrintLog(sink=lambda *_: None)),  # epoch ends only: stays lean
         "batch": ("count", CountTrainingBatches()),
         "grad": ("clip", GradientNormClipping(1.0)),  # on_grad_computed
-        "valid": ("scores", EpochScoring("neg_log_loss", on_train=False)),  # overrides on_batch_end
+        "valid": ("scores", EpochScoring("f1_macro", on_train=False)),  # overrides on_batch_end
     }[callback]
-    BertMultiLabelClassifier(**{**fast_params, "freeze_encoder": True}, callbacks=[chosen]).fit(X, Y)
+    validation = {"validation_data": (X[:16], Y[:16])} if callback == "valid" else {}
+    BertMultiLabelClassifier(**{**fast_params, "freeze_encoder": True}, callbacks=[chosen]).fit(
+        X, Y, **validation
+    )
     assert len(lean_epochs) == (2 if callback == "print_log" else 0)
 
 

@@ -373,6 +373,78 @@ def test_callback_parameters_naming_a_callback_are_accepted(clf, params):
         clf.fit(X4, Y4)
 
 
+@pytest.mark.parametrize(
+    ("callbacks", "params", "named"),
+    [
+        (lambda cb, lr: [cb.EarlyStopping(patience=1)], {}, "'EarlyStopping' (monitor='valid_loss')"),
+        (lambda cb, lr: [cb.Checkpoint], {}, "'Checkpoint' (monitor='valid_loss_best')"),
+        (
+            lambda cb, lr: [cb.EarlyStopping(monitor="train_loss"), cb.EarlyStopping()],
+            {},
+            "'EarlyStopping_2' (monitor='valid_loss')",  # numbered as skorch numbers them
+        ),
+        (
+            lambda cb, lr: [("stop", cb.EarlyStopping(monitor="train_loss"))],
+            {"callbacks__stop__monitor": "valid_f1"},
+            "'stop' (monitor='valid_f1')",
+        ),
+        (
+            lambda cb, lr: [cb.LRScheduler(policy=lr.ReduceLROnPlateau, monitor="valid_loss")],
+            {},
+            "'LRScheduler' (monitor='valid_loss')",
+        ),
+    ],
+)
+def test_callbacks_monitoring_validation_scores_need_validation_data(clf, callbacks, params, named):
+    """skorch would fail with a KeyError at the end of the first epoch."""
+    import skorch.callbacks
+    import torch.optim.lr_scheduler
+
+    clf.set_params(callbacks=callbacks(skorch.callbacks, torch.optim.lr_scheduler), **params)
+    with pytest.raises(InvalidInputError) as info:
+        clf.fit(X4, Y4)
+    message = str(info.value)
+    assert f"callbacks: {named} monitor(s) a validation score, but this fit has no validation" in message
+    assert "set train_split (e.g. 0.1)" in message and "validation_data=(X_val, Y_val)" in message
+
+
+@pytest.mark.parametrize(
+    ("callbacks", "params"),
+    [
+        (lambda cb, lr: [cb.EarlyStopping(monitor="train_loss")], {"train_split": None}),
+        (lambda cb, lr: [cb.EarlyStopping()], {"train_split": 0.5}),
+        (lambda cb, lr: [cb.EarlyStopping()], {"callbacks__EarlyStopping__monitor": "train_loss"}),
+        (lambda cb, lr: [cb.EarlyStopping()], {"callbacks__EarlyStopping": None}),  # turned off
+        (lambda cb, lr: [cb.Checkpoint(monitor=None)], {}),
+        (lambda cb, lr: [cb.LRScheduler(policy=lr.StepLR, step_size=1, monitor="valid_loss")], {}),
+        (lambda cb, lr: [cb.EpochScoring("f1_macro", on_train=True)], {}),
+    ],
+)
+def test_callbacks_that_need_no_validation_data_pass_the_checks(clf, callbacks, params):
+    import skorch.callbacks
+    import torch.optim.lr_scheduler
+
+    clf.set_params(callbacks=callbacks(skorch.callbacks, torch.optim.lr_scheduler), **params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with pytest.raises(AssertionError, match="before loading the model"):  # the checks passed
+            clf.fit(X4, Y4)
+
+
+def test_validation_scorings_without_validation_data_warn(clf):
+    """skorch's EpochScoring records nothing without validation data: a history without the key."""
+    from skorch.callbacks import EpochScoring
+
+    clf.set_params(callbacks=[EpochScoring("f1_macro", lower_is_better=False)])
+    match = r"callbacks: 'EpochScoring' \(scoring='f1_macro'\) score\(s\) the validation data, but this fit"
+    with pytest.warns(UserWarning, match=match), pytest.raises(AssertionError, match="before loading"):
+        clf.fit(X4, Y4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with pytest.raises(AssertionError, match="before loading the model"):  # validation data given
+            clf.fit(X4, Y4, validation_data=(X4, Y4))
+
+
 def test_cuda_index_beyond_the_machine(clf, monkeypatch):
     import torch
 
