@@ -368,7 +368,8 @@ def test_callback_parameters_must_name_a_callback(clf):
 def test_callback_parameters_naming_a_callback_are_accepted(clf, params):
     from skorch.callbacks import EarlyStopping
 
-    clf.set_params(callbacks=[EarlyStopping, EarlyStopping(), ("mine", EarlyStopping())], **params)
+    stoppers = [EarlyStopping, EarlyStopping(), ("mine", EarlyStopping())]
+    clf.set_params(callbacks=stoppers, train_split=0.5, **params)  # they monitor valid_loss
     with pytest.raises(AssertionError, match="before loading the model"):  # the checks passed
         clf.fit(X4, Y4)
 
