@@ -1327,7 +1327,11 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 )
                 untuned = [self.label_names_[j] for j in np.flatnonzero(Y_valid.sum(axis=0) == 0)]
                 if untuned:  # common for rare labels in a small split: logged, not warned about
-                    logger.info("no positive in the validation data, threshold kept at 0.5: %s", untuned)
+                    logger.info(
+                        "no positive in the validation data, threshold kept at %s: %s",
+                        DEFAULT_THRESHOLD,
+                        untuned,
+                    )
 
     def _starting_point(self, module, fit_key, before) -> dict:
         """Where training starts: a checkpoint to resume, a previous fit's weights, or nothing."""
