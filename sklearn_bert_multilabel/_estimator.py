@@ -1514,10 +1514,13 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         if callable(split):
             train, valid = split(_RowDataset(n), Y)
             if not (isinstance(train, Subset) and (valid is None or isinstance(valid, Subset))):
+                got = f"{type(train).__name__} and {type(valid).__name__}"
                 raise InvalidInputError(
                     [
                         "train_split must return torch.utils.data.Subset objects of the dataset it is "
-                        f"given (as skorch.dataset.ValidSplit does); got {type(train).__name__}."
+                        f"given (as skorch.dataset.ValidSplit does); got {got}. For a validation set "
+                        "of your own (what skorch's predefined_split is for), pass "
+                        "fit(X, Y, validation_data=(X_val, Y_val)) instead."
                     ]
                 )
             return np.asarray(train.indices), None if valid is None else np.asarray(valid.indices)

@@ -437,6 +437,20 @@ def test_callable_split_gets_the_rows_and_the_labels(fast_params, toy_data):
     assert sum(clf.history_[-1, "batches", :, "valid_batch_size"]) == 4
 
 
+def test_split_returning_a_dataset_of_its_own_points_to_validation_data(fast_params, toy_data):
+    """skorch's predefined_split returns the whole training set and a dataset of its own."""
+    from skorch.dataset import Dataset
+    from skorch.helper import predefined_split
+
+    X, Y = toy_data
+    split = predefined_split(Dataset(np.array(X[:8], dtype=object), Y[:8]))
+    clf = BertMultiLabelClassifier(**dict(fast_params, train_split=split))
+    with pytest.raises(InvalidInputError) as info:
+        clf.fit(X, Y)
+    assert "got _RowDataset and Dataset. For a validation set of your own" in str(info.value)
+    assert "pass fit(X, Y, validation_data=(X_val, Y_val)) instead" in str(info.value)
+
+
 def test_verbose_prints_epoch_table(fast_params, toy_data, capsys):
     BertMultiLabelClassifier(**dict(fast_params, verbose=1, train_split=0.2)).fit(*toy_data)
     out = capsys.readouterr().out
