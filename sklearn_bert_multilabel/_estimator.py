@@ -291,7 +291,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         times slower, gives a :class:`PrecisionWarning`. In ``"fp32"`` on x86
         CPUs not made by Intel, the linear layers' products are oneDNN's
         rather than MKL's, which run slowly there (see the README's
-        *Training recipe*).
+        *Training recipe*). With ``freeze_encoder=True`` on a CPU, it
+        applies to the encoder: the head trains on the pooled features in
+        fp32, where autocast would cost more than its small products save.
     optimizer : type, default=torch.optim.AdamW
         Optimizer class; its keyword arguments are passed as ``optimizer__*``.
     train_split : float, callable or None, default=0.1
