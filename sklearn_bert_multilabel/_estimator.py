@@ -105,6 +105,7 @@ from ._validation import (
     is_int,
     is_number,
     is_param_group_pairs,
+    never_positive,
     warn_misaligned_rows,
     warn_single_label,
     warn_untuned_labels,
@@ -1327,7 +1328,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 self.tuned_thresholds_ = tune_thresholds(
                     expit(logits), Y_valid, self.threshold_metric, label_names=self.label_names_
                 )
-                untuned = [self.label_names_[j] for j in np.flatnonzero(Y_valid.sum(axis=0) == 0)]
+                untuned = never_positive(Y_valid, self.label_names_)
                 if untuned:  # common for rare labels in a small split: logged, not warned about
                     logger.info(
                         "no positive in the validation data, threshold kept at %s: %s",
@@ -2269,10 +2270,8 @@ def _validation_readers(callbacks: list | tuple, options: dict[str, Any]) -> tup
             param = inspect.signature(cls).parameters.get(key)
             return None if param is None else param.default
 
-        plateau = (
-            issubclass(cls, LRScheduler)
-            and getattr(setting("policy"), "__name__", setting("policy")) == "ReduceLROnPlateau"
-        )
+        policy = setting("policy") if issubclass(cls, LRScheduler) else None
+        plateau = getattr(policy, "__name__", policy) == "ReduceLROnPlateau"
         if issubclass(cls, (EarlyStopping, Checkpoint)) or plateau:
             monitor = setting("monitor")
             if isinstance(monitor, str) and monitor.startswith("valid_"):

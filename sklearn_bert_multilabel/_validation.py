@@ -349,14 +349,18 @@ def warn_misaligned_rows(X: object, Y: object, *, name: str = "X", y_name: str =
     )
 
 
+def never_positive(Y: np.ndarray, label_names: Sequence[str]) -> list[str]:
+    """The names of the label columns of ``Y`` with no positive example, in column order."""
+    return [str(label_names[j]) for j in np.flatnonzero(Y.sum(axis=0) == 0)]
+
+
 def warn_unused_labels(Y: np.ndarray, label_names: Sequence[str]) -> None:
     """Warn about label columns with no positive example."""
-    never = np.flatnonzero(Y.sum(axis=0) == 0)
-    if len(never):
-        shown = ", ".join(str(label_names[j]) for j in never[:10])
+    never = never_positive(Y, label_names)
+    if never:
         warnings.warn(
             f"{len(never)} label column(s) are never positive in the training data "
-            f"({shown}); the model can only learn to predict 0 for them.",
+            f"({', '.join(never[:10])}); the model can only learn to predict 0 for them.",
             UnusedLabelWarning,
             stacklevel=caller_stacklevel(),
         )
@@ -364,13 +368,12 @@ def warn_unused_labels(Y: np.ndarray, label_names: Sequence[str]) -> None:
 
 def warn_untuned_labels(Y: np.ndarray, label_names: Sequence[str], default: float) -> None:
     """Warn about label columns that threshold tuning cannot tune: no positive example."""
-    never = np.flatnonzero(Y.sum(axis=0) == 0)
-    if len(never):
-        shown = ", ".join(str(label_names[j]) for j in never[:10])
+    never = never_positive(Y, label_names)
+    if never:
         warnings.warn(
             f"{len(never)} label column(s) have no positive example in the tuning data "
-            f"({shown}); their thresholds were not tuned and keep {default}. Tune on data with "
-            "at least one positive per label, e.g. a larger validation set.",
+            f"({', '.join(never[:10])}); their thresholds were not tuned and keep {default}. Tune "
+            "on data with at least one positive per label, e.g. a larger validation set.",
             UnusedLabelWarning,
             stacklevel=caller_stacklevel(),
         )
