@@ -15,6 +15,7 @@ from ._validation import (
     cells,
     check_label_matrix,
     check_label_names,
+    check_sample_weight,
     unnamed_columns,
 )
 
@@ -49,12 +50,20 @@ def parse_metric(metric: object) -> tuple[str, float]:
     raise ValueError(f"must be one of {METRIC_CHOICES}; got {metric!r}")
 
 
-def _cuts(scores: np.ndarray, y: np.ndarray):
-    """Scores sorted high to low, true positives and predicted positives after each cut, valid cuts."""
+def _cuts(scores: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None):
+    """Scores sorted high to low, true positives and predicted positives after each cut, valid cuts.
+
+    With ``weight``, the counts are sums of the rows' weights.
+    """
     order = np.argsort(-scores, kind="stable")
     s = scores[order]
-    tp = np.cumsum(y[order])
-    k = np.arange(1, len(s) + 1)  # number predicted positive when cutting after k
+    if weight is None:
+        tp = np.cumsum(y[order])
+        k = np.arange(1, len(s) + 1)  # number predicted positive when cutting after k
+    else:
+        w = weight[order]
+        tp = np.cumsum(w * y[order])
+        k = np.cumsum(w)
     # A cut is valid only where the score changes (ties go the same side).
     valid = np.append(s[1:] < s[:-1], True)
     return s, tp, k, valid
@@ -79,19 +88,28 @@ def _threshold_at(s: np.ndarray, best: int) -> float:
     return float(middle if low < middle <= high else high)
 
 
-def best_threshold(scores: np.ndarray, y: np.ndarray, beta: float = 1.0) -> float:
+def _positives(y: np.ndarray, weight: np.ndarray | None) -> float:
+    """The number of positives of ``y``, or their total weight."""
+    return float(y.sum()) if weight is None else float(weight[y].sum())
+
+
+def best_threshold(
+    scores: np.ndarray, y: np.ndarray, beta: float = 1.0, weight: np.ndarray | None = None
+) -> float:
     """Threshold on ``scores`` maximising F-beta of ``scores >= threshold`` vs ``y``.
 
     Every distinct cut of the sorted scores is tried, so the result is exact
     (not a grid). The returned threshold lies halfway between the lowest
     score predicted positive and the next lower score. A label with no
-    positive in ``y`` gets :data:`DEFAULT_THRESHOLD`.
+    positive in ``y`` (no positive of weight above 0, with ``weight``) gets
+    :data:`DEFAULT_THRESHOLD`. ``weight`` weighs each row's counts, as
+    ``sample_weight`` does in scikit-learn's metrics.
     """
     y = np.asarray(y, dtype=bool)
-    n_pos = int(y.sum())
+    n_pos = _positives(y, weight)
     if n_pos == 0 or len(scores) == 0:
         return DEFAULT_THRESHOLD
-    s, tp, k, valid = _cuts(scores, y)
+    s, tp, k, valid = _cuts(scores, y, weight)
     b2 = beta * beta
     fbeta = (1 + b2) * tp / ((1 + b2) * tp + b2 * (n_pos - tp) + (k - tp))
     fbeta = np.where(valid, fbeta, -1.0)
@@ -101,7 +119,9 @@ def best_threshold(scores: np.ndarray, y: np.ndarray, beta: float = 1.0) -> floa
     return _threshold_at(s, best)
 
 
-def constrained_threshold(scores: np.ndarray, y: np.ndarray, kind: str, level: float) -> tuple[float, bool]:
+def constrained_threshold(
+    scores: np.ndarray, y: np.ndarray, kind: str, level: float, weight: np.ndarray | None = None
+) -> tuple[float, bool]:
     """Threshold maximising one rate while the other stays at or above ``level``.
 
     ``kind="precision@recall"``: the highest precision among the cuts with
@@ -113,16 +133,19 @@ def constrained_threshold(scores: np.ndarray, y: np.ndarray, kind: str, level: f
     threshold lies just above the highest score, so the label is predicted
     for no row of this data: recall at precision ``level`` is 0. For
     probabilities it is at most 1. A label with no positive in ``y`` gets
-    :data:`DEFAULT_THRESHOLD` (and counts as met).
+    :data:`DEFAULT_THRESHOLD` (and counts as met). ``weight`` weighs each
+    row's counts, as in :func:`best_threshold`.
     """
     if kind not in CONSTRAINED_METRICS:
         raise ValueError(f"kind must be one of {CONSTRAINED_METRICS}, got {kind!r}")
     y = np.asarray(y, dtype=bool)
-    n_pos = int(y.sum())
+    n_pos = _positives(y, weight)
     if n_pos == 0 or len(scores) == 0:
         return DEFAULT_THRESHOLD, True
-    s, tp, k, valid = _cuts(scores, y)
-    precision, recall = tp / k, tp / n_pos
+    s, tp, k, valid = _cuts(scores, y, weight)
+    with np.errstate(divide="ignore", invalid="ignore"):  # k is 0 above rows of weight 0 only
+        precision = np.where(k > 0, tp / np.where(k > 0, k, 1), 0.0)
+    recall = tp / n_pos
     if kind == "precision@recall":
         objective, constraint = precision, recall
     else:
@@ -138,11 +161,17 @@ def constrained_threshold(scores: np.ndarray, y: np.ndarray, kind: str, level: f
     return _threshold_at(s, int(best)), True
 
 
-def _check_scores_and_labels(proba: object, Y: object) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
-    """``proba`` as a 2-D float array without NaN, ``Y`` as a 0/1 matrix of its shape, and
-    ``Y``'s column names (None unless it is a DataFrame)."""
+def _check_scores_and_labels(
+    proba: object, Y: object, sample_weight: object = None
+) -> tuple[np.ndarray, np.ndarray, list[str] | None, np.ndarray | None]:
+    """``proba`` as a 2-D float array without NaN, ``Y`` as a 0/1 matrix of its shape,
+    ``Y``'s column names (None unless it is a DataFrame) and the checked weights."""
     problems = Problems()
     Y_arr, names = check_label_matrix(Y, problems)
+    weight = None
+    if sample_weight is not None:
+        n_rows = None if Y_arr is None else len(Y_arr)
+        weight = check_sample_weight(sample_weight, n_rows, problems, against="Y", rows="rows")
     if hasattr(proba, "columns") and not unnamed_columns(proba.columns):  # Y's columns, in Y's order
         check_label_names(
             [str(c) for c in proba.columns],
@@ -176,7 +205,7 @@ def _check_scores_and_labels(proba: object, Y: object) -> tuple[np.ndarray, np.n
             "come first: tune_thresholds(proba, Y), unlike scikit-learn's metrics (y_true first)."
         )
     problems.raise_if_any()
-    return scores, Y_arr, names
+    return scores, Y_arr, names, weight
 
 
 def tune_thresholds(
@@ -185,6 +214,7 @@ def tune_thresholds(
     metric: str = "f1",
     *,
     label_names: Sequence[str] | None = None,
+    sample_weight: object = None,
 ) -> np.ndarray:
     """One threshold per label (column) maximising ``metric`` on ``(proba, Y)``.
 
@@ -206,17 +236,21 @@ def tune_thresholds(
     label_names : sequence of str, optional
         Names used in that warning; by default ``Y``'s column names if it
         is a DataFrame, column numbers otherwise.
+    sample_weight : array-like of shape (n_samples,), optional
+        Weight of each row in the counts of true and false positives and
+        negatives, as in scikit-learn's metrics (finite, at least 0).
 
     Returns
     -------
     thresholds : ndarray of shape (n_labels,)
-        Labels with no positive example keep 0.5.
+        Labels with no positive example (of weight above 0) keep 0.5.
 
     Raises
     ------
     InvalidInputError
-        ``proba`` not 2-D numbers or with NaN, ``Y`` not a 0/1 matrix, or
-        their shapes differ (every problem listed together).
+        ``proba`` not 2-D numbers or with NaN, ``Y`` not a 0/1 matrix,
+        their shapes differ, or ``sample_weight`` is not one valid weight
+        per row (every problem listed together).
 
     Examples
     --------
@@ -233,16 +267,16 @@ def tune_thresholds(
         kind, value = parse_metric(metric)
     except ValueError as exc:
         raise ValueError(f"metric {exc}") from None
-    proba, Y, names = _check_scores_and_labels(proba, Y)
+    proba, Y, names, weight = _check_scores_and_labels(proba, Y, sample_weight)
     label_names = names if label_names is None else label_names
     if kind == "fbeta":
         return np.array(
-            [best_threshold(proba[:, j], Y[:, j], value) for j in range(proba.shape[1])],
+            [best_threshold(proba[:, j], Y[:, j], value, weight) for j in range(proba.shape[1])],
             dtype=np.float64,
         )
     thresholds, missed = [], []
     for j in range(proba.shape[1]):
-        threshold, met = constrained_threshold(proba[:, j], Y[:, j], kind, value)
+        threshold, met = constrained_threshold(proba[:, j], Y[:, j], kind, value, weight)
         thresholds.append(threshold)
         if not met:
             missed.append(str(label_names[j]) if label_names is not None else str(j))

@@ -272,6 +272,68 @@ def check_label_matrix(
     return arr.astype(np.float32), names
 
 
+def check_sample_weight(
+    sample_weight: object,
+    n_samples: int | None,
+    problems: Problems,
+    name: str = "sample_weight",
+    *,
+    against: str = "X",
+    rows: str = "texts",
+) -> np.ndarray | None:
+    """Return ``sample_weight`` as a 1-D float64 array, or record why it cannot be.
+
+    Accepts a list, tuple, 1-D ndarray or pandas Series of numbers (a column
+    vector of shape ``(n, 1)`` too), as many as there are texts when
+    ``n_samples`` is given (the number of ``rows`` of ``against``, as
+    messages name them). The weights must be finite, at least 0, and not
+    all 0.
+    """
+    if hasattr(sample_weight, "to_numpy") and not hasattr(sample_weight, "columns"):
+        sample_weight = sample_weight.to_numpy()  # a pandas Series, its index dropped
+    if sp.issparse(sample_weight):
+        problems.append(f"{name} must be a dense 1-D array of numbers, not a sparse matrix.")
+        return None
+    try:
+        arr = np.asarray(sample_weight)
+        if arr.dtype.kind == "c":
+            raise TypeError("complex")
+        arr = arr.astype(np.float64)
+    except (TypeError, ValueError):
+        problems.append(f"{name} must hold numbers, one weight per text; got {describe(sample_weight)}.")
+        return None
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        problems.append(f"{name} must be 1-D (one weight per text), got shape {arr.shape}.")
+        return None
+    if n_samples is not None and len(arr) != n_samples:
+        problems.append(
+            f"{name} has {len(arr)} weights but {against} has {n_samples} {rows}; give one weight per row."
+        )
+        return None
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        problems.append(
+            f"{name} contains {int(bad.sum())} NaN or infinite value(s) (first at row {first}); "
+            "weights must be finite."
+        )
+        return None
+    negative = arr < 0
+    if negative.any():
+        first = int(np.flatnonzero(negative)[0])
+        problems.append(
+            f"{name} contains {int(negative.sum())} negative value(s) (first at row {first}, "
+            f"{arr[first]:g}); weights must be 0 or more."
+        )
+        return None
+    if len(arr) and not arr.any():
+        problems.append(f"{name} is 0 for every text: at least one text must have a positive weight.")
+        return None
+    return arr
+
+
 def check_label_names(
     given: Sequence[str] | None,
     expected: Sequence[str] | None,

@@ -212,6 +212,54 @@ def test_tune_thresholds_takes_sparse_and_text_labels():
     assert "swapped" not in str(info.value)
 
 
+@pytest.mark.parametrize("metric", ["f1", "f0.5", "f2", "precision@recall=0.6", "recall@precision=0.7"])
+@pytest.mark.parametrize("seed", range(4))
+def test_integer_weights_tune_as_repeated_rows_and_zero_as_left_out(metric, seed):
+    rng = np.random.default_rng(seed)
+    proba = np.round(rng.random((60, 3)), 2)  # rounded: ties between rows too
+    Y = (rng.random((60, 3)) < proba).astype(int)
+    weights = rng.integers(0, 4, size=60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a precision floor out of reach
+        weighted = tune_thresholds(proba, Y, metric, sample_weight=weights)
+        repeated = tune_thresholds(np.repeat(proba, weights, 0), np.repeat(Y, weights, 0), metric)
+    # The same cut: the thresholds may differ only inside the gap between two kept scores.
+    kept = proba[weights > 0]
+    for j in range(3):
+        assert (kept[:, j] >= weighted[j]).tolist() == (kept[:, j] >= repeated[j]).tolist(), j
+
+
+def test_weighted_thresholds_maximise_the_weighted_score():
+    rng = np.random.default_rng(3)
+    proba = rng.random((80, 1))
+    Y = (rng.random((80, 1)) < proba).astype(int)
+    weights = np.where(Y[:, 0] == 0, 3.0, 0.5) * rng.random(80)  # false positives cost more
+    t = tune_thresholds(proba, Y, sample_weight=weights)[0]
+    best = fbeta_score(Y[:, 0], proba[:, 0] >= t, beta=1.0, sample_weight=weights)
+    for candidate in np.unique(proba):
+        assert fbeta_score(Y[:, 0], proba[:, 0] >= candidate, beta=1.0, sample_weight=weights) <= best + 1e-12
+    assert tune_thresholds(proba, Y)[0] != t  # the weighted optimum is another cut
+
+
+def test_tune_thresholds_checks_the_weights_with_the_rest():
+    proba, Y = np.full((4, 2), 0.5), np.ones((4, 2))
+    with pytest.raises(InvalidInputError) as info:
+        tune_thresholds(proba[:, :1], Y, sample_weight=[1, 2, -1, 1])
+    message = str(info.value)
+    assert "sample_weight contains 1 negative value(s) (first at row 2, -1)" in message
+    assert "same shape" in message
+    with pytest.raises(InvalidInputError, match="sample_weight has 3 weights but Y has 4 rows"):
+        tune_thresholds(proba, Y, sample_weight=[1, 2, 3])
+    # A label whose positives all weigh 0 has nothing to tune on: the default.
+    scores, labels = (
+        np.array([[0.9, 0.9], [0.8, 0.8], [0.4, 0.2], [0.1, 0.1]]),
+        np.array([[1, 1], [1, 0], [0, 0], [0, 1]]),
+    )
+    assert tune_thresholds(scores, labels, sample_weight=[0, 1, 1, 0]).tolist() == pytest.approx(
+        [0.6, DEFAULT_THRESHOLD]
+    )
+
+
 def test_no_positive_keeps_default():
     assert best_threshold(np.array([0.1, 0.9]), np.array([0, 0]), 1.0) == DEFAULT_THRESHOLD
 
