@@ -96,6 +96,7 @@ from ._validation import (
     check_label_matrix,
     check_label_names,
     check_per_label,
+    check_sample_weight,
     check_seed,
     check_texts,
     default_label_names,
@@ -209,7 +210,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         Weight of positive examples in the loss, per label: one for all
         labels, one per label in column order, or one per label by name (as
         for ``threshold``). ``"balanced"``
-        uses negatives / positives of each label in this fit's training data,
+        uses negatives / positives of each label in this fit's training data
+        (counted with the ``sample_weight`` given to :meth:`fit`, if any),
         capped at ``max_pos_weight``.
     max_pos_weight : float, default=50.0
         Cap of the ``"balanced"`` weights, so that a label with very few
@@ -990,8 +992,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         self,
         X: Sequence[str],
         y: Any,
+        sample_weight: Any = None,
         *,
-        validation_data: tuple[Sequence[str], Any] | None = None,
+        validation_data: tuple | None = None,
     ) -> BertMultiLabelClassifier:
         """Fine-tune the encoder and head on texts ``X`` and label matrix ``y``.
 
@@ -1002,8 +1005,18 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         y : array-like or sparse matrix of shape (n_samples, n_labels)
             Binary label matrix (0/1 or bool). A DataFrame's column names
             become ``label_names_`` (pandas' default 0, 1, 2... name nothing).
-        validation_data : tuple (X_val, y_val), optional
-            Validation texts and labels, used instead of ``train_split``.
+        sample_weight : array-like of shape (n_samples,), optional
+            Weight of each text (finite, at least 0, not all 0). Each text's
+            loss is multiplied by its weight; only the ratios between weights
+            matter (they are scaled to a mean of 1), and equal weights train
+            exactly as no weights. A text of weight 0 is left out, as if it
+            were not in ``X``. The weights follow their texts into the
+            ``train_split`` validation rows, where they weigh the validation
+            loss, ``valid_f1_macro`` and the ``threshold="auto"`` tuning;
+            ``pos_weight="balanced"`` counts weighted positives.
+        validation_data : tuple (X_val, y_val) or (X_val, y_val, sample_weight_val), optional
+            Validation texts and labels, and optionally their weights, used
+            instead of ``train_split``.
 
         Returns
         -------
@@ -1033,8 +1046,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             have (it records nothing).
         """
         warn_misaligned_rows(X, y)
-        if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
-            warn_misaligned_rows(*validation_data, name="X_val", y_name="Y_val")
+        if isinstance(validation_data, (tuple, list)) and len(validation_data) in (2, 3):
+            warn_misaligned_rows(*validation_data[:2], name="X_val", y_name="Y_val")
         problems = Problems()
         self._check_params(problems)
         texts = check_texts(X, problems)
@@ -1046,10 +1059,15 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         Y, names = check_label_matrix(y, problems)
         if texts is not None and Y is not None and len(texts) != len(Y):
             problems.append(f"X has {len(texts)} texts but Y has {len(Y)} rows; they must match.")
-        val_texts = Y_val = None
+        weights = None
+        if sample_weight is not None:
+            weights = check_sample_weight(sample_weight, None if texts is None else len(texts), problems)
+        val_texts = Y_val = val_weights = None
         if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                problems.append("validation_data must be a tuple (X_val, Y_val).")
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                problems.append(
+                    "validation_data must be a tuple (X_val, Y_val) or (X_val, Y_val, sample_weight_val)."
+                )
             else:
                 val_texts = check_texts(validation_data[0], problems, name="validation_data X")
                 Y_val, val_names = check_label_matrix(validation_data[1], problems, name="validation_data Y")
@@ -1069,6 +1087,26 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                     problems.append(
                         f"validation_data has {len(val_texts)} texts but {len(Y_val)} label rows."
                     )
+                if len(validation_data) == 3 and validation_data[2] is not None:
+                    val_weights = check_sample_weight(
+                        validation_data[2],
+                        None if val_texts is None else len(val_texts),
+                        problems,
+                        name="validation_data sample_weight",
+                        against="validation_data X",
+                    )
+        if weights is not None or val_weights is not None:
+            custom = [
+                f"{prefix}__collate_fn"
+                for prefix in ("iterator_train", "iterator_valid")
+                if "collate_fn" in self._prefixed(prefix)
+            ]
+            if custom:
+                problems.append(
+                    f"{', '.join(custom)} cannot be combined with sample weights: the weights reach "
+                    "the loss through this estimator's own batching, which a collate_fn replaces. "
+                    "Drop the collate_fn or the weights."
+                )
         no_validation = self.train_split is None and validation_data is None
         if self.early_stopping is True and no_validation:
             problems.append(
@@ -1096,6 +1134,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                     # A problem with the value itself is listed already, by the parameter checks.
                     problems.extend(problem for problem in found if problem not in problems)
         problems.raise_if_any()
+        texts, Y, weights = _weighted_rows(texts, Y, weights)
+        if val_texts is not None:
+            val_texts, Y_val, val_weights = _weighted_rows(val_texts, Y_val, val_weights)
 
         if unscored:
             warnings.warn(
@@ -1131,7 +1172,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                     torch.default_generator.manual_seed(seed)
                 elif seed is not None:
                     torch.manual_seed(seed)
-                self._fit(texts, Y, val_texts, Y_val, label_names, device, seed, before)
+                self._fit(texts, Y, weights, val_texts, Y_val, val_weights, label_names, device, seed, before)
         except NonFiniteLossError as exc:
             if getattr(exc, "model_kept", False):
                 raise  # the estimator holds the weights of the last good step, as the error says
@@ -1148,7 +1189,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             release(accelerator)
         return self
 
-    def _fit(self, texts, Y, val_texts, Y_val, label_names, device, seed, before) -> None:
+    def _fit(
+        self, texts, Y, weights, val_texts, Y_val, val_weights, label_names, device, seed, before
+    ) -> None:
         n_labels = Y.shape[1]
         if val_texts is not None:  # validation_data replaces train_split
             train_idx = valid_idx = None
@@ -1156,12 +1199,15 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             train_idx, valid_idx = self._split_indices(Y, seed)
         if valid_idx is not None:
             val_texts, Y_val = [texts[i] for i in valid_idx], Y[valid_idx]
+            val_weights = None if weights is None else weights[valid_idx]
         train_texts = texts if train_idx is None else [texts[i] for i in train_idx]
         Y_train = Y if train_idx is None else Y[train_idx]
+        train_weights = weights if train_idx is None or weights is None else weights[train_idx]
+        train_weights, val_weights = _unit_mean(train_weights), _unit_mean(val_weights)
 
         cache = self._cache()
         keyed = cache is not None or self.checkpoint_dir is not None
-        fit_key = self._fit_key(texts, Y, val_texts, Y_val, device) if keyed else None
+        fit_key = self._fit_key(texts, Y, weights, val_texts, Y_val, val_weights, device) if keyed else None
         entry = cache.load_fit(fit_key) if fit_key is not None and cache is not None else None
 
         tokenizer, encoder = self._load_pretrained(cache is not None, device)
@@ -1231,11 +1277,17 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             self.pos_weight_ = None if weights is None else np.asarray(weights)
             valid = entry["valid"]
         else:
-            pos_weight = self._pos_weight(Y_train)
+            pos_weight = self._pos_weight(Y_train, train_weights)
             self.pos_weight_ = None if pos_weight is None else pos_weight.numpy().astype(np.float64)
             try:
                 valid, complete = self._train(
-                    module, tokenizer, train_texts, Y_train, val_texts, Y_val, pos_weight, seed, start
+                    module,
+                    tokenizer,
+                    (train_texts, Y_train, train_weights),
+                    (val_texts, Y_val, val_weights),
+                    pos_weight,
+                    seed,
+                    start,
                 )
             except NonFiniteLossError as exc:
                 self._keep_after_error(exc)
@@ -1253,7 +1305,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 cache.save_fit(fit_key, state_for_cache(module, bool(self.freeze_encoder)), meta, valid)
         module.eval()
 
-        self._tune_on_valid(valid)
+        self._tune_on_valid(valid, val_weights)
 
     def _warn_untrained_weights(self, encoder) -> None:
         """Warn when weights this model uses were not in the checkpoint (they start random).
@@ -1309,7 +1361,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         encoder = shared_frozen_encoder(key, self._model_path, device, progress=progress, **encoder_kwargs)
         return tokenizer, encoder
 
-    def _tune_on_valid(self, valid) -> None:
+    def _tune_on_valid(self, valid, weights: np.ndarray | None) -> None:
         n_labels = self.n_labels_
         self.tuned_thresholds_ = None
         if isinstance(self.threshold, str):  # "auto"
@@ -1326,7 +1378,11 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             else:
                 logits, Y_valid = valid
                 self.tuned_thresholds_ = tune_thresholds(
-                    expit(logits), Y_valid, self.threshold_metric, label_names=self.label_names_
+                    expit(logits),
+                    Y_valid,
+                    self.threshold_metric,
+                    label_names=self.label_names_,
+                    sample_weight=weights,
                 )
                 untuned = never_positive(Y_valid, self.label_names_)
                 if untuned:  # common for rare labels in a small split: logged, not warned about
@@ -1436,29 +1492,32 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 stacklevel=caller_stacklevel(),
             )
 
-    def _train(self, module, tokenizer, train_texts, Y_train, val_texts, Y_val, pos_weight, seed, start):
-        """Train ``module`` with skorch.
+    def _train(self, module, tokenizer, train, valid, pos_weight, seed, start):
+        """Train ``module`` with skorch on ``train`` = (texts, Y, weights or None), validating
+        on ``valid`` (the same, or Nones).
 
         Returns ((validation logits, labels) or None, whether every epoch ran).
         """
+        train_texts, Y_train, w_train = train
+        val_texts, Y_val, w_val = valid
         check_param_group_patterns(module, self._prefixed("optimizer").get("param_groups") or ())
         has_valid = val_texts is not None and len(val_texts) > 0
         if self._uses_feature_cache():
             # The encoder is fixed: pool every text once, then train only the head.
-            train_set = FeatureDataset(self._pooled_features(train_texts), Y_train)
-            valid_set = FeatureDataset(self._pooled_features(val_texts), Y_val) if has_valid else None
+            train_set = FeatureDataset(self._pooled_features(train_texts), Y_train, w_train)
+            valid_set = FeatureDataset(self._pooled_features(val_texts), Y_val, w_val) if has_valid else None
             net_module = HeadOnly(module.head)
         elif self._chunked:
             all_texts = train_texts + (val_texts if has_valid else [])
             windows, cut = self._windows(all_texts)
             self._warn_cut(cut, len(all_texts))
-            train_set = WindowDataset(windows[: len(train_texts)], Y_train)
-            valid_set = WindowDataset(windows[len(train_texts) :], Y_val) if has_valid else None
+            train_set = WindowDataset(windows[: len(train_texts)], Y_train, w_train)
+            valid_set = WindowDataset(windows[len(train_texts) :], Y_val, w_val) if has_valid else None
             net_module = module
         else:
             ids = tokenize(tokenizer, train_texts + (val_texts if has_valid else []), self.max_length)
-            train_set = TokenDataset(ids[: len(train_texts)], Y_train)
-            valid_set = TokenDataset(ids[len(train_texts) :], Y_val) if has_valid else None
+            train_set = TokenDataset(ids[: len(train_texts)], Y_train, w_train)
+            valid_set = TokenDataset(ids[len(train_texts) :], Y_val, w_val) if has_valid else None
             net_module = module
         checkpoint = start["checkpoint"]
         done = checkpoint["progress"]["epochs"] if checkpoint is not None else 0
@@ -1534,7 +1593,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         root = resolve_location(self.memory)
         return None if root is None else FitCache(root)
 
-    def _fit_key(self, texts, Y, val_texts, Y_val, device) -> str | None:
+    def _fit_key(self, texts, Y, weights, val_texts, Y_val, val_weights, device) -> str | None:
         excluded = PREDICT_ONLY_PARAMS | RUN_ONLY_PARAMS
         params = {k: _plain(v) for k, v in self.get_params(deep=False).items() if k not in excluded}
         params["model_name"] = self._model_path  # a path object and its text are one model
@@ -1543,6 +1602,11 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             params["callbacks"] = tuple(_callback_key(entry) for entry in self.callbacks)
         accelerator = getattr(self, "_accelerator", None)
         processes = 1 if accelerator is None else accelerator.num_processes  # the effective batch
+        # Nothing added without weights: a fit with equal weights (None by then) shares the
+        # unweighted fit's key.
+        weighted = ()
+        if weights is not None or val_weights is not None:
+            weighted = (("sample_weight", weights, val_weights),)
         try:
             return stable_hash(
                 __version__,
@@ -1555,6 +1619,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 Y,
                 texts_digest(val_texts),
                 Y_val,
+                *weighted,
             )
         except Exception as exc:  # noqa: BLE001 - e.g. a callback that cannot be pickled
             # joblib's message goes on to print everything it was hashing, the data included:
@@ -1643,14 +1708,18 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 out[start : start + step] = head(x).float().cpu().numpy()
         return out
 
-    def _pos_weight(self, Y_train: np.ndarray) -> torch.Tensor | None:
+    def _pos_weight(self, Y_train: np.ndarray, weights: np.ndarray | None = None) -> torch.Tensor | None:
         if self.pos_weight is None:
             return None
         if isinstance(self.pos_weight, str):  # "balanced"
-            positives = Y_train.sum(axis=0)
-            negatives = len(Y_train) - positives
+            if weights is None:
+                positives = Y_train.sum(axis=0)
+                negatives = len(Y_train) - positives
+            else:  # weighted counts
+                positives = weights.astype(np.float64) @ Y_train
+                negatives = weights.sum(dtype=np.float64) - positives
             with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0)
+                ratio = np.where(positives > 0, negatives / np.where(positives > 0, positives, 1.0), 1.0)
             weights = np.clip(ratio, 1.0 / self.max_pos_weight, self.max_pos_weight)
         else:
             # Checked in fit: one value, one per label or one per label name.
@@ -1938,7 +2007,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         return self._thresholds_for(self.threshold)
 
     def fit_thresholds(
-        self, X: Sequence[str], y: Any, *, metric: str | None = None
+        self, X: Sequence[str], y: Any, *, metric: str | None = None, sample_weight: Any = None
     ) -> BertMultiLabelClassifier:
         """Tune one threshold per label on ``(X, y)``, keeping the weights.
 
@@ -1955,6 +2024,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         metric : str, optional
             One of the ``threshold_metric`` choices; defaults to
             ``threshold_metric``.
+        sample_weight : array-like of shape (n_samples,), optional
+            Weight of each text in the counts the metric is computed from.
 
         Returns
         -------
@@ -1969,14 +2040,17 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         """
         texts, Y = self._check_eval_labels(X, y)
         metric = self.threshold_metric if metric is None else metric
+        problems = Problems()
         try:
             parse_metric(metric)
         except ValueError as exc:
-            raise InvalidInputError([f"metric {exc}."]) from None
+            problems.append(f"metric {exc}.")
+        weights = None if sample_weight is None else check_sample_weight(sample_weight, len(texts), problems)
+        problems.raise_if_any()
         self.tuned_thresholds_ = tune_thresholds(
-            self.predict_proba(texts), Y, metric, label_names=self.label_names_
+            self.predict_proba(texts), Y, metric, label_names=self.label_names_, sample_weight=weights
         )
-        warn_untuned_labels(Y, self.label_names_, DEFAULT_THRESHOLD)
+        warn_untuned_labels(Y if weights is None else Y[weights > 0], self.label_names_, DEFAULT_THRESHOLD)
         self.threshold = "auto"
         return self
 
@@ -2141,6 +2215,28 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 state["device_"] = device
             state["module_"] = module.load(None if device == fitted_on else device)
         super().__setstate__(state)
+
+
+def _weighted_rows(texts: list[str], Y: np.ndarray, weights: np.ndarray | None):
+    """``(texts, Y, weights)`` without the rows of weight 0; weights None when all are equal
+    (they would train exactly as no weights)."""
+    if weights is None:
+        return texts, Y, None
+    kept = weights > 0
+    if not kept.all():
+        rows = np.flatnonzero(kept)
+        texts, Y, weights = [texts[i] for i in rows], Y[rows], weights[rows]
+    if (weights == weights[0]).all():
+        return texts, Y, None
+    return texts, Y, weights
+
+
+def _unit_mean(weights: np.ndarray | None) -> np.ndarray | None:
+    """``weights`` scaled to a mean of 1, as float32, so that a batch's weighted mean loss
+    estimates the weighted mean over the data set whatever the weights' scale."""
+    if weights is None or len(weights) == 0:
+        return None
+    return (weights / weights.mean()).astype(np.float32)
 
 
 def _check_folder(path: str | os.PathLike, problems: Problems, *, name: str, none_means: str) -> None:

@@ -92,11 +92,13 @@ class HeadStep:
         y: torch.Tensor,
         pos_weight: torch.Tensor | None = None,
         masks: Sequence[Mask | None] | None = None,
+        weight: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean BCE-with-logits loss and logits of a batch; keeps what :meth:`backward` needs.
 
         ``masks`` (one entry per dropout, None where it drops nothing), as
         :meth:`batch_masks` yields them, replaces the masks drawn here.
+        ``weight`` (one per row) multiplies each row's losses before the mean.
         """
         inputs = []  # what each linear layer reads: its input times its dropout mask
         scales = []  # the scale of the kept elements of that mask (1 without one)
@@ -121,8 +123,10 @@ class HeadStep:
             h = z.relu_() if i < last else z
         # F.binary_cross_entropy_with_logits without its argument checks (same shapes by
         # construction); reduction 1 is the mean.
-        loss = torch.binary_cross_entropy_with_logits(z, y, None, pos_weight, 1)
-        self._saved = (inputs, scales, z, y, pos_weight)
+        if weight is not None:
+            weight = weight.reshape(-1, 1)
+        loss = torch.binary_cross_entropy_with_logits(z, y, weight, pos_weight, 1)
+        self._saved = (inputs, scales, z, y, pos_weight, weight)
         return loss, z
 
     def step_flops(self, batch_size: int) -> int:
@@ -223,7 +227,7 @@ class HeadStep:
         """
         if self._saved is None:
             raise RuntimeError("HeadStep.backward needs a forward first")
-        inputs, scales, z, y, pos_weight = self._saved
+        inputs, scales, z, y, pos_weight, weight = self._saved
         self._saved = None
         # d/dz of the mean loss: (sigmoid(z) * (1 + (w - 1) * y) - w * y) / z.numel()
         dz = torch.sigmoid(z)
@@ -232,6 +236,8 @@ class HeadStep:
         else:
             wy = y * pos_weight
             dz.mul_(wy - y + 1).sub_(wy)
+        if weight is not None:
+            dz.mul_(weight)
         dz.mul_(loss_scale / z.numel())
         for i in range(len(self.linears) - 1, -1, -1):
             lin = self.linears[i]

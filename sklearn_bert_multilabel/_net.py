@@ -216,27 +216,32 @@ class NonFiniteLossError(FloatingPointError):
 
 class ValidationScores(Callback):
     """Record ``valid_f1_macro`` each epoch: macro-F1 on the validation data with
-    one threshold per label tuned on it, from the validation pass's own outputs."""
+    one threshold per label tuned on it, from the validation pass's own outputs
+    (weighted by the texts' sample weights, when the fit has them)."""
 
     def initialize(self):
-        self._logits, self._labels = [], []
+        self._logits, self._labels, self._weights = [], [], []
         return self
 
     def on_epoch_begin(self, net, **kwargs):
-        self._logits, self._labels = [], []
+        self._logits, self._labels, self._weights = [], [], []
 
     def on_batch_end(self, net, batch=None, training=False, y_pred=None, **kwargs):
         if not training and y_pred is not None:
             self._logits.append(y_pred.float().cpu().numpy())
             self._labels.append(batch[1].numpy())
+            weight = _batch_weight(batch[0])
+            if weight is not None:
+                self._weights.append(weight.numpy())
 
     def on_epoch_end(self, net, dataset_valid=None, **kwargs):
         if not self._logits:
             return
         proba = expit(np.concatenate(self._logits))
         Y = np.concatenate(self._labels) > 0.5
-        predicted = proba >= tune_thresholds(proba, Y, "f1")
-        score = f1_score(Y, predicted, average="macro", zero_division=0)
+        weight = np.concatenate(self._weights) if self._weights else None
+        predicted = proba >= tune_thresholds(proba, Y, "f1", sample_weight=weight)
+        score = f1_score(Y, predicted, average="macro", zero_division=0, sample_weight=weight)
         net.history.record("valid_f1_macro", float(score))
 
 
@@ -508,6 +513,11 @@ def _fused_adamw_kernel_works() -> bool:
     return torch.equal(*weights) and torch.equal(*steps)
 
 
+def _batch_weight(X) -> torch.Tensor | None:
+    """The sample weights of a batch's inputs, if it has any."""
+    return X.get("sample_weight") if isinstance(X, dict) else None
+
+
 def _out_of_patience(callback: Callback) -> bool:
     """Whether ``callback`` is a skorch ``EarlyStopping`` whose patience has run out."""
     return isinstance(callback, EarlyStopping) and getattr(callback, "misses_", 0) >= callback.patience
@@ -709,7 +719,8 @@ class MultiLabelNet(NeuralNet):
         return (self.predict_proba(X) >= 0.5).astype(np.int64)
 
     def infer(self, x, **fit_params):
-        x = {k: v.to(self.device, non_blocking=True) for k, v in x.items()}
+        # The batch's sample weights are for the loss, not the module.
+        x = {k: v.to(self.device, non_blocking=True) for k, v in x.items() if k != "sample_weight"}
         if self.accelerator is not None:
             context = self.accelerator.autocast()
         elif self.precision == "fp32" or self._fp32_head_on_features():
@@ -721,7 +732,19 @@ class MultiLabelNet(NeuralNet):
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         y_true = y_true.to(self.device, non_blocking=True)
-        return self.criterion_(y_pred.float(), y_true)
+        weight = _batch_weight(X)
+        if weight is None:
+            return self.criterion_(y_pred.float(), y_true)
+        # Each text's losses times its weight (the weights have mean 1 over the data set), then
+        # the mean, as the criterion takes it: the loss of equal weights is the unweighted loss.
+        criterion = self.criterion_
+        return torch.nn.functional.binary_cross_entropy_with_logits(
+            y_pred.float(),
+            y_true,
+            weight=weight.to(self.device, non_blocking=True).reshape(-1, 1),
+            pos_weight=criterion.pos_weight,
+            reduction=criterion.reduction,
+        )
 
     def train_step(self, batch, **fit_params):
         if not self.module_.training:  # walking the module tree every step is not free
@@ -730,7 +753,9 @@ class MultiLabelNet(NeuralNet):
         head_step = self._fixed_feature_step()
         if head_step is not None and isinstance(Xi, dict) and "features" in Xi:
             y_true = yi.to(self.device, non_blocking=True)
-            loss, y_pred = head_step.forward(Xi["features"], y_true, self.criterion_.pos_weight)
+            loss, y_pred = head_step.forward(
+                Xi["features"], y_true, self.criterion_.pos_weight, weight=_batch_weight(Xi)
+            )
             self._check_loss(loss)
             head_step.backward(1.0 / self.accumulate_batches)
         else:
@@ -969,7 +994,8 @@ class MultiLabelNet(NeuralNet):
         for (Xi, yi), batch_masks, size in zip(batches, masks, sizes, strict=True):
             row = {}
             rows.append(row)
-            loss, _ = head_step.forward(Xi["features"], yi, pos_weight, batch_masks)
+            weight = Xi.get("sample_weight")
+            loss, _ = head_step.forward(Xi["features"], yi, pos_weight, batch_masks, weight=weight)
             value = self._check_loss(loss)
             head_step.backward(1.0 / window, grads, add=pending > 0)
             pending += 1

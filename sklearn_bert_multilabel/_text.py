@@ -49,32 +49,45 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> list[np.ndarra
 
 
 class TokenDataset(Dataset):
-    """Pre-tokenised texts and their label rows, for training and validation."""
+    """Pre-tokenised texts and their label rows, for training and validation.
 
-    def __init__(self, ids: list[np.ndarray], Y: np.ndarray):
+    With ``weights`` (one per text), an item is ``(ids, y, weight)``, and
+    :class:`PadCollator` puts the batch's weights in its inputs under
+    ``"sample_weight"``.
+    """
+
+    def __init__(self, ids: list[np.ndarray], Y: np.ndarray, weights: np.ndarray | None = None):
         self.ids = ids
         self.Y = Y
+        self.weights = weights
         self.lengths = np.fromiter((len(t) for t in ids), dtype=np.int64, count=len(ids))
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, i: int):
+        if self.weights is not None:
+            return self.ids[i], self.Y[i], self.weights[i]
         return self.ids[i], self.Y[i]
 
 
 class FeatureDataset(Dataset):
-    """Pooled feature vectors (a frozen encoder's output) and their label rows."""
+    """Pooled feature vectors (a frozen encoder's output), their label rows and optional
+    weights (then in the inputs under ``"sample_weight"``)."""
 
-    def __init__(self, features: np.ndarray, Y: np.ndarray):
+    def __init__(self, features: np.ndarray, Y: np.ndarray, weights: np.ndarray | None = None):
         self.features = features
         self.Y = Y
+        self.weights = weights
 
     def __len__(self) -> int:
         return len(self.features)
 
     def __getitem__(self, i: int):
-        return {"features": self.features[i]}, self.Y[i]
+        inputs = {"features": self.features[i]}
+        if self.weights is not None:
+            inputs["sample_weight"] = self.weights[i]
+        return inputs, self.Y[i]
 
 
 def _base_seed(seed: int | None) -> int:
@@ -105,6 +118,8 @@ class FeatureBatches:
     ):
         self.features = torch.from_numpy(np.ascontiguousarray(dataset.features, dtype=np.float32))
         self.Y = torch.from_numpy(np.ascontiguousarray(dataset.Y, dtype=np.float32))
+        weights = getattr(dataset, "weights", None)
+        self.weights = None if weights is None else torch.from_numpy(np.asarray(weights, dtype=np.float32))
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -122,27 +137,43 @@ class FeatureBatches:
 
     def __iter__(self):
         n = len(self.features)
-        features, Y = self.features, self.Y
+        features, Y, weights = self.features, self.Y, self.weights
         if self.shuffle:
             # One gather per epoch; the batches are then views of it.
             order = torch.from_numpy(_epoch_rng(self.seed, self.epoch).permutation(n))
             features, Y = features.index_select(0, order), Y.index_select(0, order)
+            if weights is not None:
+                weights = weights.index_select(0, order)
             self.epoch += 1
         # One split per tensor: the batches' views in two calls, not two slicing calls a batch.
         count = len(self)
         step = self.batch_size
+        if weights is not None:
+            parts = zip(
+                features.split(step)[:count], Y.split(step)[:count], weights.split(step)[:count], strict=True
+            )
+            for x, y, w in parts:
+                yield {"features": x, "sample_weight": w}, y
+            return
         for x, y in zip(features.split(step)[:count], Y.split(step)[:count], strict=True):
             yield {"features": x}, y
 
 
+def _weights_tensor(weights) -> torch.Tensor:
+    return torch.tensor(np.asarray(weights, dtype=np.float32))
+
+
 class PadCollator:
-    """Stack a list of ``(ids, y)`` into padded tensors, padded to the longest."""
+    """Stack a list of ``(ids, y)`` into padded tensors, padded to the longest.
+
+    Items ``(ids, y, weight)`` add the weights to the inputs as ``"sample_weight"``.
+    """
 
     def __init__(self, pad_id: int):
         self.pad_id = int(pad_id)
 
     def __call__(self, batch):
-        ids, ys = zip(*batch, strict=True)
+        ids, ys, *weights = zip(*batch, strict=True)
         width = max(len(t) for t in ids)
         input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
@@ -150,7 +181,10 @@ class PadCollator:
             input_ids[row, : len(t)] = torch.from_numpy(t)
             attention_mask[row, : len(t)] = 1
         y = torch.from_numpy(np.stack(ys).astype(np.float32, copy=False))
-        return {"input_ids": input_ids, "attention_mask": attention_mask}, y
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if weights:
+            inputs["sample_weight"] = _weights_tensor(weights[0])
+        return inputs, y
 
 
 class LengthBucketBatchSampler(Sampler):
@@ -300,9 +334,10 @@ def window_text_ids(
 class WindowDataset(Dataset):
     """The windows of each text and their label rows, for training and validation."""
 
-    def __init__(self, windows: list[list[np.ndarray]], Y: np.ndarray):
+    def __init__(self, windows: list[list[np.ndarray]], Y: np.ndarray, weights: np.ndarray | None = None):
         self.windows = windows
         self.Y = Y
+        self.weights = weights  # one per text, as in TokenDataset
         self.n_windows = np.fromiter((len(w) for w in windows), dtype=np.int64, count=len(windows))
         # Longest window of each text: what the batch is padded to.
         self.lengths = np.fromiter(
@@ -313,11 +348,16 @@ class WindowDataset(Dataset):
         return len(self.windows)
 
     def __getitem__(self, i: int):
+        if self.weights is not None:
+            return self.windows[i], self.Y[i], self.weights[i]
         return self.windows[i], self.Y[i]
 
 
 class WindowCollator:
-    """Stack the windows of a list of ``(windows, y)`` into one padded batch with ``doc_index``."""
+    """Stack the windows of a list of ``(windows, y)`` into one padded batch with ``doc_index``.
+
+    Items ``(windows, y, weight)`` add each text's weight as ``"sample_weight"``.
+    """
 
     def __init__(self, pad_id: int):
         self.pad = PadCollator(pad_id)
@@ -325,12 +365,14 @@ class WindowCollator:
     def __call__(self, batch):
         empty = np.zeros(0, dtype=np.float32)
         rows, doc_index = [], []
-        for doc, (windows, _) in enumerate(batch):
-            rows += [(w, empty) for w in windows]
-            doc_index += [doc] * len(windows)
+        for doc, item in enumerate(batch):
+            rows += [(w, empty) for w in item[0]]
+            doc_index += [doc] * len(item[0])
         inputs, _ = self.pad(rows)
         inputs["doc_index"] = torch.tensor(doc_index, dtype=torch.long)
-        y = torch.from_numpy(np.stack([y for _, y in batch]).astype(np.float32, copy=False))
+        y = torch.from_numpy(np.stack([item[1] for item in batch]).astype(np.float32, copy=False))
+        if len(batch[0]) == 3:
+            inputs["sample_weight"] = _weights_tensor([item[2] for item in batch])
         return inputs, y
 
 

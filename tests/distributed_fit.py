@@ -42,6 +42,10 @@ def params(model_dir: str) -> dict:
     )
 
 
+def sample_weights(n: int) -> np.ndarray:
+    return np.linspace(0.1, 3.0, n)
+
+
 def nan_on_process_1(model_dir: str, out_dir: str, rank: int) -> None:
     """Process 1 alone gets a NaN loss on its third batch: both processes must stop."""
     from sklearn_bert_multilabel import NonFiniteLossError
@@ -112,6 +116,8 @@ def fit_and_report(model_dir: str, out_dir: str, rank: int) -> None:
     clf = BertMultiLabelClassifier(**params(model_dir)).fit(X, Y)
     restored = pickle.loads(pickle.dumps(clf))  # unwrapped and picklable
     np.save(os.path.join(out_dir, f"proba-{rank}.npy"), restored.predict_proba(X))
+    weighted = BertMultiLabelClassifier(**params(model_dir)).fit(X, Y, sample_weight=sample_weights(len(X)))
+    np.save(os.path.join(out_dir, f"weighted-{rank}.npy"), weighted.predict_proba(X))
     with_valid = BertMultiLabelClassifier(
         **{**params(model_dir), "train_split": 0.25, "threshold": "auto", "callbacks": None}
     ).fit(X, Y)

@@ -34,7 +34,7 @@ def test_two_process_training_equals_one_process_with_the_same_batches(tiny_mode
     accumulates two at a time (accumulate_batches=2): the same updates, the same model."""
     sys.path.insert(0, HERE)
     from conftest import make_texts
-    from distributed_fit import params
+    from distributed_fit import params, sample_weights
 
     _torchrun(tiny_model_dir, tmp_path, 29571)
     reports = [json.loads((tmp_path / f"report-{r}.json").read_text()) for r in (0, 1)]
@@ -50,6 +50,14 @@ def test_two_process_training_equals_one_process_with_the_same_batches(tiny_mode
     single = BertMultiLabelClassifier(**{**params(tiny_model_dir), "accumulate_batches": 2}).fit(X, Y)
     assert [row["train_batches"] for row in single.history_] == [6, 6]
     np.testing.assert_allclose(probas[0], single.predict_proba(X), atol=1e-5)
+
+    # Sample weights: each process weighs its own batches' losses the same way.
+    weighted = [np.load(tmp_path / f"weighted-{r}.npy") for r in (0, 1)]
+    np.testing.assert_array_equal(weighted[0], weighted[1])
+    single_weighted = BertMultiLabelClassifier(**{**params(tiny_model_dir), "accumulate_batches": 2})
+    single_weighted.fit(X, Y, sample_weight=sample_weights(len(X)))
+    np.testing.assert_allclose(weighted[0], single_weighted.predict_proba(X), atol=1e-5)
+    assert np.abs(weighted[0] - probas[0]).max() > 1e-4
 
 
 def test_a_non_finite_loss_on_one_process_stops_every_process(tiny_model_dir, tmp_path):

@@ -18,9 +18,10 @@ from sklearn_bert_multilabel._head import HeadStep
 from sklearn_bert_multilabel._model import FastDropout, build_head
 
 
-def autograd_step(head, x, y, pos_weight, loss_scale):
+def autograd_step(head, x, y, pos_weight, loss_scale, row_weight=None):
     logits = head(x)
-    loss = nn.BCEWithLogitsLoss(pos_weight=pos_weight)(logits, y)
+    weight = None if row_weight is None else row_weight[:, None]
+    loss = nn.BCEWithLogitsLoss(weight=weight, pos_weight=pos_weight)(logits, y)
     (loss * loss_scale).backward()
     return loss, logits
 
@@ -28,21 +29,23 @@ def autograd_step(head, x, y, pos_weight, loss_scale):
 @pytest.mark.parametrize("sizes", [(), (16,), (16, 8)])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("p", [0.0, 0.3])
-def test_loss_and_gradients_match_autograd(sizes, weighted, p):
+@pytest.mark.parametrize("rows_weighted", [False, True])
+def test_loss_and_gradients_match_autograd(sizes, weighted, p, rows_weighted):
     torch.manual_seed(0)
     head = build_head(12, 3, sizes, p).train()
     twin = copy.deepcopy(head)
     x, y = torch.randn(9, 12), (torch.rand(9, 3) < 0.4).float()
     pos_weight = torch.tensor([1.0, 4.0, 0.5]) if weighted else None
+    row_weight = torch.tensor([0.2, 1.0, 3.0, 0.0, 1.5, 0.7, 1.0, 2.0, 0.5]) if rows_weighted else None
     x_before = x.clone()
 
     for loss_scale in (0.5, 1.0):  # two steps: gradients accumulate as with backward()
         torch.manual_seed(7 + int(loss_scale * 2))
-        loss, logits = autograd_step(head, x, y, pos_weight, loss_scale)
+        loss, logits = autograd_step(head, x, y, pos_weight, loss_scale, row_weight)
         torch.manual_seed(7 + int(loss_scale * 2))  # the same dropout masks
         step = HeadStep.for_head(twin)
         assert step is not None
-        loss2, logits2 = step.forward(x, y, pos_weight)
+        loss2, logits2 = step.forward(x, y, pos_weight, weight=row_weight)
         step.backward(loss_scale)
         assert loss2.item() == pytest.approx(loss.item(), rel=1e-6)
         torch.testing.assert_close(logits2, logits.detach(), rtol=1e-5, atol=1e-6)
@@ -166,9 +169,9 @@ def test_a_non_finite_loss_stops_before_the_hand_written_update(fast_params, toy
     real_forward = HeadStep.forward
     calls = []
 
-    def forward(self, x, y, pos_weight=None):
+    def forward(self, x, y, pos_weight=None, weight=None):
         calls.append(1)
-        loss, logits = real_forward(self, x, y, pos_weight)
+        loss, logits = real_forward(self, x, y, pos_weight, weight=weight)
         return (loss * float("nan") if len(calls) == 3 else loss), logits
 
     snapshot = weights_after_each_training_batch()
@@ -296,12 +299,12 @@ def test_a_non_finite_loss_stops_the_lean_epoch_before_the_update(
     real_forward = HeadStep.forward
     calls, heads = [], []
 
-    def forward(self, x, y, pos_weight=None, masks=None):
+    def forward(self, x, y, pos_weight=None, masks=None, weight=None):
         calls.append(1)
         if len(calls) == 3:
             heads.append({k: v.clone() for k, v in self.linears[0].state_dict().items()})
-            return real_forward(self, x, y, pos_weight, masks)[0] * float("inf"), None
-        return real_forward(self, x, y, pos_weight, masks)
+            return real_forward(self, x, y, pos_weight, masks, weight)[0] * float("inf"), None
+        return real_forward(self, x, y, pos_weight, masks, weight)
 
     monkeypatch.setattr(HeadStep, "forward", forward)
     clf = BertMultiLabelClassifier(**{**fast_params, "freeze_encoder": True})
@@ -517,8 +520,8 @@ def test_the_thread_count_is_restored_when_an_epoch_fails(fast_params, toy_data,
     X, Y = toy_data
     real_forward = HeadStep.forward
 
-    def forward(self, x, y, pos_weight=None, masks=None):
-        loss, logits = real_forward(self, x, y, pos_weight, masks)
+    def forward(self, x, y, pos_weight=None, masks=None, weight=None):
+        loss, logits = real_forward(self, x, y, pos_weight, masks, weight)
         return loss * float("nan"), logits
 
     monkeypatch.setattr(HeadStep, "forward", forward)
@@ -569,8 +572,8 @@ def test_lean_epochs_flush_denormals_and_restore_the_setting(fast_params, toy_da
 
         real_forward = HeadStep.forward
 
-        def failing(self, x, y, pos_weight=None, masks=None):
-            loss, logits = real_forward(self, x, y, pos_weight, masks)
+        def failing(self, x, y, pos_weight=None, masks=None, weight=None):
+            loss, logits = real_forward(self, x, y, pos_weight, masks, weight)
             return loss * float("nan"), logits
 
         monkeypatch.setattr(HeadStep, "forward", failing)

@@ -11,6 +11,8 @@ from sklearn_bert_multilabel._text import (
     FeatureDataset,
     LengthBucketBatchSampler,
     PadCollator,
+    WindowCollator,
+    WindowDataset,
     iter_id_batches,
     iter_text_batches,
 )
@@ -68,6 +70,26 @@ def test_collator_pads_to_longest_in_batch():
     assert inputs["input_ids"].tolist() == [[1, 2, 3], [4, 7, 7]]
     assert inputs["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert y.shape == (2, 2)
+
+
+def test_weights_travel_with_their_rows():
+    features = np.arange(20 * 2, dtype=np.float32).reshape(20, 2)
+    Y = np.zeros((20, 1), dtype=np.float32)
+    weights = np.arange(20, dtype=np.float32) / 10
+    for x, _ in FeatureBatches(FeatureDataset(features, Y, weights), 8, shuffle=True, seed=0):
+        np.testing.assert_array_equal(x["sample_weight"].numpy(), x["features"][:, 0].numpy() / 20)
+    assert "sample_weight" not in next(iter(FeatureBatches(FeatureDataset(features, Y), 8, shuffle=True)))[0]
+
+    inputs, _ = PadCollator(pad_id=0)(
+        [(np.array([1, 2]), np.ones(1), 0.5), (np.array([3]), np.zeros(1), 2.0)]
+    )
+    assert inputs["sample_weight"].tolist() == [0.5, 2.0]
+    dataset = WindowDataset(
+        [[np.array([1, 2]), np.array([3])], [np.array([4])]], np.ones((2, 1)), np.array([3.0, 1.0])
+    )
+    inputs, y = WindowCollator(pad_id=0)([dataset[0], dataset[1]])
+    assert inputs["sample_weight"].tolist() == [3.0, 1.0] and inputs["doc_index"].tolist() == [0, 0, 1]
+    assert y.shape == (2, 1)
 
 
 def test_prediction_batches_cover_all_rows_in_length_order():

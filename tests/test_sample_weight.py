@@ -1,0 +1,232 @@
+"""``fit(X, Y, sample_weight=...)``: what the weights change, and what they must not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import sklearn
+import torch
+from scipy.special import expit
+from sklearn.metrics import get_scorer
+from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.pipeline import Pipeline
+from skorch.callbacks import Callback
+
+from sklearn_bert_multilabel import BertMultiLabelClassifier, InvalidInputError, tune_thresholds
+
+PATHS = {
+    "fine-tuned": {},
+    "frozen (cached features)": {"freeze_encoder": True, "hidden_layer_sizes": (8,)},
+    "chunked": {"long_text": "chunk", "max_length": 8},
+}
+NO_DROPOUT = {"encoder__hidden_dropout_prob": 0.0, "encoder__attention_probs_dropout_prob": 0.0}
+
+
+class CountTrainingBatches(Callback):
+    """Acts on training batches, so the net takes skorch's per-batch loop."""
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        pass
+
+
+def varied_weights(n: int) -> np.ndarray:
+    return np.linspace(0.1, 3.0, n)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_equal_weights_train_exactly_as_no_weights(fast_params, toy_data, path):
+    X, Y = toy_data
+    params = {**fast_params, **PATHS[path]}
+    plain = BertMultiLabelClassifier(**params).fit(X, Y).predict_proba(X)
+    equal = BertMultiLabelClassifier(**params).fit(X, Y, sample_weight=np.full(len(X), 3.0)).predict_proba(X)
+    weights = varied_weights(len(X))
+    varied = BertMultiLabelClassifier(**params).fit(X, Y, sample_weight=weights).predict_proba(X)
+    np.testing.assert_array_equal(equal, plain)
+    assert np.abs(varied - plain).max() > 1e-3  # the weights reach the loss
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_weight_zero_leaves_a_text_out(fast_params, toy_data, path):
+    X, Y = toy_data
+    params = {**fast_params, **PATHS[path]}
+    weights = np.ones(len(X))
+    weights[:10] = 0.0
+    weighted = BertMultiLabelClassifier(**params).fit(X, Y, sample_weight=weights)
+    without = BertMultiLabelClassifier(**params).fit(X[10:], Y[10:])
+    np.testing.assert_array_equal(weighted.predict_proba(X), without.predict_proba(X))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"freeze_encoder": True, "hidden_layer_sizes": (16,)},
+        NO_DROPOUT,  # the encoder's own dropout would draw other masks for other batches
+    ],
+    ids=["frozen", "fine-tuned"],
+)
+def test_integer_weights_train_as_repeated_texts(fast_params, toy_data, extra):
+    """With one batch per epoch and no dropout, weight 2 is the text given twice."""
+    X, Y = toy_data
+    params = {**fast_params, **extra, "batch_size": 500, "dropout": 0.0, "max_epochs": 4}
+    weights = np.ones(len(X), dtype=int)
+    weights[::3] = 2
+    repeated_X = [x for x, k in zip(X, weights, strict=True) for _ in range(k)]
+    repeated_Y = np.repeat(Y, weights, axis=0)
+    weighted = BertMultiLabelClassifier(**params).fit(X, Y, sample_weight=weights)
+    repeated = BertMultiLabelClassifier(**params).fit(repeated_X, repeated_Y)
+    unweighted = BertMultiLabelClassifier(**params).fit(X, Y)
+    np.testing.assert_allclose(weighted.predict_proba(X), repeated.predict_proba(X), atol=1e-6)
+    assert np.abs(weighted.predict_proba(X) - unweighted.predict_proba(X)).max() > 1e-4
+
+
+@pytest.mark.parametrize("extra", [{}, {"pos_weight": "balanced", "accumulate_batches": 4, "dropout": 0.3}])
+def test_lean_head_epoch_weights_as_skorchs_loop(fast_params, toy_data, extra):
+    X, Y = toy_data
+    params = {**fast_params, "freeze_encoder": True, "hidden_layer_sizes": (8,), "max_epochs": 3, **extra}
+    weights = varied_weights(len(X))
+    lean = BertMultiLabelClassifier(**params).fit(X, Y, sample_weight=weights)
+    loop = BertMultiLabelClassifier(**params, callbacks=[("count", CountTrainingBatches())])
+    loop.fit(X, Y, sample_weight=weights)
+    for (name, a), b in zip(
+        lean.module_.head.state_dict().items(), loop.module_.head.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+    np.testing.assert_allclose(lean.history_[:, "train_loss"], loop.history_[:, "train_loss"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_validation_weights_weigh_the_validation_loss_and_the_tuned_thresholds(fast_params, frozen):
+    from conftest import make_texts
+
+    X, Y = make_texts(64, seed=1)
+    X_val, Y_val = make_texts(40, seed=2)
+    w_val = np.where(Y_val.sum(1) <= 1, 5.0, 0.2)  # texts with few labels count most
+    params = {**fast_params, "threshold": "auto", "max_epochs": 2, "dropout": 0.0}
+    if frozen:
+        params.update(freeze_encoder=True, hidden_layer_sizes=(8,))
+    clf = BertMultiLabelClassifier(**params).fit(X, Y, validation_data=(X_val, Y_val, w_val))
+    logits = clf.decision_function(X_val)  # the model of the last epoch, which was validated
+    z, y = torch.from_numpy(logits), torch.from_numpy(Y_val.astype(np.float32))
+    per_text = torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none").mean(1).numpy()
+    assert clf.history_[-1, "valid_loss"] == pytest.approx(np.average(per_text, weights=w_val), rel=1e-4)
+    assert clf.history_[-1, "valid_loss"] != pytest.approx(per_text.mean(), rel=1e-4)
+
+    expected = tune_thresholds(expit(logits), Y_val, sample_weight=w_val)
+    np.testing.assert_allclose(clf.thresholds_, expected, atol=1e-5)
+    assert not np.allclose(tune_thresholds(expit(logits), Y_val), expected)
+
+
+def test_weights_follow_their_texts_into_the_validation_split(fast_params, toy_data):
+    X, Y = toy_data
+    params = {**fast_params, "train_split": 0.25, "threshold": "auto", "max_epochs": 1}
+    equal = BertMultiLabelClassifier(**params).fit(X, Y, sample_weight=np.full(len(X), 2.0))
+    plain = BertMultiLabelClassifier(**params).fit(X, Y)
+    varied = BertMultiLabelClassifier(**params).fit(X, Y, sample_weight=varied_weights(len(X)))
+    assert equal.history_[-1, "valid_loss"] == plain.history_[-1, "valid_loss"]
+    np.testing.assert_array_equal(equal.thresholds_, plain.thresholds_)
+    assert varied.history_[-1, "valid_loss"] != plain.history_[-1, "valid_loss"]
+
+
+def test_balanced_pos_weight_counts_weighted_positives(fast_params, toy_data):
+    X, Y = toy_data
+    weights = varied_weights(len(X))
+    clf = BertMultiLabelClassifier(**{**fast_params, "max_epochs": 1, "pos_weight": "balanced"})
+    clf.fit(X, Y, sample_weight=weights)
+    expected = (weights @ (1 - Y)) / (weights @ Y)
+    np.testing.assert_allclose(clf.pos_weight_, expected, rtol=1e-6)
+    assert not np.allclose(expected, (1 - Y).sum(0) / Y.sum(0), rtol=1e-3)
+
+
+def test_weights_as_list_series_or_column_train_the_same_and_are_not_modified(fast_params, toy_data):
+    X, Y = toy_data
+    params = {**fast_params, "max_epochs": 1, "freeze_encoder": True}
+    weights = varied_weights(len(X))
+    kept = weights.copy()
+    reference = BertMultiLabelClassifier(**params).fit(X, Y, sample_weight=weights).predict_proba(X)
+    np.testing.assert_array_equal(weights, kept)
+    for given in (list(weights), pd.Series(weights, index=np.arange(len(X))[::-1]), weights[:, None]):
+        proba = BertMultiLabelClassifier(**params).fit(X, Y, sample_weight=given).predict_proba(X)
+        np.testing.assert_array_equal(proba, reference)
+
+
+def test_bad_weights_are_reported_with_the_other_problems(fast_params, toy_data):
+    X, Y = toy_data
+    clf = BertMultiLabelClassifier(**fast_params)
+    cases = {
+        "has 5 weights but X has 96 texts; give one weight per row": np.ones(5),
+        "negative value(s) (first at row 3, -1)": np.where(np.arange(96) == 3, -1.0, 1.0),
+        "NaN or infinite value(s) (first at row 7)": np.where(np.arange(96) == 7, np.nan, 1.0),
+        "is 0 for every text": np.zeros(96),
+        "must be 1-D": np.ones((96, 2)),
+        "must hold numbers": ["a"] * 96,
+    }
+    for expected, weights in cases.items():
+        with pytest.raises(InvalidInputError, match="sample_weight") as info:
+            clf.fit(X, Y[:50], sample_weight=weights)
+        message = str(info.value)
+        assert expected in message, message
+        assert "Y has 50 rows" in message  # reported together
+    expected = "validation_data sample_weight has 3 weights but validation_data X has 10 texts"
+    with pytest.raises(InvalidInputError, match=expected):
+        clf.fit(X, Y, validation_data=(X[:10], Y[:10], np.ones(3)))
+    with pytest.raises(InvalidInputError, match=r"\(X_val, Y_val, sample_weight_val\)"):
+        clf.fit(X, Y, validation_data=(X[:10], Y[:10], np.ones(10), None))
+    assert not hasattr(clf, "module_")
+
+
+def test_a_collate_fn_of_ones_own_is_refused_with_weights(fast_params, toy_data):
+    X, Y = toy_data
+    clf = BertMultiLabelClassifier(**fast_params, iterator_train__collate_fn=lambda batch: batch)
+    with pytest.raises(InvalidInputError, match="iterator_train__collate_fn cannot be combined with sample"):
+        clf.fit(X, Y, sample_weight=varied_weights(len(X)))
+
+
+def test_grid_search_and_pipeline_pass_the_weights_to_fit(fast_params, toy_data):
+    X, Y = toy_data
+    params = {**fast_params, "max_epochs": 1, "freeze_encoder": True}
+    weights = varied_weights(len(X))
+    expected = BertMultiLabelClassifier(**params).fit(X, Y, sample_weight=weights).predict_proba(X)
+    unweighted = BertMultiLabelClassifier(**params).fit(X, Y).predict_proba(X)
+    assert np.abs(expected - unweighted).max() > 1e-4
+
+    search = GridSearchCV(BertMultiLabelClassifier(**params), {"lr": [1e-3]}, cv=KFold(2), scoring="f1_macro")
+    search.fit(X, Y, sample_weight=weights)  # indexed per fold, then the refit on everything
+    np.testing.assert_array_equal(search.predict_proba(X), expected)
+
+    pipe = Pipeline([("clf", BertMultiLabelClassifier(**params))]).fit(X, Y, clf__sample_weight=weights)
+    np.testing.assert_array_equal(pipe.predict_proba(X), expected)
+
+    with sklearn.config_context(enable_metadata_routing=True):
+        routed = BertMultiLabelClassifier(**params).set_fit_request(sample_weight=True)
+        scorer = get_scorer("f1_macro").set_score_request(sample_weight=True)
+        search = GridSearchCV(routed, {"lr": [1e-3]}, cv=KFold(2), scoring=scorer)
+        search.fit(X, Y, sample_weight=weights)
+    np.testing.assert_array_equal(search.predict_proba(X), expected)
+
+
+def test_memory_keys_weighted_fits_apart(fast_params, toy_data, tmp_path):
+    X, Y = toy_data
+    params = {**fast_params, "max_epochs": 1, "memory": str(tmp_path)}
+    plain = BertMultiLabelClassifier(**params).fit(X, Y).cache_key_
+    equal = BertMultiLabelClassifier(**params).fit(X, Y, sample_weight=np.ones(len(X))).cache_key_
+    weights = varied_weights(len(X))
+    varied = BertMultiLabelClassifier(**params).fit(X, Y, sample_weight=weights).cache_key_
+    other = BertMultiLabelClassifier(**params).fit(X, Y, sample_weight=weights[::-1]).cache_key_
+    assert equal == plain  # equal weights train as none: the same entry
+    assert len({plain, varied, other}) == 3
+
+
+def test_fit_thresholds_weighs_the_tuning_texts(one_epoch_model):
+    from conftest import make_texts
+
+    X_val, Y_val = make_texts(48, seed=5)
+    weights = varied_weights(len(X_val))
+    proba = one_epoch_model.predict_proba(X_val)
+    one_epoch_model.fit_thresholds(X_val, Y_val, sample_weight=weights)
+    np.testing.assert_array_equal(
+        one_epoch_model.tuned_thresholds_, tune_thresholds(proba, Y_val, sample_weight=weights)
+    )
+    with pytest.raises(InvalidInputError, match="sample_weight has 2 weights but X has 48") as info:
+        one_epoch_model.fit_thresholds(X_val, Y_val, metric="f3", sample_weight=[1, 2])
+    assert "metric must be one of" in str(info.value)  # reported together
