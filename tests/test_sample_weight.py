@@ -230,3 +230,53 @@ def test_fit_thresholds_weighs_the_tuning_texts(one_epoch_model):
     with pytest.raises(InvalidInputError, match="sample_weight has 2 weights but X has 48") as info:
         one_epoch_model.fit_thresholds(X_val, Y_val, metric="f3", sample_weight=[1, 2])
     assert "metric must be one of" in str(info.value)  # reported together
+
+
+def test_a_weighted_fit_read_from_memory_tunes_the_same_thresholds(fast_params, toy_data, tmp_path):
+    X, Y = toy_data
+    weights = np.where(np.asarray(Y).sum(1) <= 1, 5.0, 0.2)
+    params = {
+        **fast_params,
+        "max_epochs": 1,
+        "memory": str(tmp_path),
+        "train_split": 0.25,
+        "threshold": "auto",
+    }
+    trained = BertMultiLabelClassifier(**params).fit(X, Y, sample_weight=weights)
+    read = BertMultiLabelClassifier(**params).fit(X, Y, sample_weight=weights)
+    assert read.cache_key_ == trained.cache_key_ is not None
+    np.testing.assert_array_equal(read.thresholds_, trained.thresholds_)
+    unweighted = BertMultiLabelClassifier(**params).fit(X, Y)
+    assert unweighted.cache_key_ != trained.cache_key_
+    assert not np.array_equal(unweighted.thresholds_, trained.thresholds_)
+
+
+def test_resuming_a_weighted_fit_from_its_checkpoint(fast_params, toy_data, tmp_path, monkeypatch):
+    from sklearn_bert_multilabel._net import MultiLabelNet
+
+    X, Y = toy_data
+    weights = varied_weights(len(X))
+    params = {**fast_params, "max_epochs": 3, "train_split": 0.25}
+    expected = BertMultiLabelClassifier(**params).fit(X, Y, sample_weight=weights).predict_proba(X)
+
+    train_step, steps = MultiLabelNet.train_step, []
+
+    def interrupted(self, batch, **fit_params):
+        steps.append(1)
+        if len(steps) == 2 * 5 + 2:  # during epoch 3 (5 batches an epoch)
+            raise KeyboardInterrupt
+        return train_step(self, batch, **fit_params)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MultiLabelNet, "train_step", interrupted)
+        with pytest.warns(UserWarning, match="interrupted during epoch 3"):
+            BertMultiLabelClassifier(**params, checkpoint_dir=tmp_path).fit(X, Y, sample_weight=weights)
+    # Other weights are another fit: it starts from the pretrained encoder, not from that checkpoint.
+    unweighted = BertMultiLabelClassifier(**params, checkpoint_dir=tmp_path, warm_start=True).fit(X, Y)
+    np.testing.assert_array_equal(
+        unweighted.predict_proba(X), BertMultiLabelClassifier(**params).fit(X, Y).predict_proba(X)
+    )
+    resumed = BertMultiLabelClassifier(**params, checkpoint_dir=tmp_path, warm_start=True)
+    resumed.fit(X, Y, sample_weight=weights)
+    assert len(resumed.history_) == 3
+    np.testing.assert_allclose(resumed.predict_proba(X), expected, rtol=0, atol=1e-6)
