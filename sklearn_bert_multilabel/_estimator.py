@@ -2236,7 +2236,8 @@ def _unit_mean(weights: np.ndarray | None) -> np.ndarray | None:
     estimates the weighted mean over the data set whatever the weights' scale."""
     if weights is None or len(weights) == 0:
         return None
-    return (weights / weights.mean()).astype(np.float32)
+    scaled = weights / weights.max()  # first, so that the mean of weights near 1e308 is finite
+    return (scaled / scaled.mean()).astype(np.float32)
 
 
 def _check_folder(path: str | os.PathLike, problems: Problems, *, name: str, none_means: str) -> None:

@@ -172,6 +172,8 @@ def _check_scores_and_labels(
     if sample_weight is not None:
         n_rows = None if Y_arr is None else len(Y_arr)
         weight = check_sample_weight(sample_weight, n_rows, problems, against="Y", rows="rows")
+        if weight is not None:
+            weight = weight / weight.max()  # the same cuts, and sums of weights near 1e308 stay finite
     if hasattr(proba, "columns") and not unnamed_columns(proba.columns):  # Y's columns, in Y's order
         check_label_names(
             [str(c) for c in proba.columns],

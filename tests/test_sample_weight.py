@@ -46,6 +46,16 @@ def test_equal_weights_train_exactly_as_no_weights(fast_params, toy_data, path):
     assert np.abs(varied - plain).max() > 1e-3  # the weights reach the loss
 
 
+def test_only_the_ratios_between_weights_matter(fast_params, toy_data):
+    X, Y = toy_data
+    params = {**fast_params, "freeze_encoder": True, "max_epochs": 1}
+    weights = varied_weights(len(X))
+    reference = BertMultiLabelClassifier(**params).fit(X, Y, sample_weight=weights).predict_proba(X)
+    for scale in (1e307, 1e-300):  # the sum of the large ones overflows a float64
+        proba = BertMultiLabelClassifier(**params).fit(X, Y, sample_weight=weights * scale).predict_proba(X)
+        np.testing.assert_array_equal(proba, reference)
+
+
 @pytest.mark.parametrize("path", list(PATHS))
 def test_weight_zero_leaves_a_text_out(fast_params, toy_data, path):
     X, Y = toy_data

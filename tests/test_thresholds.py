@@ -239,6 +239,7 @@ def test_weighted_thresholds_maximise_the_weighted_score():
     for candidate in np.unique(proba):
         assert fbeta_score(Y[:, 0], proba[:, 0] >= candidate, beta=1.0, sample_weight=weights) <= best + 1e-12
     assert tune_thresholds(proba, Y)[0] != t  # the weighted optimum is another cut
+    assert tune_thresholds(proba, Y, sample_weight=weights * 1e307)[0] == t  # only the ratios matter
 
 
 def test_tune_thresholds_checks_the_weights_with_the_rest():
