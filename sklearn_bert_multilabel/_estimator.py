@@ -961,10 +961,14 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         problems.raise_if_any()
         return texts
 
-    def _check_eval_labels(self, X: object, Y: object) -> tuple[list[str], np.ndarray]:
+    def _check_eval_labels(
+        self, X: object, Y: object, sample_weight: object = None, problems: Problems | None = None
+    ) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+        """Texts, labels and weights (None when not given) of an evaluation, checked; every
+        problem raised together, with those already in ``problems``."""
         check_is_fitted(self)
         warn_misaligned_rows(X, Y)
-        problems = Problems()
+        problems = Problems() if problems is None else problems
         self._check_prediction_params(problems)
         texts = check_texts(X, problems)
         Y_arr, names = check_label_matrix(Y, problems)
@@ -984,8 +988,11 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             )
         if texts is not None and Y_arr is not None and len(texts) != len(Y_arr):
             problems.append(f"X has {len(texts)} texts but Y has {len(Y_arr)} rows.")
+        weights = None
+        if sample_weight is not None:
+            weights = check_sample_weight(sample_weight, None if texts is None else len(texts), problems)
         problems.raise_if_any()
-        return texts, Y_arr
+        return texts, Y_arr, weights
 
     # --------------------------------------------------------------------- fit
     def fit(
@@ -2038,15 +2045,13 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             A label column of ``y`` has no positive example: its threshold
             is not tuned and stays 0.5.
         """
-        texts, Y = self._check_eval_labels(X, y)
         metric = self.threshold_metric if metric is None else metric
         problems = Problems()
         try:
             parse_metric(metric)
         except ValueError as exc:
             problems.append(f"metric {exc}.")
-        weights = None if sample_weight is None else check_sample_weight(sample_weight, len(texts), problems)
-        problems.raise_if_any()
+        texts, Y, weights = self._check_eval_labels(X, y, sample_weight, problems)
         self.tuned_thresholds_ = tune_thresholds(
             self.predict_proba(texts), Y, metric, label_names=self.label_names_, sample_weight=weights
         )
@@ -2075,8 +2080,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         score : float
             Subset accuracy.
         """
-        texts, Y = self._check_eval_labels(X, y)
-        return float(accuracy_score(Y.astype(np.int64), self.predict(texts), sample_weight=sample_weight))
+        texts, Y, weights = self._check_eval_labels(X, y, sample_weight)
+        return float(accuracy_score(Y.astype(np.int64), self.predict(texts), sample_weight=weights))
 
     # ------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> None:

@@ -290,3 +290,17 @@ def test_resuming_a_weighted_fit_from_its_checkpoint(fast_params, toy_data, tmp_
     resumed.fit(X, Y, sample_weight=weights)
     assert len(resumed.history_) == 3
     np.testing.assert_allclose(resumed.predict_proba(X), expected, rtol=0, atol=1e-6)
+
+
+def test_score_weighs_the_texts_and_checks_the_weights(one_epoch_model):
+    from conftest import make_texts
+    from sklearn.metrics import accuracy_score
+
+    X, Y = make_texts(40, seed=6)
+    weights = varied_weights(len(X))
+    expected = accuracy_score(Y, one_epoch_model.predict(X), sample_weight=weights)
+    assert one_epoch_model.score(X, Y, sample_weight=weights) == pytest.approx(expected)
+    with pytest.raises(InvalidInputError) as info:
+        one_epoch_model.score(X, Y[:30], sample_weight=-weights)
+    assert "sample_weight contains 40 negative value(s)" in str(info.value)
+    assert "X has 40 texts but Y has 30 rows" in str(info.value)
