@@ -46,6 +46,16 @@ def _looks_like_path(model_name: str) -> bool:
     return model_name.startswith(("/", "./", "../", "~", ".\\")) or os.path.isabs(model_name)
 
 
+def _damaged_config(folder: str) -> str | None:
+    """Why ``folder``'s config.json does not read as a JSON object, or None when it does."""
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as fh:
+            config = json.load(fh)
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return f"{type(exc).__name__}: {exc}"
+    return None if isinstance(config, dict) else f"it holds a JSON {type(config).__name__}, not an object"
+
+
 def _check_local(model_name: str) -> None:
     if os.path.isfile(os.path.expanduser(model_name)):
         raise ValueError(
@@ -76,11 +86,22 @@ def _check_local(model_name: str) -> None:
             "holds the encoder's config.json, weights and tokenizer files (as written by "
             f"model.save_pretrained(folder) and tokenizer.save_pretrained(folder)).{hint}"
         )
+    if os.path.isdir(folder):
+        # transformers' own errors for a damaged config.json range from a clear OSError to a
+        # TypeError from inside the config class (a JSON list): one message for all.
+        damage = _damaged_config(folder)
+        if damage is not None:
+            raise ValueError(
+                f"Could not read config.json of model_name={model_name!r} ({damage}): the file is "
+                "damaged or cut short. Write it again with model.save_pretrained(folder), or copy "
+                "or download it again."
+            )
 
 
 def _load_error(model_name: str, exc: Exception) -> ValueError:
+    folder = os.path.expanduser(model_name)
     offline = ""
-    if not os.path.isdir(os.path.expanduser(model_name)) and not os.environ.get("HF_HUB_OFFLINE"):
+    if not os.path.isdir(folder) and not os.environ.get("HF_HUB_OFFLINE"):
         # Without a connection, huggingface_hub retries each file request for about 20 s.
         offline = (
             " On a machine without internet access, set HF_HUB_OFFLINE=1 in the environment "

@@ -647,6 +647,27 @@ def test_damaged_weights_file_is_named_with_the_fix(tiny_model_dir, tmp_path, da
         clf.fit(["a good game", "stocks fell"], [[1, 0], [0, 1]])
 
 
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        ('{"model_type": "be', "JSONDecodeError"),  # cut short
+        ("", "JSONDecodeError"),
+        ("[1, 2]", "it holds a JSON list, not an object"),  # transformers: a TypeError from its config class
+        (b"\xff\xfe\x00", "UnicodeDecodeError"),
+    ],
+)
+def test_damaged_config_file_is_named_with_the_fix(tiny_model_dir, tmp_path, content, why):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "config.json").write_bytes(content if isinstance(content, bytes) else content.encode())
+    clf = BertMultiLabelClassifier(model_name=str(folder), max_epochs=1, train_split=None)
+    with pytest.raises(ValueError, match=r"Could not read config.json of model_name=") as info:
+        clf.fit(["a good game", "stocks fell"], [[1, 0], [0, 1]])
+    message = str(info.value)
+    assert why in message and "model.save_pretrained(folder)" in message
+    assert "hub" not in message  # a local folder: nothing to do with the hub
+
+
 def test_damaged_tokenizer_file_is_named_with_the_fix(tiny_model_dir, tmp_path):
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)
