@@ -1033,8 +1033,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         Raises
         ------
         InvalidInputError
-            Every problem with ``X``, ``y``, ``validation_data`` and the
-            parameters, listed together, before any training.
+            Every problem with ``X``, ``y``, ``sample_weight``,
+            ``validation_data`` and the parameters, listed together, before
+            any training.
 
         Warns
         -----
