@@ -55,7 +55,9 @@ def _cuts(scores: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None):
 
     With ``weight``, the counts are sums of the rows' weights.
     """
-    order = np.argsort(-scores, kind="stable")
+    # Any order of tied scores gives the same counts at the end of their run, the only cut
+    # among them that is tried: numpy's default sort, several times as fast as a stable one.
+    order = np.argsort(-scores)
     s = scores[order]
     if weight is None:
         tp = np.cumsum(y[order])
