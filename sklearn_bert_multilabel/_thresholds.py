@@ -273,14 +273,16 @@ def tune_thresholds(
         raise ValueError(f"metric {exc}") from None
     proba, Y, names, weight = _check_scores_and_labels(proba, Y, sample_weight)
     label_names = names if label_names is None else label_names
+    # One label per contiguous row: each label's column is then read without a stride.
+    columns, positives = np.ascontiguousarray(proba.T), np.ascontiguousarray(Y.T, dtype=bool)
     if kind == "fbeta":
         return np.array(
-            [best_threshold(proba[:, j], Y[:, j], value, weight) for j in range(proba.shape[1])],
+            [best_threshold(s, y, value, weight) for s, y in zip(columns, positives, strict=True)],
             dtype=np.float64,
         )
     thresholds, missed = [], []
-    for j in range(proba.shape[1]):
-        threshold, met = constrained_threshold(proba[:, j], Y[:, j], kind, value, weight)
+    for j, (s, y) in enumerate(zip(columns, positives, strict=True)):
+        threshold, met = constrained_threshold(s, y, kind, value, weight)
         thresholds.append(threshold)
         if not met:
             missed.append(str(label_names[j]) if label_names is not None else str(j))
