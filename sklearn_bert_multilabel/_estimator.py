@@ -1154,7 +1154,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 UserWarning,
                 stacklevel=caller_stacklevel(),
             )
-        warn_unused_labels(Y, label_names)
+        warn_unused_labels(Y, label_names, weighted=sample_weight is not None)
         warn_single_label(n_labels)
         device = self._resolve_device(Problems())
         warn_if_emulated_bf16(self._precision_on(device), device)
@@ -2056,7 +2056,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         self.tuned_thresholds_ = tune_thresholds(
             self.predict_proba(texts), Y, metric, label_names=self.label_names_, sample_weight=weights
         )
-        warn_untuned_labels(Y if weights is None else Y[weights > 0], self.label_names_, DEFAULT_THRESHOLD)
+        if weights is not None:
+            Y = Y[weights > 0]
+        warn_untuned_labels(Y, self.label_names_, DEFAULT_THRESHOLD, weighted=weights is not None)
         self.threshold = "auto"
         return self
 

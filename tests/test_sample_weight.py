@@ -304,3 +304,17 @@ def test_score_weighs_the_texts_and_checks_the_weights(one_epoch_model):
         one_epoch_model.score(X, Y[:30], sample_weight=-weights)
     assert "sample_weight contains 40 negative value(s)" in str(info.value)
     assert "X has 40 texts but Y has 30 rows" in str(info.value)
+
+
+def test_a_label_positive_only_on_texts_of_weight_zero_is_unused(fast_params, toy_data, one_epoch_model):
+    from sklearn_bert_multilabel import UnusedLabelWarning
+
+    X, Y = toy_data
+    weights = np.where(Y[:, 2] == 1, 0.0, 1.0)  # the third label's texts all weigh 0
+    clf = BertMultiLabelClassifier(**{**fast_params, "max_epochs": 1})
+    with pytest.warns(
+        UnusedLabelWarning, match=r"never positive in the training data \(among the texts of weight"
+    ):
+        clf.fit(X, Y, sample_weight=weights)
+    with pytest.warns(UnusedLabelWarning, match=r"tuning data \(among the texts of weight above 0\) \(2\)"):
+        one_epoch_model.fit_thresholds(X, Y, sample_weight=weights)
