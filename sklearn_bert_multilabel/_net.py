@@ -17,7 +17,7 @@ from scipy.special import expit
 from sklearn.metrics import f1_score
 from skorch import NeuralNet
 from skorch.callbacks import Callback, EarlyStopping, LRScheduler
-from skorch.utils import TeeGenerator
+from skorch.utils import TeeGenerator, to_device
 from torch.utils.data import DataLoader
 
 from ._cpu_linear import cpu_has_bf16, linear_products
@@ -29,6 +29,7 @@ from ._text import (
     FeatureDataset,
     LengthBucketBatchSampler,
     PadCollator,
+    TokenDataset,
     WindowBudgetBatchSampler,
     WindowCollator,
     WindowDataset,
@@ -708,6 +709,40 @@ class MultiLabelNet(NeuralNet):
             if self.lr_scheduler_ is None:
                 self._make_scheduler(len(loader))
         return loader
+
+    def forward_iter(self, X, training=False, device="cpu"):
+        """skorch's ``forward_iter``; without ``training``, with the outputs of texts in the
+        dataset's order and without drawing from the CPU's random generator.
+
+        Batches of texts group similar lengths, so the rows of a
+        :class:`~._text.TokenDataset` or :class:`~._text.WindowDataset` come
+        out of them in another order; they are put back (in one tensor) for
+        whoever reads them against the dataset's labels, such as skorch's
+        scoring callbacks without their cache. A ``DataLoader`` draws a seed
+        from torch's generator each time it is iterated: a callback that
+        predicts during training would otherwise change the dropout masks
+        of the epochs after it.
+        """
+        if training:  # dropout on: the masks come from the generator, as they should
+            yield from super().forward_iter(X, training=True, device=device)
+            return
+        state = torch.get_rng_state()
+        try:
+            dataset = self.get_dataset(X)
+            if not isinstance(dataset, (TokenDataset, WindowDataset)):
+                yield from super().forward_iter(dataset, training=False, device=device)
+                return
+            iterator = self.get_iterator(dataset, training=False)
+            outputs = [to_device(self.evaluation_step(batch, training=False), device) for batch in iterator]
+            if not outputs:
+                return
+            rows = torch.as_tensor([i for batch in iterator.batch_sampler.yielded for i in batch])
+            out = torch.cat(outputs)
+            restored = torch.empty_like(out)
+            restored[rows.to(out.device)] = out
+            yield restored
+        finally:
+            torch.set_rng_state(state)
 
     def predict(self, X):
         """0/1 per label at a threshold of 0.5, for skorch's scoring callbacks.

@@ -7,7 +7,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from skorch.dataset import Dataset as SkorchDataset
+from torch.utils.data import Sampler
 
 #: How many texts are tokenised at a time when predicting, so that memory
 #: stays flat however many texts are given.
@@ -48,7 +49,25 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> list[np.ndarra
     return [np.asarray(ids, dtype=np.int64) for ids in enc["input_ids"]]
 
 
-class TokenDataset(Dataset):
+class _LabelledDataset(SkorchDataset):
+    """A dataset that skorch's scoring callbacks read as they read their own.
+
+    Without their cache (``EpochScoring(..., use_caching=False)``) they score
+    ``net.predict(dataset.X)`` against ``dataset.y``, and only for a skorch
+    dataset: here ``X`` is the dataset itself, ``y`` its label rows.
+    skorch's ``__init__`` is not used; each subclass has its own.
+    """
+
+    @property
+    def X(self):  # noqa: N802 - skorch's name
+        return self
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.Y
+
+
+class TokenDataset(_LabelledDataset):
     """Pre-tokenised texts and their label rows, for training and validation.
 
     With ``weights`` (one per text), an item is ``(ids, y, weight)``, and
@@ -71,7 +90,7 @@ class TokenDataset(Dataset):
         return self.ids[i], self.Y[i]
 
 
-class FeatureDataset(Dataset):
+class FeatureDataset(_LabelledDataset):
     """Pooled feature vectors (a frozen encoder's output), their label rows and optional
     weights (then in the inputs under ``"sample_weight"``)."""
 
@@ -194,7 +213,8 @@ class LengthBucketBatchSampler(Sampler):
     windows of ``BUCKET_WINDOW`` batches, sorted by length inside each window,
     cut into batches, and the batches are shuffled: each epoch sees a new
     random order while padding stays small. With ``shuffle=False``, the
-    indices are sorted by length once.
+    indices are sorted by length once. ``yielded`` lists the batches of the
+    last pass, in order.
     """
 
     def __init__(
@@ -218,6 +238,12 @@ class LengthBucketBatchSampler(Sampler):
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
+        self.yielded: list[list[int]] = []
+        for batch in self._batches():
+            self.yielded.append(batch)
+            yield batch
+
+    def _batches(self) -> Iterator[list[int]]:
         n, bs = len(self.lengths), self.batch_size
         if not self.shuffle:
             order = np.argsort(self.lengths, kind="stable")
@@ -331,7 +357,7 @@ def window_text_ids(
     return windows, cut
 
 
-class WindowDataset(Dataset):
+class WindowDataset(_LabelledDataset):
     """The windows of each text and their label rows, for training and validation."""
 
     def __init__(self, windows: list[list[np.ndarray]], Y: np.ndarray, weights: np.ndarray | None = None):
@@ -411,6 +437,12 @@ class WindowBudgetBatchSampler(Sampler):
         return self._plan_len
 
     def __iter__(self) -> Iterator[list[int]]:
+        self.yielded: list[list[int]] = []  # the batches of this pass, in order
+        for batch in self._batches():
+            self.yielded.append(batch)
+            yield batch
+
+    def _batches(self) -> Iterator[list[int]]:
         n = len(self.lengths)
         if not self.shuffle:
             yield from self._plan(np.argsort(self.lengths, kind="stable"))

@@ -948,3 +948,28 @@ def test_skorch_scoring_callbacks_get_label_predictions(tiny_model_dir):
     assert len(scores) == 2 and all(0 <= score <= 1 for score in scores)
     expected = f1_score(Y_val, clf.predict(X_val), average="macro", zero_division=0)
     assert scores[-1] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"freeze_encoder": True}, {"long_text": "chunk", "max_length": 8}],
+    ids=["tokens", "cached features", "windows"],
+)
+def test_scoring_callbacks_without_their_cache_read_the_texts_in_order(tiny_model_dir, extra):
+    """Without its cache, EpochScoring predicts the validation dataset again and reads its labels:
+    the texts come out of length-sorted batches, and must be matched with their own labels."""
+    from sklearn.metrics import f1_score
+    from skorch.callbacks import EpochScoring
+
+    X, Y = make_texts(64, seed=35)
+    X_val, Y_val = make_texts(40, seed=36)
+    scores = {}
+    for cached in (True, False):
+        scoring = EpochScoring("f1_macro", use_caching=cached, name="f1_at_half")
+        clf = BertMultiLabelClassifier(
+            model_name=tiny_model_dir, max_epochs=2, lr=1e-3, random_state=0, callbacks=[scoring], **extra
+        ).fit(X, Y, validation_data=(X_val, Y_val))
+        scores[cached] = clf.history_[-1, "f1_at_half"]
+    assert scores[False] == scores[True]
+    expected = f1_score(Y_val, clf.predict(X_val), average="macro", zero_division=0)
+    assert scores[False] == pytest.approx(expected)
