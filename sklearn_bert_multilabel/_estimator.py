@@ -1012,8 +1012,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         y : array-like or sparse matrix of shape (n_samples, n_labels)
             Binary label matrix (0/1 or bool). A DataFrame's column names
             become ``label_names_`` (pandas' default 0, 1, 2... name nothing).
-        sample_weight : array-like of shape (n_samples,), optional
-            Weight of each text (finite, at least 0, not all 0). Each text's
+        sample_weight : array-like of shape (n_samples,) or float, optional
+            Weight of each text (finite, at least 0, not all 0; one number
+            weighs every text alike, as no weights do). Each text's
             loss is multiplied by its weight; only the ratios between weights
             matter (they are scaled to a mean of 1), and equal weights train
             exactly as no weights. A text of weight 0 is left out, as if it

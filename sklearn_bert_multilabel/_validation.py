@@ -284,8 +284,8 @@ def check_sample_weight(
     """Return ``sample_weight`` as a 1-D float64 array, or record why it cannot be.
 
     Accepts a list, tuple, 1-D ndarray or pandas Series of numbers (a column
-    vector of shape ``(n, 1)`` too), as many as there are texts when
-    ``n_samples`` is given (the number of ``rows`` of ``against``, as
+    vector of shape ``(n, 1)`` too, or one number for every row), as many as
+    there are texts when ``n_samples`` is given (the number of ``rows`` of ``against``, as
     messages name them). The weights must be finite, at least 0, and not
     all 0.
     """
@@ -304,6 +304,8 @@ def check_sample_weight(
         return None
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
+    if arr.ndim == 0 and n_samples is not None:  # one number for every row, as scikit-learn takes it
+        arr = np.full(n_samples, arr.item())
     if arr.ndim != 1:
         problems.append(f"{name} must be 1-D (one weight per text), got shape {arr.shape}.")
         return None

@@ -158,6 +158,9 @@ def test_weights_as_list_series_or_column_train_the_same_and_are_not_modified(fa
     for given in (list(weights), pd.Series(weights, index=np.arange(len(X))[::-1]), weights[:, None]):
         proba = BertMultiLabelClassifier(**params).fit(X, Y, sample_weight=given).predict_proba(X)
         np.testing.assert_array_equal(proba, reference)
+    plain = BertMultiLabelClassifier(**params).fit(X, Y).predict_proba(X)
+    one_number = BertMultiLabelClassifier(**params).fit(X, Y, sample_weight=2.5).predict_proba(X)
+    np.testing.assert_array_equal(one_number, plain)  # as np.full(n, 2.5): equal weights
 
 
 def test_bad_weights_are_reported_with_the_other_problems(fast_params, toy_data):
