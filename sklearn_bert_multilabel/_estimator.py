@@ -1104,18 +1104,6 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                         name="validation_data sample_weight",
                         against="validation_data X",
                     )
-        if weights is not None or val_weights is not None:
-            custom = [
-                f"{prefix}__collate_fn"
-                for prefix in ("iterator_train", "iterator_valid")
-                if "collate_fn" in self._prefixed(prefix)
-            ]
-            if custom:
-                problems.append(
-                    f"{', '.join(custom)} cannot be combined with sample weights: the weights reach "
-                    "the loss through this estimator's own batching, which a collate_fn replaces. "
-                    "Drop the collate_fn or the weights."
-                )
         no_validation = self.train_split is None and validation_data is None
         if self.early_stopping is True and no_validation:
             problems.append(

@@ -188,13 +188,6 @@ def test_bad_weights_are_reported_with_the_other_problems(fast_params, toy_data)
     assert not hasattr(clf, "module_")
 
 
-def test_a_collate_fn_of_ones_own_is_refused_with_weights(fast_params, toy_data):
-    X, Y = toy_data
-    clf = BertMultiLabelClassifier(**fast_params, iterator_train__collate_fn=lambda batch: batch)
-    with pytest.raises(InvalidInputError, match="iterator_train__collate_fn cannot be combined with sample"):
-        clf.fit(X, Y, sample_weight=varied_weights(len(X)))
-
-
 def test_grid_search_and_pipeline_pass_the_weights_to_fit(fast_params, toy_data):
     X, Y = toy_data
     params = {**fast_params, "max_epochs": 1, "freeze_encoder": True}
