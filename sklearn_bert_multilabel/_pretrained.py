@@ -99,9 +99,8 @@ def _check_local(model_name: str) -> None:
 
 
 def _load_error(model_name: str, exc: Exception) -> ValueError:
-    folder = os.path.expanduser(model_name)
     offline = ""
-    if not os.path.isdir(folder) and not os.environ.get("HF_HUB_OFFLINE"):
+    if not os.path.isdir(os.path.expanduser(model_name)) and not os.environ.get("HF_HUB_OFFLINE"):
         # Without a connection, huggingface_hub retries each file request for about 20 s.
         offline = (
             " On a machine without internet access, set HF_HUB_OFFLINE=1 in the environment "

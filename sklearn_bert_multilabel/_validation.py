@@ -284,10 +284,10 @@ def check_sample_weight(
     """Return ``sample_weight`` as a 1-D float64 array, or record why it cannot be.
 
     Accepts a list, tuple, 1-D ndarray or pandas Series of numbers (a column
-    vector of shape ``(n, 1)`` too, or one number for every row), as many as
-    there are texts when ``n_samples`` is given (the number of ``rows`` of ``against``, as
-    messages name them). The weights must be finite, at least 0, and not
-    all 0.
+    vector of shape ``(n, 1)`` too, or one number for every row), as many
+    as ``n_samples`` when it is given: the number of ``rows`` of ``against``,
+    as the messages name them. The weights must be finite, at least 0, and
+    not all 0.
     """
     if hasattr(sample_weight, "to_numpy") and not hasattr(sample_weight, "columns"):
         sample_weight = sample_weight.to_numpy()  # a pandas Series, its index dropped
