@@ -47,11 +47,14 @@ def _looks_like_path(model_name: str) -> bool:
 
 
 def _damaged_config(folder: str) -> str | None:
-    """Why ``folder``'s config.json does not read as a JSON object, or None when it does."""
+    """Why ``folder``'s config.json does not read as a JSON object, or None when it does (or
+    cannot be opened: transformers then says why, as for any other file)."""
     try:
         with open(os.path.join(folder, "config.json"), encoding="utf-8") as fh:
             config = json.load(fh)
-    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except OSError:
+        return None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return f"{type(exc).__name__}: {exc}"
     return None if isinstance(config, dict) else f"it holds a JSON {type(config).__name__}, not an object"
 
