@@ -91,13 +91,24 @@ def test_integer_weights_train_as_repeated_texts(fast_params, toy_data, extra):
 
 
 @pytest.mark.parametrize("extra", [{}, {"pos_weight": "balanced", "accumulate_batches": 4, "dropout": 0.3}])
-def test_lean_head_epoch_weights_as_skorchs_loop(fast_params, toy_data, extra):
+def test_lean_head_epoch_weights_as_skorchs_loop(fast_params, toy_data, extra, monkeypatch):
+    from sklearn_bert_multilabel._net import MultiLabelNet
+
+    lean_epochs, run_head_epoch = [], MultiLabelNet._run_head_epoch
+
+    def counted(self, *args, **kwargs):
+        lean_epochs.append(1)
+        return run_head_epoch(self, *args, **kwargs)
+
+    monkeypatch.setattr(MultiLabelNet, "_run_head_epoch", counted)
     X, Y = toy_data
     params = {**fast_params, "freeze_encoder": True, "hidden_layer_sizes": (8,), "max_epochs": 3, **extra}
     weights = varied_weights(len(X))
     lean = BertMultiLabelClassifier(**params).fit(X, Y, sample_weight=weights)
+    assert len(lean_epochs) == 3  # the hand-written step
     loop = BertMultiLabelClassifier(**params, callbacks=[("count", CountTrainingBatches())])
     loop.fit(X, Y, sample_weight=weights)
+    assert len(lean_epochs) == 3  # skorch's loop, through the module and get_loss
     for (name, a), b in zip(
         lean.module_.head.state_dict().items(), loop.module_.head.state_dict().values(), strict=True
     ):
