@@ -164,18 +164,11 @@ class FeatureBatches:
             if weights is not None:
                 weights = weights.index_select(0, order)
             self.epoch += 1
-        # One split per tensor: the batches' views in two calls, not two slicing calls a batch.
-        count = len(self)
-        step = self.batch_size
-        if weights is not None:
-            parts = zip(
-                features.split(step)[:count], Y.split(step)[:count], weights.split(step)[:count], strict=True
-            )
-            for x, y, w in parts:
-                yield {"features": x, "sample_weight": w}, y
-            return
-        for x, y in zip(features.split(step)[:count], Y.split(step)[:count], strict=True):
-            yield {"features": x}, y
+        # One split per tensor: the batches' views in one call each, not slicing calls a batch.
+        count, step = len(self), self.batch_size
+        tensors = (features, Y) if weights is None else (features, Y, weights)
+        for x, y, *w in zip(*(t.split(step)[:count] for t in tensors), strict=True):
+            yield ({"features": x, "sample_weight": w[0]} if w else {"features": x}), y
 
 
 def _weights_tensor(weights) -> torch.Tensor:
@@ -206,15 +199,26 @@ class PadCollator:
         return inputs, y
 
 
-class LengthBucketBatchSampler(Sampler):
+class _RecordingSampler(Sampler):
+    """A batch sampler whose ``yielded`` lists the batches of its last pass, in order, so that
+    outputs computed batch by batch can be put back in the dataset's order. Subclasses plan
+    the batches in ``_batches()``."""
+
+    def __iter__(self) -> Iterator[list[int]]:
+        self.yielded: list[list[int]] = []
+        for batch in self._batches():
+            self.yielded.append(batch)
+            yield batch
+
+
+class LengthBucketBatchSampler(_RecordingSampler):
     """Batches of indices with similar token lengths.
 
     With ``shuffle=True`` (training), the indices are shuffled, cut into
     windows of ``BUCKET_WINDOW`` batches, sorted by length inside each window,
     cut into batches, and the batches are shuffled: each epoch sees a new
     random order while padding stays small. With ``shuffle=False``, the
-    indices are sorted by length once. ``yielded`` lists the batches of the
-    last pass, in order.
+    indices are sorted by length once.
     """
 
     def __init__(
@@ -236,12 +240,6 @@ class LengthBucketBatchSampler(Sampler):
     def __len__(self) -> int:
         n = len(self.lengths)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        self.yielded: list[list[int]] = []
-        for batch in self._batches():
-            self.yielded.append(batch)
-            yield batch
 
     def _batches(self) -> Iterator[list[int]]:
         n, bs = len(self.lengths), self.batch_size
@@ -402,7 +400,7 @@ class WindowCollator:
         return inputs, y
 
 
-class WindowBudgetBatchSampler(Sampler):
+class WindowBudgetBatchSampler(_RecordingSampler):
     """Batches of texts holding at most ``budget`` windows in all (at least one text each).
 
     Texts of similar length share a batch as in :class:`LengthBucketBatchSampler`;
@@ -435,12 +433,6 @@ class WindowBudgetBatchSampler(Sampler):
 
     def __len__(self) -> int:
         return self._plan_len
-
-    def __iter__(self) -> Iterator[list[int]]:
-        self.yielded: list[list[int]] = []  # the batches of this pass, in order
-        for batch in self._batches():
-            self.yielded.append(batch)
-            yield batch
 
     def _batches(self) -> Iterator[list[int]]:
         n = len(self.lengths)
