@@ -418,38 +418,45 @@ def never_positive(Y: np.ndarray, label_names: Sequence[str]) -> list[str]:
     return [str(label_names[j]) for j in np.flatnonzero(Y.sum(axis=0) == 0)]
 
 
-_WEIGHTED = " (among the texts of weight above 0)"
+def _warn_never_positive(Y: np.ndarray, label_names: Sequence[str], weighted: bool, message: str) -> None:
+    """Issue an :class:`UnusedLabelWarning` for the label columns of ``Y`` with no positive.
 
-
-def warn_unused_labels(Y: np.ndarray, label_names: Sequence[str], *, weighted: bool = False) -> None:
-    """Warn about label columns with no positive example (``weighted``: the rows of ``Y`` are
-    the texts whose weight is above 0, and the message says so)."""
+    ``message`` holds ``{count}``, ``{among}`` (what ``weighted`` adds: the rows of ``Y`` are
+    the texts whose weight is above 0) and ``{names}`` (the first ten).
+    """
     never = never_positive(Y, label_names)
     if never:
-        among = _WEIGHTED if weighted else ""
+        among = " (among the texts of weight above 0)" if weighted else ""
         warnings.warn(
-            f"{len(never)} label column(s) are never positive in the training data{among} "
-            f"({', '.join(never[:10])}); the model can only learn to predict 0 for them.",
+            message.format(count=len(never), among=among, names=", ".join(never[:10])),
             UnusedLabelWarning,
             stacklevel=caller_stacklevel(),
         )
+
+
+def warn_unused_labels(Y: np.ndarray, label_names: Sequence[str], *, weighted: bool = False) -> None:
+    """Warn about label columns with no positive example in the training data."""
+    _warn_never_positive(
+        Y,
+        label_names,
+        weighted,
+        "{count} label column(s) are never positive in the training data{among} ({names}); the "
+        "model can only learn to predict 0 for them.",
+    )
 
 
 def warn_untuned_labels(
     Y: np.ndarray, label_names: Sequence[str], default: float, *, weighted: bool = False
 ) -> None:
-    """Warn about label columns that threshold tuning cannot tune: no positive example
-    (``weighted`` as in :func:`warn_unused_labels`)."""
-    never = never_positive(Y, label_names)
-    if never:
-        among = _WEIGHTED if weighted else ""
-        warnings.warn(
-            f"{len(never)} label column(s) have no positive example in the tuning data{among} "
-            f"({', '.join(never[:10])}); their thresholds were not tuned and keep {default}. Tune "
-            "on data with at least one positive per label, e.g. a larger validation set.",
-            UnusedLabelWarning,
-            stacklevel=caller_stacklevel(),
-        )
+    """Warn about label columns that threshold tuning cannot tune: no positive example."""
+    _warn_never_positive(
+        Y,
+        label_names,
+        weighted,
+        "{count} label column(s) have no positive example in the tuning data{among} ({names}); "
+        f"their thresholds were not tuned and keep {default}. Tune on data with at least one "
+        "positive per label, e.g. a larger validation set.",
+    )
 
 
 def warn_single_label(n_labels: int) -> None:
