@@ -1705,16 +1705,18 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 out[start : start + step] = head(x).float().cpu().numpy()
         return out
 
-    def _pos_weight(self, Y_train: np.ndarray, weights: np.ndarray | None = None) -> torch.Tensor | None:
+    def _pos_weight(
+        self, Y_train: np.ndarray, sample_weight: np.ndarray | None = None
+    ) -> torch.Tensor | None:
         if self.pos_weight is None:
             return None
         if isinstance(self.pos_weight, str):  # "balanced"
-            if weights is None:
+            if sample_weight is None:
                 positives = Y_train.sum(axis=0)
                 negatives = len(Y_train) - positives
             else:  # weighted counts
-                positives = weights.astype(np.float64) @ Y_train
-                negatives = weights.sum(dtype=np.float64) - positives
+                positives = sample_weight.astype(np.float64) @ Y_train
+                negatives = sample_weight.sum(dtype=np.float64) - positives
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = np.where(positives > 0, negatives / np.where(positives > 0, positives, 1.0), 1.0)
             weights = np.clip(ratio, 1.0 / self.max_pos_weight, self.max_pos_weight)
