@@ -86,7 +86,7 @@ from ._text import (
     tokenize,
     window_text_ids,
 )
-from ._thresholds import DEFAULT_THRESHOLD, parse_metric, tune_thresholds
+from ._thresholds import DEFAULT_THRESHOLD, parse_metric, tune_thresholds, with_min_labels
 from ._validation import (
     InvalidInputError,
     Problems,
@@ -121,7 +121,15 @@ logger = logging.getLogger(__name__)
 #: Parameters that change only what predict does with the trained weights: they
 #: are left out of the ``memory`` cache key, so a search over them trains once.
 PREDICT_ONLY_PARAMS = frozenset(
-    {"threshold", "threshold_metric", "predict_batch_size", "verbose", "memory", "device"}
+    {
+        "threshold",
+        "threshold_metric",
+        "min_labels",
+        "predict_batch_size",
+        "verbose",
+        "memory",
+        "device",
+    }
 )
 #: Parameters that say how a fit is run, not what it computes: also out of the keys.
 RUN_ONLY_PARAMS = frozenset({"warm_start", "checkpoint_dir", "distributed"})
@@ -206,6 +214,13 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         highest recall with precision at least P; a label that never reaches
         P on the tuning data is then predicted for none of its texts, with a
         warning).
+    min_labels : int, default=0
+        Fewest labels :meth:`predict` gives a text: where fewer than
+        ``min_labels`` pass their thresholds, the most probable of the others
+        are added (ties go to the first column). ``1`` suits data in which
+        every text has a label, such as GoEmotions with its ``"neutral"``.
+        Thresholds are still tuned for each label alone; this applies after
+        them. At most the number of labels.
     pos_weight : None, "balanced", array-like of shape (n_labels,) or dict, default=None
         Weight of positive examples in the loss, per label: one for all
         labels, one per label in column order, or one per label by name (as
@@ -323,7 +338,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         Folder for caching, as ``Pipeline(memory=...)``. The trained weights
         of a fit are cached under a key made of the training data and every
         parameter that affects training; parameters that only affect
-        prediction (``threshold``, ``threshold_metric``,
+        prediction (``threshold``, ``threshold_metric``, ``min_labels``,
         ``predict_batch_size``, ``verbose``; ``device`` only as CPU or
         CUDA) are not in the key, so
         ``GridSearchCV`` over thresholds trains once per fold. Predicted
@@ -450,6 +465,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         dropout: float = 0.1,
         threshold: float | str | Sequence[float] = 0.5,
         threshold_metric: str = "f1",
+        min_labels: int = 0,
         pos_weight: None | str | Sequence[float] = None,
         max_pos_weight: float = 50.0,
         freeze_encoder: bool = False,
@@ -490,6 +506,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         self.dropout = dropout
         self.threshold = threshold
         self.threshold_metric = threshold_metric
+        self.min_labels = min_labels
         self.pos_weight = pos_weight
         self.max_pos_weight = max_pos_weight
         self.freeze_encoder = freeze_encoder
@@ -617,6 +634,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             parse_metric(self.threshold_metric)
         except ValueError as exc:
             problems.append(f"threshold_metric {exc}.")
+        self._check_int("min_labels", 0, problems)
         if self.pos_weight is not None and not (
             isinstance(self.pos_weight, str) and self.pos_weight == "balanced"
         ):
@@ -930,6 +948,23 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         self._check_memory(problems)
         self._check_fp16_on(self._module_device.type, problems)
 
+    def _check_min_labels(self, n_labels: int, problems: Problems) -> None:
+        """``min_labels`` against the number of labels; its type is checked with the other parameters."""
+        if is_int(self.min_labels) and self.min_labels > n_labels:
+            problems.append(
+                f"min_labels={self.min_labels} asks for more labels per text than the {n_labels} "
+                f"there are; use min_labels <= {n_labels} (0 adds none)."
+            )
+
+    def _fitted_min_labels(self) -> int:
+        """``min_labels``, checked against this model's labels (``set_params`` may have changed it)."""
+        check_is_fitted(self, "n_labels_")
+        problems = Problems()
+        self._check_int("min_labels", 0, problems)
+        self._check_min_labels(self.n_labels_, problems)
+        problems.raise_if_any()
+        return int(self.min_labels)
+
     def _check_fp16_on(self, kind: str, problems: Problems) -> None:
         """``precision="fp16"`` runs only on CUDA; ``kind`` is where the model runs."""
         if self.precision == "fp16" and kind != "cuda":
@@ -1130,6 +1165,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                     check_per_label(value, name, found, low=0.0, high=high, labels=label_names)
                     # A problem with the value itself is listed already, by the parameter checks.
                     problems.extend(problem for problem in found if problem not in problems)
+            self._check_min_labels(n_labels, problems)
         problems.raise_if_any()
         texts, Y, weights = _weighted_rows(texts, Y, weights)
         if val_texts is not None:
@@ -1980,10 +2016,14 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         Returns
         -------
         Y_pred : ndarray of shape (n_samples, n_labels)
-            1 where the probability is at or above the label's threshold.
+            1 where the probability is at or above the label's threshold, and
+            for the most probable other labels of a text with fewer than
+            ``min_labels`` of those.
         """
         thresholds = self.thresholds_
-        return (self.predict_proba(X) >= thresholds).astype(np.int64)
+        min_labels = self._fitted_min_labels()
+        proba = self.predict_proba(X)
+        return with_min_labels(proba, proba >= thresholds, min_labels).astype(np.int64)
 
     @property
     def thresholds_(self) -> np.ndarray:

@@ -295,3 +295,19 @@ def tune_thresholds(
             stacklevel=caller_stacklevel(),
         )
     return np.array(thresholds, dtype=np.float64)
+
+
+def with_min_labels(proba: np.ndarray, predicted: np.ndarray, min_labels: int) -> np.ndarray:
+    """``predicted`` where each row of fewer than ``min_labels`` labels gets the most probable others.
+
+    A label already predicted stays so; the labels added to a row are those of
+    highest ``proba`` among the rest, ties going to the first column.
+    """
+    short = np.flatnonzero(predicted.sum(axis=1) < min_labels)
+    if short.size == 0:
+        return predicted
+    # A predicted label sorts first, then the others from the most probable (stable: first column).
+    order = np.argsort(np.where(predicted[short], -np.inf, -proba[short]), axis=1, kind="stable")
+    predicted = predicted.copy()
+    predicted[short[:, None], order[:, :min_labels]] = True
+    return predicted

@@ -18,7 +18,12 @@ from sklearn_bert_multilabel import (
     UnusedLabelWarning,
     tune_thresholds,
 )
-from sklearn_bert_multilabel._thresholds import DEFAULT_THRESHOLD, best_threshold, constrained_threshold
+from sklearn_bert_multilabel._thresholds import (
+    DEFAULT_THRESHOLD,
+    best_threshold,
+    constrained_threshold,
+    with_min_labels,
+)
 
 
 def brute_force(scores, y, beta):
@@ -400,3 +405,79 @@ def test_label_without_positives_keeps_default_threshold(skewed):
         skewed.fit_thresholds(Xv, Yv)
     assert skewed.thresholds_[1] == DEFAULT_THRESHOLD
     assert (skewed.thresholds_[[0, 2]] != DEFAULT_THRESHOLD).all()  # the others were tuned
+
+
+# ------------------------------------------------------------------ min_labels
+def test_with_min_labels_fills_short_rows_with_the_most_probable_others():
+    proba = np.array(
+        [
+            [0.9, 0.2, 0.1],  # predicted: enough already
+            [0.3, 0.4, 0.1],  # nothing passes: the most probable label
+            [0.05, 0.3, 0.4],  # the first label passes its low threshold; the 0.4 is added
+            [0.2, 0.2, 0.1],  # a tie goes to the first column
+        ]
+    )
+    predicted = proba >= np.array([0.02, 0.5, 0.5])
+    predicted[1:, 0] = [False, True, False]
+    before = predicted.copy()
+    one = with_min_labels(proba, predicted, 1)
+    np.testing.assert_array_equal(one, [[1, 0, 0], [0, 1, 0], [1, 0, 0], [1, 0, 0]])
+    two = with_min_labels(proba, predicted, 2)
+    np.testing.assert_array_equal(two, [[1, 1, 0], [1, 1, 0], [1, 0, 1], [1, 1, 0]])
+    np.testing.assert_array_equal(predicted, before)  # the input is left as it was
+    assert with_min_labels(proba, predicted, 0) is predicted
+    assert with_min_labels(proba, predicted, 3).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(0, 5))
+def test_with_min_labels_keeps_predictions_and_adds_the_best_of_the_rest(seed, k):
+    rng = np.random.default_rng(seed)
+    proba = rng.choice([0.1, 0.3, 0.5, 0.7, 0.9], size=(20, 5))  # ties on purpose
+    predicted = proba >= rng.uniform(0.2, 0.95, size=5)
+    result = with_min_labels(proba, predicted, k)
+    assert (result >= predicted).all()
+    np.testing.assert_array_equal(result.sum(axis=1), np.maximum(predicted.sum(axis=1), k))
+    for row, was, now in zip(proba, predicted, result, strict=True):
+        added, left = now & ~was, ~now
+        if added.any() and left.any():
+            assert row[added].min() >= row[left].max()
+
+
+def test_min_labels_in_predict(skewed):
+    X, _ = make_texts(60, seed=25)
+    proba = skewed.predict_proba(X)
+    threshold = skewed.threshold
+    skewed.set_params(threshold=0.5)
+    plain = skewed.predict(X)
+    assert (plain.sum(axis=1) == 0).sum() > 10  # rows that predict nothing at 0.5
+    try:
+        at_least_one = skewed.set_params(min_labels=1).predict(X)
+        np.testing.assert_array_equal(skewed.predict_proba(X), proba)
+        assert (at_least_one.sum(axis=1) >= 1).all()
+        empty = plain.sum(axis=1) == 0
+        np.testing.assert_array_equal(at_least_one[~empty], plain[~empty])
+        np.testing.assert_array_equal(at_least_one[empty].argmax(axis=1), proba[empty].argmax(axis=1))
+        assert (at_least_one[empty].sum(axis=1) == 1).all()
+        assert skewed.set_params(min_labels=3).predict(X).all()
+        assert skewed.score(X, plain) < 1.0  # score reads predict, min_labels included
+        for bad, match in ((4, "min_labels=4 asks for more labels per text than the 3"), (-1, ">= 0")):
+            with pytest.raises(InvalidInputError, match=match):
+                skewed.set_params(min_labels=bad).predict(X)
+    finally:
+        skewed.set_params(threshold=threshold, min_labels=0)
+
+
+def test_bad_min_labels_is_refused_before_training_with_the_other_problems(tiny_model_dir):
+    X, Y = make_texts(16, seed=26)
+    for bad in (-1, 1.0, True, "1"):
+        clf = BertMultiLabelClassifier(model_name=tiny_model_dir, min_labels=bad, dropout=2)
+        with pytest.raises(InvalidInputError, match="min_labels must be an int >= 0") as info:
+            clf.fit(X, Y)
+        assert "dropout" in str(info.value)
+        assert not hasattr(clf, "module_")
+    clf = BertMultiLabelClassifier(model_name=tiny_model_dir, min_labels=4, lr=-1)
+    match = r"min_labels=4 .* the 3 there are; use min_labels <= 3"
+    with pytest.raises(InvalidInputError, match=match) as info:
+        clf.fit(X, Y)
+    assert "lr must be" in str(info.value)
