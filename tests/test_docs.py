@@ -54,3 +54,16 @@ def test_public_docstrings_follow_numpydoc(name):
     errors = [f"{code}: {message}" for code, message in validate(f"sklearn_bert_multilabel.{name}")["errors"]]
     problems = [error for error in errors if error.split(":")[0] not in NUMPYDOC_SKIPPED]
     assert not problems, f"{name}: " + "; ".join(problems)
+
+
+def test_readme_parameter_table_lists_every_parameter():
+    """The README's table of parameters names each of the estimator's, and nothing else."""
+    import re
+    from pathlib import Path
+
+    from sklearn_bert_multilabel import BertMultiLabelClassifier
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Parameters\n", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.MULTILINE)
+    assert sorted(listed) == sorted(BertMultiLabelClassifier().get_params(deep=False))
