@@ -86,7 +86,7 @@ from ._text import (
     tokenize,
     window_text_ids,
 )
-from ._thresholds import DEFAULT_THRESHOLD, parse_metric, tune_thresholds, with_min_labels
+from ._thresholds import DEFAULT_THRESHOLD, bound_labels, parse_metric, tune_thresholds
 from ._validation import (
     InvalidInputError,
     Problems,
@@ -125,6 +125,7 @@ PREDICT_ONLY_PARAMS = frozenset(
         "threshold",
         "threshold_metric",
         "min_labels",
+        "max_labels",
         "predict_batch_size",
         "verbose",
         "memory",
@@ -221,6 +222,11 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         every text has a label, such as GoEmotions with its ``"neutral"``.
         Thresholds are still tuned for each label alone; this applies after
         them. At most the number of labels.
+    max_labels : int or None, default=None
+        Most labels :meth:`predict` gives a text: where more pass their
+        thresholds, only the ``max_labels`` most probable are kept (ties go to
+        the first column), e.g. at most 5 tags per post. ``None`` keeps all.
+        At least ``min_labels``.
     pos_weight : None, "balanced", array-like of shape (n_labels,) or dict, default=None
         Weight of positive examples in the loss, per label: one for all
         labels, one per label in column order, or one per label by name (as
@@ -339,8 +345,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         of a fit are cached under a key made of the training data and every
         parameter that affects training; parameters that only affect
         prediction (``threshold``, ``threshold_metric``, ``min_labels``,
-        ``predict_batch_size``, ``verbose``; ``device`` only as CPU or
-        CUDA) are not in the key, so
+        ``max_labels``, ``predict_batch_size``, ``verbose``; ``device`` only
+        as CPU or CUDA) are not in the key, so
         ``GridSearchCV`` over thresholds trains once per fold. Predicted
         logits are cached too, per text, and with ``freeze_encoder=True`` (and a pooling
         other than ``"attention"``) the pooled encoder features of each text
@@ -466,6 +472,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         threshold: float | str | Sequence[float] = 0.5,
         threshold_metric: str = "f1",
         min_labels: int = 0,
+        max_labels: int | None = None,
         pos_weight: None | str | Sequence[float] = None,
         max_pos_weight: float = 50.0,
         freeze_encoder: bool = False,
@@ -507,6 +514,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         self.threshold = threshold
         self.threshold_metric = threshold_metric
         self.min_labels = min_labels
+        self.max_labels = max_labels
         self.pos_weight = pos_weight
         self.max_pos_weight = max_pos_weight
         self.freeze_encoder = freeze_encoder
@@ -634,7 +642,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             parse_metric(self.threshold_metric)
         except ValueError as exc:
             problems.append(f"threshold_metric {exc}.")
-        self._check_int("min_labels", 0, problems)
+        self._check_label_bounds(None, problems)
         if self.pos_weight is not None and not (
             isinstance(self.pos_weight, str) and self.pos_weight == "balanced"
         ):
@@ -948,22 +956,32 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         self._check_memory(problems)
         self._check_fp16_on(self._module_device.type, problems)
 
-    def _check_min_labels(self, n_labels: int, problems: Problems) -> None:
-        """``min_labels`` against the number of labels; its type is checked with the other parameters."""
-        if is_int(self.min_labels) and self.min_labels > n_labels:
+    def _check_label_bounds(self, n_labels: int | None, problems: Problems) -> None:
+        """``min_labels`` and ``max_labels``, with each other and, when given, ``n_labels``."""
+        self._check_int("min_labels", 0, problems)
+        if self.max_labels is not None and not (is_int(self.max_labels) and self.max_labels >= 1):
+            problems.append(f"max_labels must be None or an int >= 1, got {self.max_labels!r}.")
+        if not is_int(self.min_labels):
+            return
+        if n_labels is not None and self.min_labels > n_labels:
             problems.append(
                 f"min_labels={self.min_labels} asks for more labels per text than the {n_labels} "
                 f"there are; use min_labels <= {n_labels} (0 adds none)."
             )
+        if is_int(self.max_labels) and self.min_labels > self.max_labels:
+            problems.append(
+                f"min_labels={self.min_labels} is above max_labels={self.max_labels}; "
+                "use min_labels <= max_labels."
+            )
 
-    def _fitted_min_labels(self) -> int:
-        """``min_labels``, checked against this model's labels (``set_params`` may have changed it)."""
+    def _fitted_label_bounds(self) -> tuple[int, int | None]:
+        """``min_labels`` and ``max_labels``, checked against this model's labels
+        (``set_params`` may have changed them since fit)."""
         check_is_fitted(self, "n_labels_")
         problems = Problems()
-        self._check_int("min_labels", 0, problems)
-        self._check_min_labels(self.n_labels_, problems)
+        self._check_label_bounds(self.n_labels_, problems)
         problems.raise_if_any()
-        return int(self.min_labels)
+        return int(self.min_labels), None if self.max_labels is None else int(self.max_labels)
 
     def _check_fp16_on(self, kind: str, problems: Problems) -> None:
         """``precision="fp16"`` runs only on CUDA; ``kind`` is where the model runs."""
@@ -1165,7 +1183,9 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                     check_per_label(value, name, found, low=0.0, high=high, labels=label_names)
                     # A problem with the value itself is listed already, by the parameter checks.
                     problems.extend(problem for problem in found if problem not in problems)
-            self._check_min_labels(n_labels, problems)
+            found = Problems()
+            self._check_label_bounds(n_labels, found)
+            problems.extend(problem for problem in found if problem not in problems)
         problems.raise_if_any()
         texts, Y, weights = _weighted_rows(texts, Y, weights)
         if val_texts is not None:
@@ -2016,14 +2036,15 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         Returns
         -------
         Y_pred : ndarray of shape (n_samples, n_labels)
-            1 where the probability is at or above the label's threshold, and
-            for the most probable other labels of a text with fewer than
-            ``min_labels`` of those.
+            1 where the probability is at or above the label's threshold; then,
+            for a text with fewer than ``min_labels`` such labels, also for its
+            most probable others, and for a text with more than
+            ``max_labels``, only for the most probable of them.
         """
         thresholds = self.thresholds_
-        min_labels = self._fitted_min_labels()
+        min_labels, max_labels = self._fitted_label_bounds()
         proba = self.predict_proba(X)
-        return with_min_labels(proba, proba >= thresholds, min_labels).astype(np.int64)
+        return bound_labels(proba, proba >= thresholds, min_labels, max_labels).astype(np.int64)
 
     @property
     def thresholds_(self) -> np.ndarray:

@@ -183,7 +183,7 @@ def export_onnx(estimator, path: str | os.PathLike, *, opset_version: int | None
             "are combined outside that graph, which the export does not cover. Use clf.save(path)."
         )
     thresholds = _thresholds_or_none(estimator)  # before the export: a bad threshold raises here
-    min_labels = estimator._fitted_min_labels()  # and so does a bad min_labels
+    min_labels, max_labels = estimator._fitted_label_bounds()  # and so do bad label bounds
     target = _new_folder(path)
     graph = _OnnxGraph(copy.deepcopy(estimator.module_).to("cpu").float()).eval()
     example = next(_example_batches(estimator))
@@ -227,6 +227,7 @@ def export_onnx(estimator, path: str | os.PathLike, *, opset_version: int | None
             "label_names": [str(n) for n in estimator.label_names_],
             "thresholds": thresholds,
             "min_labels": min_labels,
+            "max_labels": max_labels,
             "max_length": int(estimator.max_length),
             "inputs": list(ONNX_INPUTS),
             "outputs": ["logits", "probabilities"],

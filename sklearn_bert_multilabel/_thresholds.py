@@ -297,17 +297,29 @@ def tune_thresholds(
     return np.array(thresholds, dtype=np.float64)
 
 
-def with_min_labels(proba: np.ndarray, predicted: np.ndarray, min_labels: int) -> np.ndarray:
-    """``predicted`` where each row of fewer than ``min_labels`` labels gets the most probable others.
+def bound_labels(
+    proba: np.ndarray, predicted: np.ndarray, min_labels: int = 0, max_labels: int | None = None
+) -> np.ndarray:
+    """``predicted`` with each row's number of labels brought within ``[min_labels, max_labels]``.
 
-    A label already predicted stays so; the labels added to a row are those of
-    highest ``proba`` among the rest, ties going to the first column.
+    A row of fewer than ``min_labels`` labels gets the most probable of its
+    other labels added; a row of more than ``max_labels`` keeps only its most
+    probable ones. Ties go to the first column. ``predicted`` itself is
+    returned when no row is out of bounds, and is never written into.
     """
-    short = np.flatnonzero(predicted.sum(axis=1) < min_labels)
-    if short.size == 0:
+    counts = predicted.sum(axis=1)
+    short = np.flatnonzero(counts < min_labels)
+    long = np.flatnonzero(counts > max_labels) if max_labels is not None else short[:0]
+    if short.size == 0 and long.size == 0:
         return predicted
-    # A predicted label sorts first, then the others from the most probable (stable: first column).
-    order = np.argsort(np.where(predicted[short], -np.inf, -proba[short]), axis=1, kind="stable")
     predicted = predicted.copy()
-    predicted[short[:, None], order[:, :min_labels]] = True
+    if short.size:
+        # A predicted label sorts first, then the others from the most probable (stable: first column).
+        order = np.argsort(np.where(predicted[short], -np.inf, -proba[short]), axis=1, kind="stable")
+        predicted[short[:, None], order[:, :min_labels]] = True
+    if long.size:
+        # The predicted labels from the most probable, then the others.
+        order = np.argsort(np.where(predicted[long], -proba[long], np.inf), axis=1, kind="stable")
+        predicted[long] = False
+        predicted[long[:, None], order[:, :max_labels]] = True
     return predicted

@@ -55,8 +55,8 @@ def test_prediction_only_parameters_hit_the_cache(params, toy_data, count_traini
     X, Y = toy_data
     first = BertMultiLabelClassifier(**params).fit(X, Y)
     assert count_trainings == [len(X)]
-    changes = ({"threshold": 0.3}, {"threshold_metric": "f2"}, {"min_labels": 1}, {"predict_batch_size": 7})
-    for change in (*changes, {"verbose": 0}):
+    changes = ({"threshold": 0.3}, {"threshold_metric": "f2"}, {"min_labels": 1}, {"max_labels": 1})
+    for change in (*changes, {"predict_batch_size": 7}, {"verbose": 0}):
         again = BertMultiLabelClassifier(**{**params, **change}).fit(X, Y)
         np.testing.assert_array_equal(again.predict_proba(X), first.predict_proba(X))
         assert again.cache_key_ == first.cache_key_

@@ -76,15 +76,16 @@ def test_round_trip_gives_identical_predictions_and_state(tuned, saved):
     assert loaded.hidden_layer_sizes == (16,)
 
 
-def test_round_trip_keeps_min_labels(tuned, tmp_path):
+def test_round_trip_keeps_the_label_bounds(tuned, tmp_path):
     clf, X = tuned
-    clf = copy.deepcopy(clf).set_params(threshold=0.99, min_labels=2)
-    clf.save(tmp_path / "model")
-    loaded = BertMultiLabelClassifier.load(tmp_path / "model")
-    assert loaded.min_labels == 2
-    predicted = loaded.predict(X)
-    assert (predicted.sum(axis=1) >= 2).all()
-    np.testing.assert_array_equal(predicted, clf.predict(X))
+    for low, high, threshold in ((2, None, 0.99), (0, 1, 0.0)):
+        fitted = copy.deepcopy(clf).set_params(threshold=threshold, min_labels=low, max_labels=high)
+        fitted.save(tmp_path / str(low))
+        loaded = BertMultiLabelClassifier.load(tmp_path / str(low))
+        assert (loaded.min_labels, loaded.max_labels) == (low, high)
+        predicted = loaded.predict(X)
+        assert (predicted.sum(axis=1) == (high or low)).all()
+        np.testing.assert_array_equal(predicted, fitted.predict(X))
 
 
 def test_loaded_model_refits_and_threshold_changes_apply(tuned, saved):
@@ -435,7 +436,7 @@ def test_export_onnx_reproduces_predict_proba(tuned, tmp_path):
     meta = json.loads((tmp_path / "onnx" / "labels.json").read_text())
     assert meta["label_names"] == clf.label_names_
     np.testing.assert_allclose(meta["thresholds"], clf.thresholds_)
-    assert meta["min_labels"] == 0
+    assert meta["min_labels"] == 0 and meta["max_labels"] is None
     # Both axes of both inputs are symbolic, named "batch" and "tokens" where torch names them.
     graph = pytest.importorskip("onnx").load(str(tmp_path / "onnx" / "model.onnx")).graph
     axes = [[dim.dim_param for dim in tensor.type.tensor_type.shape.dim] for tensor in graph.input]
@@ -544,6 +545,6 @@ def test_export_onnx_writes_the_thresholds_predict_applies(tuned, tmp_path):
     with pytest.raises(InvalidInputError, match="min_labels=4 asks for more labels"):
         clf.export_onnx(tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
-    clf.set_params(min_labels=1).export_onnx(tmp_path / "auto")
+    clf.set_params(min_labels=1, max_labels=2).export_onnx(tmp_path / "auto")
     meta = json.loads((tmp_path / "auto" / "labels.json").read_text())
-    assert meta["thresholds"] is None and meta["min_labels"] == 1
+    assert meta["thresholds"] is None and (meta["min_labels"], meta["max_labels"]) == (1, 2)

@@ -21,8 +21,8 @@ from sklearn_bert_multilabel import (
 from sklearn_bert_multilabel._thresholds import (
     DEFAULT_THRESHOLD,
     best_threshold,
+    bound_labels,
     constrained_threshold,
-    with_min_labels,
 )
 
 
@@ -407,8 +407,8 @@ def test_label_without_positives_keeps_default_threshold(skewed):
     assert (skewed.thresholds_[[0, 2]] != DEFAULT_THRESHOLD).all()  # the others were tuned
 
 
-# ------------------------------------------------------------------ min_labels
-def test_with_min_labels_fills_short_rows_with_the_most_probable_others():
+# ------------------------------------------------------- min_labels and max_labels
+def test_bound_labels_fills_short_rows_with_the_most_probable_others():
     proba = np.array(
         [
             [0.9, 0.2, 0.1],  # predicted: enough already
@@ -420,31 +420,57 @@ def test_with_min_labels_fills_short_rows_with_the_most_probable_others():
     predicted = proba >= np.array([0.02, 0.5, 0.5])
     predicted[1:, 0] = [False, True, False]
     before = predicted.copy()
-    one = with_min_labels(proba, predicted, 1)
+    one = bound_labels(proba, predicted, 1)
     np.testing.assert_array_equal(one, [[1, 0, 0], [0, 1, 0], [1, 0, 0], [1, 0, 0]])
-    two = with_min_labels(proba, predicted, 2)
+    two = bound_labels(proba, predicted, 2)
     np.testing.assert_array_equal(two, [[1, 1, 0], [1, 1, 0], [1, 0, 1], [1, 1, 0]])
     np.testing.assert_array_equal(predicted, before)  # the input is left as it was
-    assert with_min_labels(proba, predicted, 0) is predicted
-    assert with_min_labels(proba, predicted, 3).all()
+    assert bound_labels(proba, predicted, 0) is predicted
+    assert bound_labels(proba, predicted, 0, 3) is predicted
+    assert bound_labels(proba, predicted, 3).all()
+
+
+def test_bound_labels_keeps_the_most_probable_of_long_rows():
+    proba = np.array(
+        [
+            [0.9, 0.6, 0.7, 0.1],  # three pass: keep 0.9 and 0.7
+            [0.5, 0.5, 0.5, 0.9],  # three tied pass (the 0.9 does not): the first two columns
+            [0.9, 0.1, 0.1, 0.1],  # one: kept, and with min_labels=2 the tied next goes to column 1
+        ]
+    )
+    predicted = np.array([[1, 1, 1, 0], [1, 1, 1, 0], [1, 0, 0, 0]], dtype=bool)
+    before = predicted.copy()
+    np.testing.assert_array_equal(
+        bound_labels(proba, predicted, 0, 2), [[1, 0, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0]]
+    )
+    np.testing.assert_array_equal(
+        bound_labels(proba, predicted, 2, 2), [[1, 0, 1, 0], [1, 1, 0, 0], [1, 1, 0, 0]]
+    )
+    np.testing.assert_array_equal(predicted, before)
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), k=st.integers(0, 5))
-def test_with_min_labels_keeps_predictions_and_adds_the_best_of_the_rest(seed, k):
+@given(seed=st.integers(0, 2**32 - 1), low=st.integers(0, 5), extra=st.none() | st.integers(0, 5))
+def test_bound_labels_keeps_the_most_probable(seed, low, extra):
+    high = None if extra is None else max(low + extra, 1)
     rng = np.random.default_rng(seed)
     proba = rng.choice([0.1, 0.3, 0.5, 0.7, 0.9], size=(20, 5))  # ties on purpose
     predicted = proba >= rng.uniform(0.2, 0.95, size=5)
-    result = with_min_labels(proba, predicted, k)
-    assert (result >= predicted).all()
-    np.testing.assert_array_equal(result.sum(axis=1), np.maximum(predicted.sum(axis=1), k))
+    result = bound_labels(proba, predicted, low, high)
+    counts = np.maximum(predicted.sum(axis=1), low)
+    if high is not None:
+        counts = np.minimum(counts, high)
+    np.testing.assert_array_equal(result.sum(axis=1), counts)
     for row, was, now in zip(proba, predicted, result, strict=True):
-        added, left = now & ~was, ~now
-        if added.any() and left.any():
-            assert row[added].min() >= row[left].max()
+        added, dropped = now & ~was, was & ~now
+        assert not (added.any() and dropped.any())
+        if added.any() and (~now).any():
+            assert row[added].min() >= row[~now].max()
+        if dropped.any():
+            assert row[now].min() >= row[dropped].max()
 
 
-def test_min_labels_in_predict(skewed):
+def test_min_and_max_labels_in_predict(skewed):
     X, _ = make_texts(60, seed=25)
     proba = skewed.predict_proba(X)
     threshold = skewed.threshold
@@ -461,18 +487,37 @@ def test_min_labels_in_predict(skewed):
         assert (at_least_one[empty].sum(axis=1) == 1).all()
         assert skewed.set_params(min_labels=3).predict(X).all()
         assert skewed.score(X, plain) < 1.0  # score reads predict, min_labels included
-        for bad, match in ((4, "min_labels=4 asks for more labels per text than the 3"), (-1, ">= 0")):
+        every = skewed.set_params(threshold=0.0, min_labels=0).predict(X)
+        assert every.all()
+        one = skewed.set_params(max_labels=1).predict(X)
+        np.testing.assert_array_equal(one, np.eye(3, dtype=int)[proba.argmax(axis=1)])
+        problems = {
+            (4, None): "min_labels=4 asks for more labels per text than the 3",
+            (-1, None): "min_labels must be an int >= 0",
+            (0, 0): "max_labels must be None or an int >= 1",
+            (2, 1): "min_labels=2 is above max_labels=1",
+        }
+        for (low, high), match in problems.items():
             with pytest.raises(InvalidInputError, match=match):
-                skewed.set_params(min_labels=bad).predict(X)
+                skewed.set_params(min_labels=low, max_labels=high).predict(X)
+        skewed.set_params(max_labels=7, min_labels=0).predict(X)  # more than the labels: no cap
     finally:
-        skewed.set_params(threshold=threshold, min_labels=0)
+        skewed.set_params(threshold=threshold, min_labels=0, max_labels=None)
 
 
-def test_bad_min_labels_is_refused_before_training_with_the_other_problems(tiny_model_dir):
+def test_bad_label_bounds_are_refused_before_training_with_the_other_problems(tiny_model_dir):
     X, Y = make_texts(16, seed=26)
-    for bad in (-1, 1.0, True, "1"):
-        clf = BertMultiLabelClassifier(model_name=tiny_model_dir, min_labels=bad, dropout=2)
-        with pytest.raises(InvalidInputError, match="min_labels must be an int >= 0") as info:
+    for low, high, match in (
+        (-1, None, "min_labels must be an int >= 0"),
+        (1.0, None, "min_labels must be an int >= 0"),
+        (True, None, "min_labels must be an int >= 0"),
+        ("1", None, "min_labels must be an int >= 0"),
+        (0, 0, "max_labels must be None or an int >= 1"),
+        (0, 2.0, "max_labels must be None or an int >= 1"),
+        (2, 1, "min_labels=2 is above max_labels=1"),
+    ):
+        clf = BertMultiLabelClassifier(model_name=tiny_model_dir, min_labels=low, max_labels=high, dropout=2)
+        with pytest.raises(InvalidInputError, match=match) as info:
             clf.fit(X, Y)
         assert "dropout" in str(info.value)
         assert not hasattr(clf, "module_")
@@ -481,3 +526,4 @@ def test_bad_min_labels_is_refused_before_training_with_the_other_problems(tiny_
     with pytest.raises(InvalidInputError, match=match) as info:
         clf.fit(X, Y)
     assert "lr must be" in str(info.value)
+    assert str(info.value).count("min_labels") == 2  # reported once
