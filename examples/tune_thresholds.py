@@ -2,6 +2,7 @@
 
 Each with and without ``min_labels=1``: every GoEmotions text has a label ("neutral" included),
 so a text for which no label passes its threshold gets its most probable label instead of none.
+Last, ``max_labels=2`` keeps at most the two most probable labels of a text.
 
 python examples/tune_thresholds.py
 """
@@ -35,5 +36,7 @@ clf.set_params(min_labels=0).fit_thresholds(X_dev, Y_dev)  # weights kept; thres
 report("per-label dev thresholds")
 clf.set_params(min_labels=1)
 report("dev thresholds, min_labels=1")
+clf.set_params(max_labels=2)  # most GoEmotions texts have one label, few more than two
+report("dev thresholds, 1 to 2 labels")
 for name, t in sorted(zip(names, clf.thresholds_, strict=True), key=lambda p: p[1])[:5]:
     print(f"  {name:15s} threshold {t:.2f}")
