@@ -286,9 +286,11 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
     warmup_ratio : float, default=0.1
         Fraction of the training steps with a linear warmup.
     layer_decay : float or None, default=None
-        Layer-wise learning-rate decay: encoder layer ``i`` of ``L`` learns
-        at ``lr * layer_decay ** (L - i)``, the embeddings at
-        ``lr * layer_decay ** (L + 1)``; pooling and head at ``lr``.
+        Layer-wise learning-rate decay: encoder layer ``i`` of ``L`` (from 0)
+        learns at ``lr * layer_decay ** (L - i)``, the embeddings at
+        ``lr * layer_decay ** (L + 1)``; pooling and head at ``lr``, and so
+        do encoder weights outside the numbered layers (a pooler, a final
+        norm, or weights every layer shares, such as ALBERT's one layer).
     accumulate_batches : int, default=1
         Gradients of this many batches are summed before each optimizer
         step: an effective batch of ``batch_size * accumulate_batches`` in

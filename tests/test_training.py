@@ -412,3 +412,42 @@ def test_dataloader_options_with_valid_values_train(fast_params, toy_data):
     ).fit(X, Y)
     assert clf.history_[-1, "train_batch_count"] == 1
     assert np.isfinite(clf.history_[-1, "valid_loss"])
+
+
+@pytest.mark.parametrize("kind", ["bert", "distilbert", "deberta-v2", "albert", "mpnet"])
+def test_layer_decay_depths_across_architectures(kind):
+    """Numbered layers get depths L..1 from the bottom, embeddings L + 1, and weights outside the
+    numbered layers (poolers, weights every layer shares) 0, as the README says."""
+    import transformers
+
+    from sklearn_bert_multilabel._model import MultiLabelTextModule
+    from sklearn_bert_multilabel._net import _depth
+
+    small = dict(vocab_size=100, num_hidden_layers=3, num_attention_heads=2, intermediate_size=37)
+    small["hidden_size"] = 32
+    config = {
+        "bert": lambda: transformers.BertConfig(**small),
+        "distilbert": lambda: transformers.DistilBertConfig(
+            vocab_size=100, dim=32, n_layers=3, n_heads=2, hidden_dim=37
+        ),
+        "deberta-v2": lambda: transformers.DebertaV2Config(
+            relative_attention=True, position_buckets=8, **small
+        ),
+        "albert": lambda: transformers.AlbertConfig(embedding_size=16, **small),
+        "mpnet": lambda: transformers.MPNetConfig(**small),
+    }[kind]()
+    module = MultiLabelTextModule(transformers.AutoModel.from_config(config), 3)
+    depths = {name: _depth(name, 3) for name, _ in module.named_parameters()}
+    assert {d for name, d in depths.items() if not name.startswith("encoder.")} == {0}
+    layered = {d for name, d in depths.items() if re.search(r"\.layer\.\d+\.", name)}
+    embeddings = {d for name, d in depths.items() if "embeddings." in name}
+    top = {name for name, d in depths.items() if name.startswith("encoder.") and d == 0}
+    if kind == "albert":  # one layer, shared by every depth
+        assert not layered and any("albert_layer_groups.0." in name for name in top)
+    else:
+        assert layered == {1, 2, 3}
+    assert embeddings == {4}
+    if kind == "deberta-v2":
+        assert depths["encoder.encoder.rel_embeddings.weight"] == 4
+    if kind == "mpnet":
+        assert "encoder.encoder.relative_attention_bias.weight" in top
