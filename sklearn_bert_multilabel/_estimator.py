@@ -1262,7 +1262,11 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
 
         cache = self._cache()
         keyed = cache is not None or self.checkpoint_dir is not None
-        fit_key = self._fit_key(texts, Y, weights, val_texts, Y_val, val_weights, device) if keyed else None
+        # Keyed by the weights training reads (scaled to a mean of 1): weights that differ only by a
+        # factor train the same model and share the entry.
+        fit_key = (
+            self._fit_key(texts, Y, train_weights, val_texts, Y_val, val_weights, device) if keyed else None
+        )
         entry = cache.load_fit(fit_key) if fit_key is not None and cache is not None else None
 
         tokenizer, encoder = self._load_pretrained(cache is not None, device)

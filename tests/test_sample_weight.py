@@ -232,6 +232,13 @@ def test_memory_keys_weighted_fits_apart(fast_params, toy_data, tmp_path):
     other = BertMultiLabelClassifier(**params).fit(X, Y, sample_weight=weights[::-1]).cache_key_
     assert equal == plain  # equal weights train as none: the same entry
     assert len({plain, varied, other}) == 3
+    # Only ratios train: weights times a factor share the entry (integers, so that both scale
+    # to the same floats exactly).
+    counts = np.arange(len(X)) % 4 + 1
+    once = BertMultiLabelClassifier(**params).fit(X, Y, sample_weight=counts)
+    thrice = BertMultiLabelClassifier(**params).fit(X, Y, sample_weight=3 * counts)
+    assert once.cache_key_ == thrice.cache_key_ and once.cache_key_ not in {plain, varied, other}
+    np.testing.assert_array_equal(thrice.decision_function(X), once.decision_function(X))
 
 
 def test_fit_thresholds_weighs_the_tuning_texts(one_epoch_model):
