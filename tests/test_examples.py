@@ -1,12 +1,15 @@
-"""The examples: what they import exists and what they pass is accepted; two run end to end."""
+"""The examples and the README's code: what they import exists and what they pass is accepted;
+two examples run end to end."""
 
 from __future__ import annotations
 
 import ast
 import inspect
 import os
+import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -42,9 +45,31 @@ def test_there_are_examples():
     assert len(EXAMPLES) >= 6
 
 
+def _readme_blocks() -> list[str]:
+    """The README's Python code blocks, dedented (some sit in list items)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^ *```python\n(.*?)^ *```$", readme, re.MULTILINE | re.DOTALL)
+    return [textwrap.dedent(block) for block in blocks]
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: str(p.relative_to(ROOT / "examples")))
 def test_example_uses_the_api_as_it_is(path):
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    problems = _api_problems(tree)
+    assert not problems, f"{path.name}: {problems}"
+
+
+def test_readme_code_uses_the_api_as_it_is():
+    blocks = _readme_blocks()
+    assert len(blocks) >= 4
+    for number, block in enumerate(blocks, 1):
+        problems = _api_problems(ast.parse(block, filename=f"README block {number}"))
+        assert not problems, f"README block {number}: {problems}"
+
+
+def _api_problems(tree: ast.AST) -> list[str]:
+    """Names imported from the package that it lacks, and classifier parameters or method
+    arguments that do not exist."""
     problems = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module == "sklearn_bert_multilabel":
@@ -66,7 +91,7 @@ def test_example_uses_the_api_as_it_is(path):
         signature = inspect.signature(function).parameters
         if not any(p.kind is p.VAR_KEYWORD for p in signature.values()):
             problems += [f".{method}({name}=...)" for name in keywords if name not in signature]
-    assert not problems, f"{path.name}: {problems}"
+    return problems
 
 
 def _run(script: Path, cwd: Path, **env) -> str:
