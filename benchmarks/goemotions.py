@@ -78,6 +78,7 @@ def main() -> None:
         "--pos-weight", default=None, help="pos_weight of the fine-tuned model (e.g. 'balanced')"
     )
     parser.add_argument("--chart", default="goemotions_f1.png")
+    parser.add_argument("--seed", type=int, default=0, help="random_state of the fine-tuned model")
     parser.add_argument(
         "--ablation", action="store_true", help="dev macro-F1 of the recipe with one option changed at a time"
     )
@@ -94,7 +95,7 @@ def main() -> None:
         return
 
     start = time.perf_counter()
-    recipe = {**RECIPE, "pos_weight": args.pos_weight}
+    recipe = {**RECIPE, "pos_weight": args.pos_weight, "random_state": args.seed}
     clf = BertMultiLabelClassifier(max_epochs=args.epochs, verbose=1, **recipe)
     clf.fit(X, Y, validation_data=(X_dev, Y_dev))
     minutes = (time.perf_counter() - start) / 60
