@@ -644,7 +644,6 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             parse_metric(self.threshold_metric)
         except ValueError as exc:
             problems.append(f"threshold_metric {exc}.")
-        self._check_label_bounds(None, problems)
         if self.pos_weight is not None and not (
             isinstance(self.pos_weight, str) and self.pos_weight == "balanced"
         ):
@@ -1185,9 +1184,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                     check_per_label(value, name, found, low=0.0, high=high, labels=label_names)
                     # A problem with the value itself is listed already, by the parameter checks.
                     problems.extend(problem for problem in found if problem not in problems)
-            found = Problems()
-            self._check_label_bounds(n_labels, found)
-            problems.extend(problem for problem in found if problem not in problems)
+        self._check_label_bounds(n_labels, problems)  # against the labels too, once Y is known
         problems.raise_if_any()
         texts, Y, weights = _weighted_rows(texts, Y, weights)
         if val_texts is not None:
