@@ -975,14 +975,29 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                 "use min_labels <= max_labels."
             )
 
-    def _fitted_label_bounds(self) -> tuple[int, int | None]:
-        """``min_labels`` and ``max_labels``, checked against this model's labels
-        (``set_params`` may have changed them since fit)."""
+    def _decision_rule(
+        self, problems: Problems, *, allow_untuned: bool = False
+    ) -> tuple[np.ndarray | None, int, int | None]:
+        """The thresholds, ``min_labels`` and ``max_labels`` that :meth:`predict` applies,
+        checked against this model's labels (``set_params`` may have changed them since fit).
+
+        Each problem is added to ``problems``; the values are only meaningful when none was.
+        With ``allow_untuned``, ``threshold="auto"`` with nothing tuned gives thresholds None
+        instead of a problem.
+        """
         check_is_fitted(self, "n_labels_")
-        problems = Problems()
+        thresholds = None
+        untuned = self._untuned()
+        if not (untuned and allow_untuned):
+            try:
+                thresholds = self.thresholds_
+            except InvalidInputError as exc:
+                problems.extend(exc.problems)
+        found = len(problems)
         self._check_label_bounds(self.n_labels_, problems)
-        problems.raise_if_any()
-        return int(self.min_labels), None if self.max_labels is None else int(self.max_labels)
+        if len(problems) > found:
+            return thresholds, 0, None
+        return thresholds, int(self.min_labels), None if self.max_labels is None else int(self.max_labels)
 
     def _check_fp16_on(self, kind: str, problems: Problems) -> None:
         """``precision="fp16"`` runs only on CUDA; ``kind`` is where the model runs."""
@@ -998,6 +1013,11 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             return None
         self._check_fp16_on(torch.device(device).type, problems)
         return device
+
+    def _untuned(self) -> bool:
+        """Whether ``threshold="auto"`` asks for tuned thresholds that this model does not have."""
+        auto = isinstance(self.threshold, str) and self.threshold == "auto"
+        return auto and self.tuned_thresholds_ is None
 
     def _thresholds_for(self, value: object) -> np.ndarray:
         problems = Problems()
@@ -2044,9 +2064,12 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             most probable others, and for a text with more than
             ``max_labels``, only for the most probable of them.
         """
-        thresholds = self.thresholds_
-        min_labels, max_labels = self._fitted_label_bounds()
-        proba = self.predict_proba(X)
+        problems = Problems()
+        thresholds, min_labels, max_labels = self._decision_rule(problems)
+        self._check_prediction_params(problems)
+        texts = check_texts(X, problems)
+        problems.raise_if_any()  # a bad threshold or bound, and bad texts, together
+        proba = self.predict_proba(texts)
         return bound_labels(proba, proba >= thresholds, min_labels, max_labels).astype(np.int64)
 
     @property
@@ -2059,7 +2082,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self, "n_labels_")
         if isinstance(self.threshold, str) and self.threshold == "auto":
-            if self.tuned_thresholds_ is None:
+            if self._untuned():
                 raise InvalidInputError(
                     [
                         "threshold='auto' but no thresholds were tuned for this model; "

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ._model import head_layout, head_linears
+from ._validation import Problems
 
 logger = logging.getLogger(__name__)
 
@@ -182,8 +183,8 @@ def export_onnx(estimator, path: str | os.PathLike, *, opset_version: int | None
             "export_onnx exports the graph of one window per text; with long_text='chunk' the windows "
             "are combined outside that graph, which the export does not cover. Use clf.save(path)."
         )
-    thresholds = _thresholds_or_none(estimator)  # before the export: a bad threshold raises here
-    min_labels, max_labels = estimator._fitted_label_bounds()  # and so do bad label bounds
+    # Before the export: a threshold or label bound that predict would refuse raises here.
+    thresholds, min_labels, max_labels = _decision_rule(estimator)
     target = _new_folder(path)
     graph = _OnnxGraph(copy.deepcopy(estimator.module_).to("cpu").float()).eval()
     example = next(_example_batches(estimator))
@@ -265,16 +266,15 @@ def _example_batches(estimator):
         yield inputs
 
 
-def _thresholds_or_none(estimator) -> list[float] | None:
-    """The thresholds ``predict`` applies; None for ``threshold="auto"`` with nothing tuned.
-    A threshold that does not fit the model raises, as ``predict`` would."""
-    if (
-        isinstance(estimator.threshold, str)
-        and estimator.threshold == "auto"
-        and estimator.tuned_thresholds_ is None
-    ):
-        return None
-    return np.asarray(estimator.thresholds_, dtype=np.float64).tolist()
+def _decision_rule(estimator) -> tuple[list[float] | None, int, int | None]:
+    """The thresholds ``predict`` applies (None for ``threshold="auto"`` with nothing tuned),
+    ``min_labels`` and ``max_labels``. A threshold or bound that does not fit the model raises,
+    as ``predict`` would, with every problem together."""
+    problems = Problems()
+    thresholds, min_labels, max_labels = estimator._decision_rule(problems, allow_untuned=True)
+    problems.raise_if_any()
+    listed = None if thresholds is None else np.asarray(thresholds, dtype=np.float64).tolist()
+    return listed, min_labels, max_labels
 
 
 def _installed(*names: str) -> str:

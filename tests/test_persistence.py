@@ -541,9 +541,15 @@ def test_export_onnx_writes_the_thresholds_predict_applies(tuned, tmp_path):
     with pytest.raises(InvalidInputError, match="no value for 'positive'"):
         clf.export_onnx(tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
-    clf.set_params(threshold="auto", min_labels=4).tuned_thresholds_ = None
-    with pytest.raises(InvalidInputError, match="min_labels=4 asks for more labels"):
+    clf.set_params(min_labels=4)
+    with pytest.raises(InvalidInputError, match="no value for 'positive'") as info:
         clf.export_onnx(tmp_path / "bad")
+    assert "min_labels=4 asks for more labels" in str(info.value)  # both problems, together
+    assert not (tmp_path / "bad").exists()
+    clf.set_params(threshold="auto").tuned_thresholds_ = None
+    with pytest.raises(InvalidInputError, match="min_labels=4 asks for more labels") as info:
+        clf.export_onnx(tmp_path / "bad")
+    assert len(info.value.problems) == 1  # no tuned thresholds is not a problem for an export
     assert not (tmp_path / "bad").exists()
     clf.set_params(min_labels=1, max_labels=2).export_onnx(tmp_path / "auto")
     meta = json.loads((tmp_path / "auto" / "labels.json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 
@@ -501,6 +502,27 @@ def test_min_and_max_labels_in_predict(skewed):
             with pytest.raises(InvalidInputError, match=match):
                 skewed.set_params(min_labels=low, max_labels=high).predict(X)
         skewed.set_params(max_labels=7, min_labels=0).predict(X)  # more than the labels: no cap
+    finally:
+        skewed.set_params(threshold=threshold, min_labels=0, max_labels=None)
+
+
+def test_predict_reports_a_bad_threshold_bounds_and_texts_together(skewed):
+    threshold = skewed.threshold
+    try:
+        skewed.set_params(threshold=1.5, min_labels=2, max_labels=1)
+        with pytest.raises(InvalidInputError) as info:
+            skewed.predict(["a text", 3])
+        assert len(info.value.problems) == 3
+        message = str(info.value)
+        assert "threshold" in message and "min_labels=2 is above max_labels=1" in message
+        assert "not text: X[1]=3" in message
+        skewed.set_params(threshold="auto", min_labels=5, max_labels=None)
+        untuned = copy.copy(skewed)
+        untuned.tuned_thresholds_ = None
+        with pytest.raises(InvalidInputError) as info:
+            untuned.predict(["a text"])
+        assert len(info.value.problems) == 2
+        assert "no thresholds were tuned" in str(info.value) and "min_labels=5" in str(info.value)
     finally:
         skewed.set_params(threshold=threshold, min_labels=0, max_labels=None)
 
