@@ -987,8 +987,7 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self, "n_labels_")
         thresholds = None
-        untuned = self._untuned()
-        if not (untuned and allow_untuned):
+        if not (allow_untuned and self._untuned()):
             try:
                 thresholds = self.thresholds_
             except InvalidInputError as exc:

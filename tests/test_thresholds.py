@@ -514,7 +514,8 @@ def test_predict_reports_a_bad_threshold_bounds_and_texts_together(skewed):
             skewed.predict(["a text", 3])
         assert len(info.value.problems) == 3
         message = str(info.value)
-        assert "threshold" in message and "min_labels=2 is above max_labels=1" in message
+        assert "threshold must be >= 0.0 and <= 1.0 (finite), got 1.5" in message
+        assert "min_labels=2 is above max_labels=1" in message
         assert "not text: X[1]=3" in message
         skewed.set_params(threshold="auto", min_labels=5, max_labels=None)
         untuned = copy.copy(skewed)
