@@ -1026,9 +1026,11 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         problems.raise_if_any()
         return thresholds
 
-    def _check_predict_texts(self, X: object) -> list[str]:
+    def _check_predict_texts(self, X: object, problems: Problems | None = None) -> list[str]:
+        """``X`` as texts and the parameters predictions read, checked; every problem raised
+        together, with those already in ``problems``."""
         check_is_fitted(self)
-        problems = Problems()
+        problems = Problems() if problems is None else problems
         self._check_prediction_params(problems)
         texts = check_texts(X, problems)
         problems.raise_if_any()
@@ -1975,7 +1977,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         logits : ndarray of shape (n_samples, n_labels)
             Unbounded scores; ``sigmoid(logits)`` is :meth:`predict_proba`.
         """
-        texts = self._check_predict_texts(X)
+        return self._logits(self._check_predict_texts(X))
+
+    def _logits(self, texts: list[str]) -> np.ndarray:
+        """The logits of checked ``texts``, through the prediction cache where there is one."""
         cache = self._cache()
         if cache is not None and self._predicts_from_features():
             return self._head_logits(self._pooled_features(texts))
@@ -2065,10 +2070,8 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         """
         problems = Problems()
         thresholds, min_labels, max_labels = self._decision_rule(problems)
-        self._check_prediction_params(problems)
-        texts = check_texts(X, problems)
-        problems.raise_if_any()  # a bad threshold or bound, and bad texts, together
-        proba = self.predict_proba(texts)
+        texts = self._check_predict_texts(X, problems)  # with a bad threshold or bound, together
+        proba = expit(self._logits(texts))
         return bound_labels(proba, proba >= thresholds, min_labels, max_labels).astype(np.int64)
 
     @property
