@@ -2266,9 +2266,14 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
 
         Writes ``model.onnx`` (inputs ``input_ids`` and ``attention_mask`` of
         shape (batch, tokens), both int64; outputs ``logits`` and
-        ``probabilities`` of shape (batch, n_labels)), the tokenizer files and
-        ``labels.json`` (label names, thresholds, ``max_length``). Running it
-        in onnxruntime reproduces :meth:`predict_proba`. Needs the ``onnx``
+        ``probabilities`` of shape (batch, n_labels), and ``labels``, int64
+        0/1, where the model has thresholds), the tokenizer files and
+        ``labels.json`` (label names, thresholds, ``min_labels``,
+        ``max_labels``, ``max_length``, the outputs). Running it in
+        onnxruntime reproduces :meth:`predict_proba`, and ``labels`` is
+        :meth:`predict`'s decision: ``thresholds_``, ``min_labels`` and
+        ``max_labels`` as set at export. With ``threshold="auto"`` and no
+        tuned thresholds there is no ``labels`` output. Needs the ``onnx``
         extra: ``pip install 'sklearn-bert-multilabel[onnx]'``.
 
         Parameters

@@ -151,16 +151,77 @@ def _save_tokenizer(estimator, folder: Path, *, inputs) -> None:
     tokenizer.save_pretrained(str(folder))
 
 
-class _OnnxGraph(nn.Module):
-    """(input_ids, attention_mask) -> (logits, probabilities): what ONNX records."""
+def decide_labels(
+    proba: torch.Tensor, thresholds: torch.Tensor, min_labels: int = 0, max_labels: int | None = None
+) -> torch.Tensor:
+    """:meth:`~.BertMultiLabelClassifier.predict`'s decision in torch operations that ONNX records.
 
-    def __init__(self, module: nn.Module):
+    ``proba >= thresholds`` (compared in float64, as ``predict`` compares its
+    float32 probabilities with float64 thresholds), then each row's number of
+    labels brought within ``[min_labels, max_labels]`` as
+    :func:`~._thresholds.bound_labels` does: the same order, ties to the first
+    column. A label's place in that order is counted, not sorted for (how
+    many labels come before it), so the result does not depend on how an
+    ONNX runtime breaks ties in a sort. That takes ``n_labels**2`` comparisons
+    per text, and is done only when a bound is set. Returns int64 0/1.
+    """
+    above = proba.double() >= thresholds
+    if min_labels <= 0 and max_labels is None:
+        return above.long()
+    n_labels = proba.shape[-1]
+    index = torch.arange(n_labels, device=proba.device)
+    earlier = index.unsqueeze(1) < index.unsqueeze(0)  # [i, j]: column i is before column j
+    counts = above.sum(dim=1, keepdim=True)
+
+    def first(key: torch.Tensor, k: int) -> torch.Tensor:
+        """The ``k`` columns of each row that come first by ascending ``key``, ties by column."""
+        before = (key.unsqueeze(2) < key.unsqueeze(1)) | ((key.unsqueeze(2) == key.unsqueeze(1)) & earlier)
+        return before.sum(dim=1) < k
+
+    # Logical operations rather than a Where of booleans, which onnxruntime does not implement.
+    infinity = torch.full_like(proba, float("inf"))
+    labels = above
+    if max_labels is not None:
+        # The predicted labels from the most probable, then the others.
+        long = counts > max_labels
+        kept = first(torch.where(above, -proba, infinity), max_labels)
+        labels = (labels & ~long) | (kept & long)
+    if min_labels > 0:
+        # A predicted label first, then the others from the most probable.
+        short = counts < min_labels
+        added = first(torch.where(above, -infinity, -proba), min_labels)
+        labels = (labels & ~short) | (added & short)
+    return labels.long()
+
+
+class _OnnxGraph(nn.Module):
+    """(input_ids, attention_mask) -> (logits, probabilities[, labels]): what ONNX records.
+
+    With ``thresholds``, the graph also gives ``labels``, :meth:`predict`'s
+    decision (see :func:`decide_labels`).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        thresholds: list[float] | None = None,
+        min_labels: int = 0,
+        max_labels: int | None = None,
+    ):
         super().__init__()
         self.module = module
+        self.decides = thresholds is not None
+        if self.decides:
+            self.register_buffer("thresholds", torch.tensor(thresholds, dtype=torch.float64))
+        self.min_labels = min_labels
+        self.max_labels = max_labels
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         logits = self.module(input_ids=input_ids, attention_mask=attention_mask).float()
-        return logits, torch.sigmoid(logits)
+        proba = torch.sigmoid(logits)
+        if not self.decides:
+            return logits, proba
+        return logits, proba, decide_labels(proba, self.thresholds, self.min_labels, self.max_labels)
 
 
 #: The inputs of the exported ONNX graph, which its tokenizer gives.
@@ -186,7 +247,9 @@ def export_onnx(estimator, path: str | os.PathLike, *, opset_version: int | None
     # Before the export: a threshold or label bound that predict would refuse raises here.
     thresholds, min_labels, max_labels = _decision_rule(estimator)
     target = _new_folder(path)
-    graph = _OnnxGraph(copy.deepcopy(estimator.module_).to("cpu").float()).eval()
+    module = copy.deepcopy(estimator.module_).to("cpu").float()
+    graph = _OnnxGraph(module, thresholds, min_labels, max_labels).eval()
+    outputs = ["logits", "probabilities"] + (["labels"] if thresholds is not None else [])
     example = next(_example_batches(estimator))
     with staged_folder(target) as staging:
         axes = _dynamic_axes()
@@ -201,7 +264,7 @@ def export_onnx(estimator, path: str | os.PathLike, *, opset_version: int | None
                     graph,
                     (example["input_ids"], example["attention_mask"]),
                     input_names=list(ONNX_INPUTS),
-                    output_names=["logits", "probabilities"],
+                    output_names=outputs,
                     dynamic_shapes=(axes, axes),
                     opset_version=opset_version,
                     dynamo=True,
@@ -231,7 +294,7 @@ def export_onnx(estimator, path: str | os.PathLike, *, opset_version: int | None
             "max_labels": max_labels,
             "max_length": int(estimator.max_length),
             "inputs": list(ONNX_INPUTS),
-            "outputs": ["logits", "probabilities"],
+            "outputs": outputs,
         }
         (staging / "labels.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     logger.info("exported ONNX model to %s", target)

@@ -24,6 +24,7 @@ from sklearn_bert_multilabel import (
     __version__,
 )
 from sklearn_bert_multilabel._persistence import MANIFEST, WEIGHTS, staged_folder
+from sklearn_bert_multilabel._thresholds import bound_labels
 
 
 @pytest.fixture(scope="module")
@@ -427,6 +428,14 @@ def test_export_pretrained_says_which_models_it_cannot_express(tuned, tmp_path):
 
 
 # -------------------------------------------------------------------- ONNX export
+def _onnx_inputs(folder: Path, texts: list[str]) -> dict:
+    """The exported graph's inputs for ``texts``, from the tokenizer exported beside it."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    return dict(tokenizer(texts, padding=True, truncation=True, return_tensors="np"))
+
+
 def test_export_onnx_reproduces_predict_proba(tuned, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     from sklearn_bert_multilabel._text import iter_text_batches
@@ -448,6 +457,10 @@ def test_export_onnx_reproduces_predict_proba(tuned, tmp_path):
     for rows, inputs in iter_text_batches(clf.tokenizer_, X, clf.max_length, 7, clf._pad_id):
         got[rows] = session.run(["probabilities"], {k: v.numpy() for k, v in inputs.items()})[0]
     np.testing.assert_allclose(got, clf.predict_proba(X), atol=1e-4)
+    assert meta["outputs"] == ["logits", "probabilities", "labels"]
+    labels = session.run(["labels"], _onnx_inputs(tmp_path / "onnx", X))[0]
+    assert labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, clf.predict(X))  # the tuned thresholds, in the graph
     # The exported tokenizer alone feeds the graph: only its two inputs, cut at max_length.
     from transformers import AutoTokenizer
 
@@ -554,3 +567,26 @@ def test_export_onnx_writes_the_thresholds_predict_applies(tuned, tmp_path):
     clf.set_params(min_labels=1, max_labels=2).export_onnx(tmp_path / "auto")
     meta = json.loads((tmp_path / "auto" / "labels.json").read_text())
     assert meta["thresholds"] is None and (meta["min_labels"], meta["max_labels"]) == (1, 2)
+    assert meta["outputs"] == ["logits", "probabilities"]  # no thresholds: no labels output
+
+
+@pytest.mark.parametrize(("quantile", "bounds"), [(0.5, (1, 2)), (0.2, (0, 1)), (0.8, (2, None))])
+def test_export_onnx_labels_apply_the_bounds_as_predict_does(tuned, tmp_path, quantile, bounds):
+    ort = pytest.importorskip("onnxruntime")
+    clf, X = tuned
+    proba = clf.predict_proba(X)
+    # Per-label thresholds that this share of the texts falls below.
+    threshold = np.quantile(proba, quantile, axis=0).round(6).tolist()
+    clf = copy.deepcopy(clf).set_params(threshold=threshold, min_labels=bounds[0], max_labels=bounds[1])
+    expected = clf.predict(X)
+    counts = (proba >= np.array(threshold)).sum(axis=1)
+    # Each case moves some rows, so the graph's bounds are put to work.
+    assert (expected.sum(axis=1) != counts).any()
+    clf.export_onnx(tmp_path / "onnx")
+    session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"))
+    got_proba, got = session.run(["probabilities", "labels"], _onnx_inputs(tmp_path / "onnx", X))
+    # The graph's decision on its own probabilities is bound_labels', exactly ...
+    np.testing.assert_array_equal(got, bound_labels(got_proba, got_proba >= threshold, *bounds))
+    # ... and predict's: no probability here is near enough to a threshold or another for the
+    # runtimes' rounding (within 1e-6) to tip a decision.
+    np.testing.assert_array_equal(got, expected)

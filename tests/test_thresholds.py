@@ -471,6 +471,26 @@ def test_bound_labels_keeps_the_most_probable(seed, low, extra):
             assert row[now].min() >= row[dropped].max()
 
 
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), low=st.integers(0, 6), extra=st.none() | st.integers(0, 6))
+def test_the_exported_decision_is_bound_labels(seed, low, extra):
+    """The torch operations an ONNX export records decide as predict does, ties included."""
+    import torch
+
+    from sklearn_bert_multilabel._export import decide_labels
+
+    high = None if extra is None else min(max(low + extra, 1), 6)
+    low = min(low, 6)
+    rng = np.random.default_rng(seed)
+    proba = rng.choice([0.1, 0.3, 0.5, 0.7, 0.9], size=(40, 6)).astype(np.float32)  # ties
+    # float64 thresholds, some equal to a float32 probability's value: ">=" must keep those
+    thresholds = np.where(rng.random(6) < 0.5, np.float64(np.float32(0.5)), rng.uniform(0.05, 0.95, 6))
+    expected = bound_labels(proba, proba >= thresholds, low, high)
+    got = decide_labels(torch.from_numpy(proba), torch.from_numpy(thresholds), low, high)
+    assert got.dtype == torch.int64
+    np.testing.assert_array_equal(got.numpy(), expected)
+
+
 def test_min_and_max_labels_in_predict(skewed):
     X, _ = make_texts(60, seed=25)
     proba = skewed.predict_proba(X)
