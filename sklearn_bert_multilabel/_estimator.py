@@ -2243,7 +2243,12 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
                                   function_to_apply="sigmoid")
 
         gives :meth:`predict_proba`'s probabilities (texts longer than
-        ``max_length`` tokens also need ``truncation=True``). Only a model
+        ``max_length`` tokens also need ``truncation=True``). The pipeline
+        applies no thresholds: ``labels.json`` in the folder holds those
+        :meth:`predict` applies, with ``min_labels``, ``max_labels`` and the
+        label names (None for thresholds with ``threshold="auto"`` and
+        nothing tuned); a threshold or bound that :meth:`predict` would
+        refuse is refused here, before anything is written. Only a model
         that the standard classes compute can be exported: a BERT-style
         encoder with ``pooling="pooler"`` and a linear head, or a DistilBERT
         encoder with ``pooling="cls"`` and ``hidden_layer_sizes=(dim,)``.

@@ -120,6 +120,8 @@ def export_pretrained(estimator, path: str | os.PathLike) -> Path:
     from ._persistence import staged_folder
     from ._pretrained import _progress_bars
 
+    # Before the export: a threshold or label bound that predict would refuse raises here.
+    rule = _decision_rule(estimator)
     target = _new_folder(path)
     model = build_pretrained(estimator)
     with staged_folder(target) as staging:
@@ -128,6 +130,8 @@ def export_pretrained(estimator, path: str | os.PathLike) -> Path:
         # A BERT tokenizer beside a DistilBERT model would give token_type_ids, which a
         # pipeline passes on and the model refuses.
         _save_tokenizer(estimator, staging, inputs=inspect.signature(model.forward).parameters)
+        # The pipeline gives probabilities; the thresholds and bounds that predict applies to them.
+        _write_label_meta(estimator, staging, *rule)
     logger.info("exported %s to %s", type(model).__name__, target)
     return target
 
@@ -287,16 +291,9 @@ def export_onnx(estimator, path: str | os.PathLike, *, opset_version: int | None
             exporter_log.setLevel(level)
         program.save(str(staging / "model.onnx"))
         _save_tokenizer(estimator, staging / "tokenizer", inputs=ONNX_INPUTS)
-        meta = {
-            "label_names": [str(n) for n in estimator.label_names_],
-            "thresholds": thresholds,
-            "min_labels": min_labels,
-            "max_labels": max_labels,
-            "max_length": int(estimator.max_length),
-            "inputs": list(ONNX_INPUTS),
-            "outputs": outputs,
-        }
-        (staging / "labels.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        _write_label_meta(
+            estimator, staging, thresholds, min_labels, max_labels, inputs=list(ONNX_INPUTS), outputs=outputs
+        )
     logger.info("exported ONNX model to %s", target)
     return target
 
@@ -338,6 +335,21 @@ def _decision_rule(estimator) -> tuple[list[float] | None, int, int | None]:
     problems.raise_if_any()
     listed = None if thresholds is None else np.asarray(thresholds, dtype=np.float64).tolist()
     return listed, min_labels, max_labels
+
+
+def _write_label_meta(
+    estimator, folder: Path, thresholds: list[float] | None, min_labels: int, max_labels: int | None, **more
+) -> None:
+    """Write ``labels.json``: label names, :func:`_decision_rule`'s values, ``max_length``, ``more``."""
+    meta = {
+        "label_names": [str(n) for n in estimator.label_names_],
+        "thresholds": thresholds,
+        "min_labels": min_labels,
+        "max_labels": max_labels,
+        "max_length": int(estimator.max_length),
+        **more,
+    }
+    (folder / "labels.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
 def _installed(*names: str) -> str:

@@ -365,12 +365,22 @@ def test_export_pretrained_reproduces_predict_proba(fast_params, tmp_path):
     X, Y = make_texts(64, seed=5)
     frame = pd.DataFrame(Y, columns=["sports", "business", "positive"])
     clf = BertMultiLabelClassifier(pooling="pooler", **fast_params).fit(X, frame)
+    clf.set_params(threshold={"sports": 0.3, "business": 0.5, "positive": 0.7}, max_labels=2)
     clf.export_pretrained(tmp_path / "hf")
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["problem_type"] == "multi_label_classification"
     assert config["id2label"] == {"0": "sports", "1": "business", "2": "positive"}
     got = _pipeline_proba(tmp_path / "hf", X, clf.label_names_)
     np.testing.assert_allclose(got, clf.predict_proba(X), atol=1e-5)
+    # labels.json beside it holds what predict applies to those probabilities.
+    meta = json.loads((tmp_path / "hf" / "labels.json").read_text())
+    assert meta == {
+        "label_names": ["sports", "business", "positive"],
+        "thresholds": [0.3, 0.5, 0.7],
+        "min_labels": 0,
+        "max_labels": 2,
+        "max_length": clf.max_length,
+    }
 
 
 def test_export_pretrained_distilbert(tiny_model_dir, tmp_path):
@@ -555,10 +565,11 @@ def test_export_onnx_writes_the_thresholds_predict_applies(tuned, tmp_path):
         clf.export_onnx(tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
     clf.set_params(min_labels=4)
-    with pytest.raises(InvalidInputError, match="no value for 'positive'") as info:
-        clf.export_onnx(tmp_path / "bad")
-    assert "min_labels=4 asks for more labels" in str(info.value)  # both problems, together
-    assert not (tmp_path / "bad").exists()
+    for export in (clf.export_onnx, clf.export_pretrained):
+        with pytest.raises(InvalidInputError, match="no value for 'positive'") as info:
+            export(tmp_path / "bad")
+        assert "min_labels=4 asks for more labels" in str(info.value)  # both problems, together
+        assert not (tmp_path / "bad").exists()
     clf.set_params(threshold="auto").tuned_thresholds_ = None
     with pytest.raises(InvalidInputError, match="min_labels=4 asks for more labels") as info:
         clf.export_onnx(tmp_path / "bad")
