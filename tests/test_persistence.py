@@ -581,6 +581,42 @@ def test_export_onnx_writes_the_thresholds_predict_applies(tuned, tmp_path):
     assert meta["outputs"] == ["logits", "probabilities"]  # no thresholds: no labels output
 
 
+@pytest.mark.parametrize("bounds", [(0, None), (2, None), (0, 2), (1, 3)])
+def test_exported_decision_breaks_ties_as_predict_does(tmp_path, bounds):
+    """In onnxruntime, on probabilities with many ties, the graph's labels are bound_labels'."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from sklearn_bert_multilabel._export import _OnnxGraph
+
+    class Logits(torch.nn.Module):  # the token ids as logits: ties wherever ids repeat
+        def forward(self, input_ids, attention_mask):
+            return (input_ids * attention_mask).float() - 2.0
+
+    thresholds = [0.5, 0.6, 0.5, 0.9, 0.3, 0.5]
+    graph = _OnnxGraph(Logits(), thresholds, *bounds).eval()
+    example = (torch.full((2, 6), 3), torch.ones(2, 6, dtype=torch.int64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            graph,
+            example,
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits", "probabilities", "labels"],
+            dynamic_shapes=({0: torch.export.Dim.DYNAMIC}, {0: torch.export.Dim.DYNAMIC}),
+            dynamo=True,
+        )
+    program.save(str(tmp_path / "model.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"))
+    ids = np.random.default_rng(0).integers(0, 5, size=(200, 6))
+    inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    proba, labels = session.run(["probabilities", "labels"], inputs)
+    assert len(np.unique(proba)) == 5  # sigmoid(-2), ..., sigmoid(2)
+    expected = bound_labels(proba, proba >= np.array(thresholds), *bounds)
+    np.testing.assert_array_equal(labels, expected)
+    if bounds != (0, None):  # the bounds move some rows
+        assert (expected.sum(axis=1) != (proba >= np.array(thresholds)).sum(axis=1)).any()
+
+
 @pytest.mark.parametrize(("quantile", "bounds"), [(0.5, (1, 2)), (0.2, (0, 1)), (0.8, (2, None))])
 def test_export_onnx_labels_apply_the_bounds_as_predict_does(tuned, tmp_path, quantile, bounds):
     ort = pytest.importorskip("onnxruntime")
