@@ -1,11 +1,13 @@
 """ONNX export: onnxruntime vs the PyTorch predict path, same model, same texts, one run.
 
 The model is all-MiniLM-L6-v2 with a linear head, fitted for one short epoch
-on GoEmotions train texts (the weights do not matter for speed). Both sides
-get the same length-sorted batches of GoEmotions test texts: the PyTorch side
-is ``predict_proba`` itself; the ONNX side runs ``model.onnx`` in an
-onnxruntime session over the same batches. Each is timed twice (best kept),
-after a warm-up. Needs the ``onnx`` extra:
+on GoEmotions train texts (the weights do not matter for speed), with
+thresholds tuned on dev texts and ``min_labels=1``, ``max_labels=3``. Both
+sides get the same length-sorted batches of GoEmotions test texts: the
+PyTorch side is ``predict_proba`` itself; the ONNX side runs ``model.onnx``
+in an onnxruntime session over the same batches. Each is timed twice (best
+kept), after a warm-up. Then the graph's ``labels`` output is compared with
+``predict``. Needs the ``onnx`` extra:
 
     python benchmarks/bench_onnx.py [--n-texts 2000] [--batch-size 128]
 """
@@ -45,11 +47,14 @@ def main() -> None:
     warnings.simplefilter("ignore", UnusedLabelWarning)  # a short fit: rare labels may be absent
 
     X_train, Y_train, _ = load_goemotions("train")
+    X_dev, Y_dev, _ = load_goemotions("dev")
     X_test, _, _ = load_goemotions("test")
     X_test = X_test[: args.n_texts]
     clf = BertMultiLabelClassifier(
         max_epochs=1, train_split=None, random_state=0, predict_batch_size=args.batch_size
     ).fit(X_train[:256], Y_train[:256])
+    # The decision the graph's labels output applies: tuned thresholds and both bounds.
+    clf.fit_thresholds(X_dev[:1000], Y_dev[:1000]).set_params(min_labels=1, max_labels=3)
 
     folder = Path(tempfile.mkdtemp()) / "onnx"
     start = time.perf_counter()
@@ -59,19 +64,22 @@ def main() -> None:
     options.intra_op_num_threads = torch.get_num_threads()
     session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
 
-    def onnx_proba(texts):
-        out = np.empty((len(texts), clf.n_labels_), dtype=np.float32)
+    def onnx_output(texts, name="probabilities", dtype=np.float32):
+        out = np.empty((len(texts), clf.n_labels_), dtype=dtype)
         for rows, inputs in iter_text_batches(
             clf.tokenizer_, texts, clf.max_length, args.batch_size, clf._pad_id
         ):
-            out[rows] = session.run(["probabilities"], {k: v.numpy() for k, v in inputs.items()})[0]
+            out[rows] = session.run([name], {k: v.numpy() for k, v in inputs.items()})[0]
         return out
 
-    onnx_proba(X_test[:256])  # warm-up both sides
+    onnx_output(X_test[:256])  # warm-up both sides
     clf.predict_proba(X_test[:256])
     torch_s = best_of(lambda: clf.predict_proba(X_test))
-    onnx_s = best_of(lambda: onnx_proba(X_test))
-    diff = float(np.abs(onnx_proba(X_test) - clf.predict_proba(X_test)).max())
+    onnx_s = best_of(lambda: onnx_output(X_test))
+    diff = float(np.abs(onnx_output(X_test) - clf.predict_proba(X_test)).max())
+    labels = onnx_output(X_test, "labels", np.int64)
+    predicted = clf.predict(X_test)
+    above = (clf.predict_proba(X_test) >= clf.thresholds_).sum(axis=1)  # labels before the bounds
 
     n = len(X_test)
     print(f"texts: {n} GoEmotions test, batch {args.batch_size}, {torch.get_num_threads()} threads")
@@ -80,6 +88,11 @@ def main() -> None:
     print(f"onnxruntime fp32          : {n / onnx_s:8.1f} texts/s")
     print(f"ratio onnxruntime / PyTorch: {torch_s / onnx_s:.2f}x")
     print(f"largest probability difference: {diff:.2e} (must be <= 1e-4)")
+    print(
+        f"labels output against predict (tuned thresholds, min_labels=1, max_labels=3): "
+        f"{int((labels != predicted).sum())} of {labels.size} cells differ; the bounds moved "
+        f"{int(((above < 1) | (above > 3)).sum())} of {len(X_test)} texts"
+    )
 
 
 if __name__ == "__main__":
