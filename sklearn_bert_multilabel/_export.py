@@ -167,12 +167,14 @@ def decide_labels(
     column. A label's place in that order is counted, not sorted for (how
     many labels come before it), so the result does not depend on how an
     ONNX runtime breaks ties in a sort. That takes ``n_labels**2`` comparisons
-    per text, and is done only when a bound is set. Returns int64 0/1.
+    per text, and is done only when a bound can act. Returns int64 0/1.
     """
     above = proba.double() >= thresholds
+    n_labels = proba.shape[-1]
+    if max_labels is not None and max_labels >= n_labels:
+        max_labels = None  # no text can have more
     if min_labels <= 0 and max_labels is None:
         return above.long()
-    n_labels = proba.shape[-1]
     index = torch.arange(n_labels, device=proba.device)
     earlier = index.unsqueeze(1) < index.unsqueeze(0)  # [i, j]: column i is before column j
     counts = above.sum(dim=1, keepdim=True)
