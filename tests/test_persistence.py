@@ -381,6 +381,13 @@ def test_export_pretrained_reproduces_predict_proba(fast_params, tmp_path):
         "max_labels": 2,
         "max_length": clf.max_length,
     }
+    # Without a bound, the pipeline's probabilities against those thresholds are predict's labels
+    # (on the texts whose probabilities are clear of the thresholds by more than their rounding).
+    clf.set_params(max_labels=None)
+    thresholds = np.array(meta["thresholds"])
+    clear = (np.abs(got - thresholds) > 1e-4).all(axis=1)
+    assert clear.mean() > 0.9
+    np.testing.assert_array_equal((got >= thresholds)[clear], clf.predict(X)[clear])
 
 
 def test_export_pretrained_distilbert(tiny_model_dir, tmp_path):
