@@ -925,9 +925,12 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             self._check_lengths(self.module_.encoder, self.tokenizer_, problems)
 
     def _check_export_params(self) -> None:
-        """An exported model keeps ``max_length``: it must be one this model can use."""
+        """An exported model keeps ``max_length``, the thresholds and the label bounds: each must
+        be one this model can use (``threshold="auto"`` with nothing tuned exports none). Every
+        problem is raised together."""
         problems = Problems()
         self._check_fitted_text_params(problems)
+        self._decision_rule(problems, allow_untuned=True)
         problems.raise_if_any()
 
     def _layer_sizes(self) -> tuple[int, ...] | None:

@@ -566,6 +566,13 @@ def test_exports_refuse_a_max_length_the_model_cannot_use(tuned, tmp_path):
         with pytest.raises(InvalidInputError, match=r"max_length=1000000 exceeds the \d+ positions"):
             export(tmp_path / export.__name__)
         assert not (tmp_path / export.__name__).exists()
+    # With a bad label bound as well: both problems in one error.
+    clf.set_params(max_labels=0)
+    for export in (clf.export_onnx, clf.export_pretrained):
+        with pytest.raises(InvalidInputError, match=r"max_length=1000000 exceeds") as info:
+            export(tmp_path / export.__name__)
+        assert len(info.value.problems) == 2 and "max_labels must be None or an int >= 1" in str(info.value)
+        assert not (tmp_path / export.__name__).exists()
 
 
 def test_export_onnx_writes_the_thresholds_predict_applies(tuned, tmp_path):
