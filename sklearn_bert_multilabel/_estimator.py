@@ -924,14 +924,17 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
         if len(problems) == before:
             self._check_lengths(self.module_.encoder, self.tokenizer_, problems)
 
-    def _check_export_params(self) -> None:
+    def _check_export_params(self) -> tuple[list[float] | None, int, int | None]:
         """An exported model keeps ``max_length``, the thresholds and the label bounds: each must
-        be one this model can use (``threshold="auto"`` with nothing tuned exports none). Every
-        problem is raised together."""
+        be one this model can use, as :meth:`predict` would check them, every problem raised
+        together. Returns the thresholds (a list of floats, or None for ``threshold="auto"``
+        with nothing tuned), ``min_labels`` and ``max_labels``."""
         problems = Problems()
         self._check_fitted_text_params(problems)
-        self._decision_rule(problems, allow_untuned=True)
+        thresholds, min_labels, max_labels = self._decision_rule(problems, allow_untuned=True)
         problems.raise_if_any()
+        listed = None if thresholds is None else np.asarray(thresholds, dtype=np.float64).tolist()
+        return listed, min_labels, max_labels
 
     def _layer_sizes(self) -> tuple[int, ...] | None:
         """``hidden_layer_sizes`` as a tuple of ints, read as :class:`~sklearn.neural_network.MLPClassifier`
@@ -2264,10 +2267,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             The folder to write.
         """
         check_is_fitted(self, "module_")
-        self._check_export_params()
+        rule = self._check_export_params()
         from ._export import export_pretrained
 
-        export_pretrained(self, path)
+        export_pretrained(self, path, rule)
 
     def export_onnx(self, path: str | os.PathLike, *, opset_version: int | None = None) -> None:
         """Export the model to ONNX, with its tokenizer and label metadata.
@@ -2292,10 +2295,10 @@ class BertMultiLabelClassifier(ClassifierMixin, BaseEstimator):
             ONNX opset; the exporter's default if None.
         """
         check_is_fitted(self, "module_")
-        self._check_export_params()
+        rule = self._check_export_params()
         from ._export import export_onnx
 
-        export_onnx(self, path, opset_version=opset_version)
+        export_onnx(self, path, rule, opset_version=opset_version)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())  # a copy: never touch the live module

@@ -10,12 +10,10 @@ import os
 import types
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from ._model import head_layout, head_linears
-from ._validation import Problems
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +23,9 @@ POOLER_LINEAR_TYPES = frozenset({"bert", "albert", "ernie", "megatron-bert"})
 #: Encoders whose ``*ForSequenceClassification`` computes
 #: ``classifier(dropout(relu(pre_classifier(first token state))))``.
 CLS_MLP_TYPES = frozenset({"distilbert"})
+#: What ``predict`` applies, as the estimator's ``_check_export_params`` returns it: the
+#: thresholds (None for ``threshold="auto"`` with nothing tuned), ``min_labels``, ``max_labels``.
+DecisionRule = tuple[list[float] | None, int, int | None]
 #: Text used to check that an exported model computes what the estimator does.
 PROBE_TEXTS = ("a short probe text", "a second, slightly longer probe text for the check")
 
@@ -115,13 +116,12 @@ def _check_same_logits(estimator, forward) -> None:
         module.train(was_training)
 
 
-def export_pretrained(estimator, path: str | os.PathLike) -> Path:
-    """Write ``estimator`` as a standard Hugging Face sequence-classification folder."""
+def export_pretrained(estimator, path: str | os.PathLike, rule: DecisionRule) -> Path:
+    """Write ``estimator`` as a standard Hugging Face sequence-classification folder, with
+    ``rule`` (the estimator's checked thresholds and bounds) in ``labels.json``."""
     from ._persistence import staged_folder
     from ._pretrained import _progress_bars
 
-    # Before the export: a threshold or label bound that predict would refuse raises here.
-    rule = _decision_rule(estimator)
     target = _new_folder(path)
     model = build_pretrained(estimator)
     with staged_folder(target) as staging:
@@ -234,8 +234,11 @@ class _OnnxGraph(nn.Module):
 ONNX_INPUTS = ("input_ids", "attention_mask")
 
 
-def export_onnx(estimator, path: str | os.PathLike, *, opset_version: int | None = None) -> Path:
-    """Write ``model.onnx``, the tokenizer and ``labels.json`` to the folder ``path``."""
+def export_onnx(
+    estimator, path: str | os.PathLike, rule: DecisionRule, *, opset_version: int | None = None
+) -> Path:
+    """Write ``model.onnx``, the tokenizer and ``labels.json`` to the folder ``path``; ``rule``
+    (the estimator's checked thresholds and bounds) is applied in the graph."""
     missing = [name for name in ("onnx", "onnxscript") if _missing(name)]
     if missing:
         raise ImportError(
@@ -250,8 +253,7 @@ def export_onnx(estimator, path: str | os.PathLike, *, opset_version: int | None
             "export_onnx exports the graph of one window per text; with long_text='chunk' the windows "
             "are combined outside that graph, which the export does not cover. Use clf.save(path)."
         )
-    # Before the export: a threshold or label bound that predict would refuse raises here.
-    thresholds, min_labels, max_labels = _decision_rule(estimator)
+    thresholds, min_labels, max_labels = rule
     target = _new_folder(path)
     module = copy.deepcopy(estimator.module_).to("cpu").float()
     graph = _OnnxGraph(module, thresholds, min_labels, max_labels).eval()
@@ -328,21 +330,10 @@ def _example_batches(estimator):
         yield inputs
 
 
-def _decision_rule(estimator) -> tuple[list[float] | None, int, int | None]:
-    """The thresholds ``predict`` applies (None for ``threshold="auto"`` with nothing tuned),
-    ``min_labels`` and ``max_labels``. A threshold or bound that does not fit the model raises,
-    as ``predict`` would, with every problem together."""
-    problems = Problems()
-    thresholds, min_labels, max_labels = estimator._decision_rule(problems, allow_untuned=True)
-    problems.raise_if_any()
-    listed = None if thresholds is None else np.asarray(thresholds, dtype=np.float64).tolist()
-    return listed, min_labels, max_labels
-
-
 def _write_label_meta(
     estimator, folder: Path, thresholds: list[float] | None, min_labels: int, max_labels: int | None, **more
 ) -> None:
-    """Write ``labels.json``: label names, :func:`_decision_rule`'s values, ``max_length``, ``more``."""
+    """Write ``labels.json``: label names, a :data:`DecisionRule`'s values, ``max_length``, ``more``."""
     meta = {
         "label_names": [str(n) for n in estimator.label_names_],
         "thresholds": thresholds,
